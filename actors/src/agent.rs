@@ -1,0 +1,249 @@
+//! The agent actor every role runs in: identity, lifecycle, counters, status, registration.
+//!
+//! What a role does lives in `roles/`; this file is what all roles share. An agent enters
+//! itself in the directory and registers with the registry when it starts; the registry
+//! monitors it, so its death is learned from ractor, not from the agent's word.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use serde::{Deserialize, Serialize};
+
+use crate::context::NodeContext;
+use crate::directory::{ActorKind, ActorMeta, ActorStats};
+use crate::registry::RegistryMsg;
+use crate::roles::Role;
+
+/// Who an agent is. `instance_id` is new for every incarnation; `name` is stable across
+/// restarts (it is the supervisor's child id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentIdentity {
+    pub instance_id: String,
+    pub name: String,
+    pub domain: String,
+    pub role: Role,
+    pub node: String,
+}
+
+/// Agent lifecycle (seed 001): `Registering → Active → Draining → Suspended → Terminated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    Registering,
+    Active,
+    Draining,
+    Suspended,
+    Terminated,
+}
+
+impl Lifecycle {
+    pub const ALL: [Lifecycle; 5] = [
+        Lifecycle::Registering,
+        Lifecycle::Active,
+        Lifecycle::Draining,
+        Lifecycle::Suspended,
+        Lifecycle::Terminated,
+    ];
+    pub const ALLOWED: &'static str = "registering, active, draining, suspended, terminated";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Registering => "registering",
+            Lifecycle::Active => "active",
+            Lifecycle::Draining => "draining",
+            Lifecycle::Suspended => "suspended",
+            Lifecycle::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Lifecycle> {
+        Lifecycle::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+/// What an agent answers to a status request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub identity: AgentIdentity,
+    pub capabilities: Vec<String>,
+    pub state: Lifecycle,
+    pub messages_handled: u64,
+    pub errors: u64,
+    pub restarts: u32,
+    pub current_work: Option<String>,
+    pub started_at: SystemTime,
+}
+
+pub enum AgentMsg {
+    Status(RpcReplyPort<AgentStatus>),
+    /// Moves the agent to `Draining`, `Suspended` or back to `Active`.
+    SetLifecycle(Lifecycle),
+    /// Sent by a freshly (re)started registry: register again.
+    Reregister,
+    /// Fault injection: the agent fails with this reason, as a crashing agent would.
+    Crash(String),
+}
+
+/// How to start one agent.
+#[derive(Clone)]
+pub struct AgentArgs {
+    pub ctx: Arc<NodeContext>,
+    pub role: Role,
+    pub domain: String,
+    pub name: String,
+    /// Capabilities beyond the role's own, from configuration.
+    pub extra_capabilities: Vec<String>,
+    pub incarnation: u32,
+}
+
+pub struct AgentState {
+    ctx: Arc<NodeContext>,
+    identity: AgentIdentity,
+    capabilities: Vec<String>,
+    state: Lifecycle,
+    restarts: u32,
+    stats: Arc<ActorStats>,
+    started_at: SystemTime,
+}
+
+pub struct Agent;
+
+impl Agent {
+    /// Spawns an agent linked to `supervisor`.
+    pub async fn spawn_linked(
+        args: AgentArgs,
+        supervisor: ActorCell,
+    ) -> Result<ActorCell, SpawnErr> {
+        Actor::spawn_linked(None, Agent, args, supervisor)
+            .await
+            .map(|(actor, _)| actor.get_cell())
+    }
+}
+
+impl AgentState {
+    fn register(&self, myself: &ActorRef<AgentMsg>) {
+        if let Some(registry) = self.ctx.registry() {
+            let _ = registry.cast(RegistryMsg::Register {
+                identity: self.identity.clone(),
+                capabilities: self.capabilities.clone(),
+                state: self.state,
+                agent: myself.clone(),
+            });
+        }
+    }
+
+    fn set_state(&mut self, state: Lifecycle) {
+        self.state = state;
+        if let Some(registry) = self.ctx.registry() {
+            let _ = registry.cast(RegistryMsg::SetState {
+                instance_id: self.identity.instance_id.clone(),
+                state,
+            });
+        }
+    }
+}
+
+impl Actor for Agent {
+    type Msg = AgentMsg;
+    type State = AgentState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: AgentArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let identity = AgentIdentity {
+            instance_id: uuid::Uuid::now_v7().to_string(),
+            name: args.name.clone(),
+            domain: args.domain.clone(),
+            role: args.role,
+            node: args.ctx.node.clone(),
+        };
+        let mut capabilities: Vec<String> = args
+            .role
+            .capabilities()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        capabilities.extend(args.extra_capabilities);
+        capabilities.sort();
+        capabilities.dedup();
+        let stats = args.ctx.directory.enter(
+            &myself.get_cell(),
+            ActorMeta {
+                name: args.name,
+                kind: ActorKind::Agent,
+                role: Some(args.role.as_str().to_string()),
+                domain: Some(args.domain),
+            },
+        );
+        let state = AgentState {
+            ctx: args.ctx,
+            identity,
+            capabilities,
+            state: Lifecycle::Registering,
+            restarts: args.incarnation,
+            stats,
+            started_at: SystemTime::now(),
+        };
+        state.register(&myself);
+        Ok(state)
+    }
+
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.set_state(Lifecycle::Active);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ctx.directory.leave(myself.get_id().pid());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stats.handled();
+        match msg {
+            AgentMsg::Status(reply) => {
+                let _ = reply.send(AgentStatus {
+                    identity: state.identity.clone(),
+                    capabilities: state.capabilities.clone(),
+                    state: state.state,
+                    messages_handled: state.stats.messages(),
+                    errors: state.stats.errors(),
+                    restarts: state.restarts,
+                    current_work: state.stats.work(),
+                    started_at: state.started_at,
+                });
+            }
+            AgentMsg::SetLifecycle(next) => {
+                if matches!(
+                    next,
+                    Lifecycle::Active | Lifecycle::Draining | Lifecycle::Suspended
+                ) {
+                    state.set_state(next);
+                }
+            }
+            AgentMsg::Reregister => state.register(&myself),
+            AgentMsg::Crash(reason) => {
+                state.stats.errored();
+                return Err(format!("crash requested: {reason}").into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! Events the actors publish about themselves (DESIGN §6 `events.<kind>…`).
+//!
+//! Published on an in-process broadcast channel; the NATS bridge (when configured) and
+//! tests subscribe. A slow subscriber lags and loses old events rather than slowing the
+//! supervisors down.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Capacity of the in-process event channel.
+pub const EVENT_BUFFER: usize = 4096;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A child exited abnormally (`events.supervision.failure`).
+    ChildFailed {
+        supervisor: String,
+        child: String,
+        reason: String,
+    },
+    /// A restart is scheduled after `delay_ms` (`events.supervision.recovery`).
+    RestartScheduled {
+        supervisor: String,
+        child: String,
+        attempt: u32,
+        delay_ms: u64,
+    },
+    /// A child is running again (`events.supervision.recovery`).
+    ChildRestarted {
+        supervisor: String,
+        child: String,
+        pid: u64,
+        restarts: u32,
+    },
+    /// Restart intensity exceeded: the supervisor stopped its children and failed upward
+    /// (`events.supervision.escalation`).
+    Escalated {
+        supervisor: String,
+        child: String,
+        reason: String,
+    },
+    /// An agent's lifecycle state changed (`events.agent.*`).
+    AgentState {
+        agent: String,
+        role: String,
+        state: String,
+    },
+}
+
+impl Event {
+    /// The subject suffix under `ms.<cluster>.events.` for this event.
+    pub fn subject(&self) -> &'static str {
+        match self {
+            Event::ChildFailed { .. } => "supervision.failure",
+            Event::RestartScheduled { .. } | Event::ChildRestarted { .. } => "supervision.recovery",
+            Event::Escalated { .. } => "supervision.escalation",
+            Event::AgentState { .. } => "agent.state",
+        }
+    }
+}
+
+/// An event with the time it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stamped {
+    pub at: SystemTime,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Sending side of the event channel; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Stamped>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            tx: broadcast::channel(EVENT_BUFFER).0,
+        }
+    }
+}
+
+impl Events {
+    pub fn publish(&self, event: Event) {
+        // No subscriber is fine: events are for whoever listens.
+        let _ = self.tx.send(Stamped {
+            at: SystemTime::now(),
+            event,
+        });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Stamped> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,16 @@
+//! Every ractor actor of a Mister Smith node: the generic [`supervisor`], the agent
+//! [`registry`], domain supervisors built from configuration ([`domain`]), the [`agent`]
+//! actor the [`roles`] run in, and the node's [`root`]. Actors share a [`context`]:
+//! the [`directory`] that makes them inspectable and the [`events`] they publish.
+
+pub mod agent;
+pub mod context;
+pub mod directory;
+pub mod domain;
+pub mod events;
+pub mod registry;
+pub mod roles;
+pub mod root;
+pub mod supervisor;
+
+pub use context::NodeContext;

@@ -1,0 +1,83 @@
+//! The agent roles of DESIGN §3 (the Supervisor role is the domain supervisors themselves).
+//!
+//! A role is data (it comes from the `[[domains]]` configuration); each role's file says
+//! what the role is for and which capabilities it offers the registry. Every role runs in
+//! the shared [`crate::agent::Agent`] actor.
+
+pub mod coordinator;
+pub mod critic;
+pub mod executor;
+pub mod memory;
+pub mod monitor;
+pub mod planner;
+pub mod router;
+pub mod worker;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Coordinator,
+    Planner,
+    Router,
+    Executor,
+    Worker,
+    Critic,
+    Memory,
+    Monitor,
+}
+
+impl Role {
+    pub const ALL: [Role; 8] = [
+        Role::Coordinator,
+        Role::Planner,
+        Role::Router,
+        Role::Executor,
+        Role::Worker,
+        Role::Critic,
+        Role::Memory,
+        Role::Monitor,
+    ];
+    pub const ALLOWED: &'static str =
+        "coordinator, planner, router, executor, worker, critic, memory, monitor";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Planner => "planner",
+            Role::Router => "router",
+            Role::Executor => "executor",
+            Role::Worker => "worker",
+            Role::Critic => "critic",
+            Role::Memory => "memory",
+            Role::Monitor => "monitor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// What the registry can find this role's agents by.
+    pub fn capabilities(self) -> &'static [&'static str] {
+        match self {
+            Role::Coordinator => coordinator::CAPABILITIES,
+            Role::Planner => planner::CAPABILITIES,
+            Role::Router => router::CAPABILITIES,
+            Role::Executor => executor::CAPABILITIES,
+            Role::Worker => worker::CAPABILITIES,
+            Role::Critic => critic::CAPABILITIES,
+            Role::Memory => memory::CAPABILITIES,
+            Role::Monitor => monitor::CAPABILITIES,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

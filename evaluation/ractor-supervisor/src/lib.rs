@@ -1,0 +1,1 @@
+//! Empty: this crate exists only to host `tests/conformance.rs`.
