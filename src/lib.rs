@@ -1,1 +1,12 @@
+//! The Mister Smith node around the actors: command line, configuration, storage, the HTTP
+//! and admin adapters, telemetry, and the node's start/stop sequence. See ARCHITECTURE.md.
 
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod node;
+pub mod state;
+pub mod store;
+pub mod telemetry;

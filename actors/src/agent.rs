@@ -63,7 +63,7 @@ impl Lifecycle {
 }
 
 /// What an agent answers to a status request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AgentStatus {
     pub identity: AgentIdentity,
     pub capabilities: Vec<String>,
@@ -72,6 +72,7 @@ pub struct AgentStatus {
     pub errors: u64,
     pub restarts: u32,
     pub current_work: Option<String>,
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub started_at: SystemTime,
 }
 

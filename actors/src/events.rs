@@ -65,6 +65,7 @@ impl Event {
 /// An event with the time it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stamped {
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub at: SystemTime,
     #[serde(flatten)]
     pub event: Event,

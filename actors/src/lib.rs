@@ -8,9 +8,11 @@ pub mod context;
 pub mod directory;
 pub mod domain;
 pub mod events;
+pub mod operations;
 pub mod registry;
 pub mod roles;
 pub mod root;
 pub mod supervisor;
+pub mod time;
 
 pub use context::NodeContext;

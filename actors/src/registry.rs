@@ -33,6 +33,7 @@ pub struct AgentRecord {
     pub state: Lifecycle,
     pub healthy: bool,
     pub load: u32,
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub registered_at: SystemTime,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_reason: Option<String>,
@@ -331,6 +332,8 @@ impl RegistryState {
         }
         self.count(Some(record.state), Some(Lifecycle::Terminated));
         record.state = Lifecycle::Terminated;
+        record.healthy = false;
+        record.load = 0;
         record.exit_reason = Some(reason);
         record.agent = None;
         self.announce(&record);

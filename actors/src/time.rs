@@ -1,0 +1,9 @@
+//! Timestamps as RFC 3339 strings on the wire (serde `serialize_with`).
+
+use std::time::SystemTime;
+
+use serde::Serializer;
+
+pub fn rfc3339<S: Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*at))
+}

@@ -1,0 +1,8 @@
+-- Nodes that have run against this database: one row per node name.
+CREATE TABLE IF NOT EXISTS nodes (
+    name          TEXT PRIMARY KEY,
+    version       TEXT NOT NULL,
+    first_started TIMESTAMPTZ NOT NULL,
+    last_started  TIMESTAMPTZ NOT NULL,
+    starts        BIGINT NOT NULL DEFAULT 1
+);

@@ -1,0 +1,147 @@
+//! The admin listener: the live supervision tree and guarded operations on actors
+//! (DESIGN §7). Loopback by default; with `admin.token` set, every request needs
+//! `Authorization: Bearer <token>`.
+
+use std::sync::Arc;
+
+use actors::operations::{self, OperationError};
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::http::error::{self, ApiError};
+use crate::state::AppState;
+
+pub fn router(state: AppState, token: Option<String>) -> Router {
+    let token = Arc::new(token);
+    Router::new()
+        .route("/admin/actors", get(tree))
+        .route("/admin/actors/{id}", get(actor))
+        .route("/admin/actors/{id}/{op}", post(operate))
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            authorize(token.clone(), req, next)
+        }))
+        .with_state(state)
+}
+
+async fn authorize(token: Arc<Option<String>>, request: Request, next: Next) -> Response {
+    if let Some(expected) = token.as_deref() {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin bearer token is required",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so timing does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn tree(State(node): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let root = node
+        .root()
+        .ok_or_else(|| ApiError::unavailable("the supervision tree is not running"))?;
+    let tree = node
+        .ctx
+        .directory
+        .tree(root)
+        .ok_or_else(|| ApiError::unavailable("the supervision tree is not running"))?;
+    Ok(Json(json!({"node": node.ctx.node, "root": tree})))
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "`{id}` is not an actor id (a number, as in /admin/actors)"
+        ))
+    })
+}
+
+async fn actor(
+    State(node): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = path?;
+    let pid = parse_id(&id)?;
+    let detail = node
+        .ctx
+        .directory
+        .get(pid)
+        .and_then(|_| node.ctx.directory.tree(pid))
+        .ok_or_else(|| ApiError::not_found(format!("no live actor with id {pid}")))?;
+    let parent = node
+        .ctx
+        .directory
+        .parent_of(pid)
+        .map(|(p, _)| p.cell.get_id().pid().to_string());
+    Ok(Json(
+        json!({"node": node.ctx.node, "parent": parent, "actor": detail}),
+    ))
+}
+
+async fn operate(
+    State(node): State<AppState>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Path((id, op)) = path?;
+    let pid = parse_id(&id)?;
+    let ctx = &node.ctx;
+    let result = match op.as_str() {
+        "stop" => operations::stop(ctx, pid)
+            .await
+            .map(|()| json!({"id": id, "stopped": true})),
+        "kill" => operations::kill(ctx, pid).map(|()| json!({"id": id, "killed": true})),
+        "restart" => operations::restart(ctx, pid)
+            .await
+            .map(|new| json!({"id": id, "restarted": true, "new_id": new.to_string()})),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no operation `{other}`; allowed: stop, kill, restart"
+            )));
+        }
+    };
+    result
+        .map(|body| (StatusCode::ACCEPTED, Json(body)))
+        .map_err(operation_error)
+}
+
+fn operation_error(e: OperationError) -> ApiError {
+    use actors::supervisor::SupervisorError as S;
+    let message = e.to_string();
+    match e {
+        OperationError::NotFound(_) | OperationError::Supervisor(S::NoSuchChild(_)) => {
+            ApiError::not_found(message)
+        }
+        OperationError::Root(_) | OperationError::Supervisor(S::NotRunning(_)) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", message)
+        }
+        OperationError::Supervisor(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "operation_failed",
+            message,
+        ),
+        OperationError::Unavailable { .. } => ApiError::unavailable(message),
+    }
+}

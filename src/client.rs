@@ -1,0 +1,215 @@
+//! The client commands (`actors`, `agents`): ask a running node over HTTP and print the
+//! answer for people (or as JSON with `--json`).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cli::{ActorsArgs, AgentsArgs};
+
+/// A failure a person can act on, in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the node at {url}: {reason} (is `mister-smith run` listening there?)")]
+    Unreachable { url: String, reason: String },
+    #[error("the node at {url} answered {status}: {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the node at {url} sent an unreadable answer: {reason}")]
+    BadAnswer { url: String, reason: String },
+}
+
+pub async fn actors(args: &ActorsArgs) -> Result<String, ClientError> {
+    let body = get(&args.admin, "/admin/actors", &[], args.token.as_deref()).await?;
+    if args.json {
+        return Ok(pretty(&body));
+    }
+    let mut out = format!("node {}\n", body["node"].as_str().unwrap_or("?"));
+    draw_actor(&mut out, &body["root"], "", "", true);
+    Ok(out)
+}
+
+pub async fn agents(args: &AgentsArgs) -> Result<String, ClientError> {
+    let filters: Vec<(&str, &str)> = [
+        ("capability", &args.capability),
+        ("role", &args.role),
+        ("domain", &args.domain),
+        ("state", &args.state),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    .collect();
+    let body = get(&args.http, "/api/v1/agents", &filters, None).await?;
+    if args.json {
+        return Ok(pretty(&body));
+    }
+    let mut rows = vec![
+        [
+            "NAME",
+            "DOMAIN",
+            "ROLE",
+            "STATE",
+            "HEALTHY",
+            "LOAD",
+            "ACTOR",
+            "CAPABILITIES",
+        ]
+        .map(String::from),
+    ];
+    for a in body["agents"].as_array().into_iter().flatten() {
+        let caps: Vec<&str> = a["capabilities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        rows.push([
+            text(&a["name"]),
+            text(&a["domain"]),
+            text(&a["role"]),
+            text(&a["state"]),
+            text(&a["healthy"]),
+            text(&a["load"]),
+            text(&a["actor_id"]),
+            caps.join(","),
+        ]);
+    }
+    Ok(table(&rows))
+}
+
+fn base_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn get(
+    addr: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    token: Option<&str>,
+) -> Result<Value, ClientError> {
+    let url = format!("{}{path}", base_url(addr));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut request = client.get(&url).query(query);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| ClientError::Unreachable {
+        url: url.clone(),
+        reason: root_cause(&e),
+    })?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| ClientError::BadAnswer {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    if !status.is_success() {
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string();
+        return Err(ClientError::Refused {
+            url,
+            status: status.as_u16(),
+            message,
+        });
+    }
+    Ok(body)
+}
+
+/// reqwest's top-level message is generic; the innermost cause says what happened.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn draw_actor(out: &mut String, node: &Value, lead: &str, child_lead: &str, _last: bool) {
+    let kind = node["kind"].as_str().unwrap_or("?");
+    let role = node["role"].as_str().unwrap_or(kind);
+    let mut label = format!("{lead}{} [{role}", text(&node["name"]));
+    if let Some(strategy) = node["strategy"].as_str() {
+        let _ = write!(label, " {strategy}");
+    }
+    let _ = write!(label, "] {}", text(&node["status"]));
+    let id = node["id"].as_str().unwrap_or_default();
+    if !id.is_empty() {
+        let _ = write!(label, " id={id}");
+    }
+    let _ = write!(label, " msgs={}", text(&node["messages_handled"]));
+    let restarts = node["restarts"].as_u64().unwrap_or(0);
+    if restarts > 0 {
+        let _ = write!(label, " restarts={restarts}");
+    }
+    if let Some(err) = node["last_error"].as_str() {
+        let _ = write!(label, " last_error={err:?}");
+    }
+    out.push_str(&label);
+    out.push('\n');
+    let children = node["children"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, child) in children.iter().enumerate() {
+        let last = i + 1 == children.len();
+        let (branch, carry) = if last {
+            ("└── ", "    ")
+        } else {
+            ("├── ", "│   ")
+        };
+        draw_actor(
+            out,
+            child,
+            &format!("{child_lead}{branch}"),
+            &format!("{child_lead}{carry}"),
+            last,
+        );
+    }
+}
+
+fn table(rows: &[[String; 8]]) -> String {
+    let mut widths = [0usize; 8];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

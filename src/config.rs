@@ -1,0 +1,363 @@
+//! Configuration: `config/default.toml` (embedded) → `--config FILE` → environment
+//! `MISTER_SMITH__SECTION__KEY` → command-line flags (DESIGN §8).
+//!
+//! Every setting is typed and unknown keys are refused, so a typo stops the node (exit 2)
+//! with a message naming the key instead of being silently ignored.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actors::domain::{DomainDefaults, DomainSpec};
+use actors::root::RootPolicy;
+use actors::supervisor::{Backoff, Restart, Strategy};
+use serde::Deserialize;
+
+/// The embedded defaults; also the documentation of every setting.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment overrides: `MISTER_SMITH__HTTP__LISTEN=0.0.0.0:8080`.
+pub const ENV_PREFIX: &str = "MISTER_SMITH";
+
+/// A configuration the node refuses to run with. The message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub node: NodeSettings,
+    pub http: HttpSettings,
+    pub admin: AdminSettings,
+    pub database: DatabaseSettings,
+    pub nats: NatsSettings,
+    pub cluster: ClusterSettings,
+    pub log: LogSettings,
+    pub supervision: SupervisionSettings,
+    pub domains: Vec<DomainSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Empty means the host name.
+    pub name: String,
+    pub shutdown_timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSettings {
+    pub strategy: Strategy,
+    pub max_restarts: u32,
+    pub within_secs: f64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub backoff_jitter: f64,
+    pub agent_shutdown_ms: u64,
+}
+
+/// Values given on the command line; they override every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub node: Option<String>,
+    pub http: Option<String>,
+    pub admin: Option<String>,
+    pub database: Option<String>,
+    pub nats: Option<String>,
+    pub cluster: Option<String>,
+}
+
+impl Settings {
+    /// Loads every layer from the real environment.
+    pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
+        Self::load_from(overrides, std::env::vars())
+    }
+
+    /// Loads every layer, with the environment given explicitly (for tests).
+    pub fn load_from(
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = &overrides.config_file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "--config: no such file {}",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let flags = [
+            ("node.name", &overrides.node),
+            ("http.listen", &overrides.http),
+            ("admin.listen", &overrides.admin),
+            ("database.url", &overrides.database),
+            ("nats.url", &overrides.nats),
+            ("cluster.name", &overrides.cluster),
+        ];
+        for (key, value) in flags {
+            builder = builder
+                .set_override_option(key, value.clone())
+                .map_err(|e| ConfigError(e.to_string()))?;
+        }
+        let mut settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types cannot: impossible values and combinations.
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError(msg));
+        if self.node.name.is_empty() {
+            self.node.name = host_name();
+        }
+        if !valid_name(&self.node.name) {
+            return fail(format!(
+                "node.name: `{}` is not allowed; use 1-64 letters, digits, `-` or `_`",
+                self.node.name
+            ));
+        }
+        positive(
+            "node.shutdown_timeout_secs",
+            self.node.shutdown_timeout_secs,
+        )?;
+        if self.http.body_limit_bytes == 0 {
+            return fail("http.body_limit_bytes: must be at least 1".into());
+        }
+        match &self.admin.token {
+            Some(t) if t.trim().is_empty() => {
+                return fail("admin.token: must not be empty (leave it unset for none)".into());
+            }
+            None if !self.admin.listen.ip().is_loopback() => {
+                return fail(format!(
+                    "admin.token: required because admin.listen ({}) is not a loopback address; \
+                     set admin.token (MISTER_SMITH__ADMIN__TOKEN) or listen on 127.0.0.1",
+                    self.admin.listen
+                ));
+            }
+            _ => {}
+        }
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return fail(format!(
+                "database.url: `{url}` is not supported; allowed: sqlite://PATH, postgres://…"
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return fail("database.max_connections: must be at least 1".into());
+        }
+        positive(
+            "database.connect_timeout_secs",
+            self.database.connect_timeout_secs,
+        )?;
+        if let Some(nats) = &self.nats.url
+            && !(nats.starts_with("nats://") || nats.starts_with("tls://"))
+        {
+            return fail(format!(
+                "nats.url: `{nats}` must start with nats:// or tls://"
+            ));
+        }
+        if !valid_name(&self.cluster.name) {
+            return fail(format!(
+                "cluster.name: `{}` is not allowed; use 1-64 letters, digits, `-` or `_`",
+                self.cluster.name
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return fail(format!("log.level: `{}`: {e}", self.log.level));
+        }
+        let s = &self.supervision;
+        positive("supervision.within_secs", s.within_secs)?;
+        if s.backoff_max_ms < s.backoff_initial_ms {
+            return fail(
+                "supervision.backoff_max_ms: must not be below supervision.backoff_initial_ms"
+                    .into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&s.backoff_jitter) {
+            return fail("supervision.backoff_jitter: must be between 0.0 and 1.0".into());
+        }
+        self.validate_domains()
+    }
+
+    fn validate_domains(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, domain) in self.domains.iter().enumerate() {
+            let key = format!("domains[{i}]");
+            if !valid_name(&domain.name) {
+                return Err(ConfigError(format!(
+                    "{key}.name: `{}` is not allowed; use 1-64 letters, digits, `-` or `_`",
+                    domain.name
+                )));
+            }
+            if !names.insert(domain.name.as_str()) {
+                return Err(ConfigError(format!(
+                    "{key}.name: domain `{}` is defined twice",
+                    domain.name
+                )));
+            }
+            positive(&format!("{key}.within_secs"), domain.within_secs)?;
+            let mut roles = HashSet::new();
+            for (j, agent) in domain.agents.iter().enumerate() {
+                let key = format!("{key}.agents[{j}]");
+                if !roles.insert(agent.role) {
+                    return Err(ConfigError(format!(
+                        "{key}.role: `{}` is listed twice in domain `{}`; raise its instances instead",
+                        agent.role, domain.name
+                    )));
+                }
+                if agent.instances == 0 && agent.restart == Restart::Permanent {
+                    return Err(ConfigError(format!(
+                        "{key}.instances: a permanent `{}` agent needs at least 1 instance",
+                        agent.role
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.node.shutdown_timeout_secs)
+    }
+
+    pub fn root_policy(&self) -> RootPolicy {
+        RootPolicy {
+            strategy: self.supervision.strategy,
+            max_restarts: self.supervision.max_restarts,
+            within: Duration::from_secs_f64(self.supervision.within_secs),
+        }
+    }
+
+    pub fn domain_defaults(&self) -> DomainDefaults {
+        let s = &self.supervision;
+        DomainDefaults {
+            backoff: Backoff {
+                initial: Duration::from_millis(s.backoff_initial_ms),
+                max: Duration::from_millis(s.backoff_max_ms),
+                jitter: s.backoff_jitter,
+            },
+            agent_shutdown: Duration::from_millis(s.agent_shutdown_ms),
+        }
+    }
+}
+
+fn positive(key: &str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{key}: must be a positive number, got {value}"
+        )))
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The host name's first label, made safe for subjects and names.
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let label: String = raw
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if label.is_empty() {
+        "node".into()
+    } else {
+        label
+    }
+}

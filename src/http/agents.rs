@@ -1,0 +1,71 @@
+//! `GET /api/v1/agents`: the registry's view, filtered by role, capability, domain, state.
+
+use std::time::Duration;
+
+use actors::agent::Lifecycle;
+use actors::registry::{AgentFilter, AgentRecord, RegistryMsg};
+use actors::roles::Role;
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::error::ApiError;
+use crate::state::AppState;
+
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentQuery {
+    role: Option<String>,
+    capability: Option<String>,
+    domain: Option<String>,
+    state: Option<String>,
+}
+
+pub async fn list(
+    State(node): State<AppState>,
+    query: Result<Query<AgentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    if let Some(role) = &q.role
+        && Role::parse(role).is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "role: unknown role `{role}`; allowed: {}",
+            Role::ALLOWED
+        )));
+    }
+    let state = match &q.state {
+        None => None,
+        Some(s) => Some(Lifecycle::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state: unknown state `{s}`; allowed: {}",
+                Lifecycle::ALLOWED
+            ))
+        })?),
+    };
+    let filter = AgentFilter {
+        role: q.role,
+        capability: q.capability,
+        domain: q.domain,
+        state,
+    };
+    let registry = node
+        .ctx
+        .registry()
+        .ok_or_else(|| ApiError::unavailable("the agent registry is not running"))?;
+    let agents: Vec<AgentRecord> = registry
+        .call(
+            |reply| RegistryMsg::List(filter, reply),
+            Some(REGISTRY_TIMEOUT),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| ApiError::unavailable("the agent registry did not answer"))?;
+    Ok(Json(
+        json!({"node": node.ctx.node, "count": agents.len(), "agents": agents}),
+    ))
+}

@@ -1,0 +1,41 @@
+//! Liveness and readiness. Ready means: storage migrated and answering, supervision tree up.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::state::AppState;
+
+/// How long readiness waits for the database before calling it down.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "live"}))
+}
+
+pub async fn ready(State(node): State<AppState>) -> (StatusCode, Json<Value>) {
+    let storage = match node.store.get() {
+        None => "starting".to_string(),
+        Some(store) => match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+            Ok(Ok(())) => "up".to_string(),
+            Ok(Err(e)) => format!("down: {e}"),
+            Err(_) => "down: no answer within 2s".to_string(),
+        },
+    };
+    let tree = if node.root().is_some() { "up" } else { "down" };
+    let ready = storage == "up" && tree == "up";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "node": node.ctx.node,
+        "checks": {"storage": storage, "supervision": tree, "bus": "not configured"},
+    });
+    (status, Json(body))
+}

@@ -1,0 +1,26 @@
+//! The API listener: health, metrics and `/api/v1`. Handlers only translate HTTP into
+//! actor calls and back; logic lives in the actors.
+
+pub mod agents;
+pub mod error;
+pub mod health;
+pub mod metrics;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+use crate::state::AppState;
+
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::render))
+        .route("/api/v1/agents", get(agents::list))
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

@@ -1,0 +1,212 @@
+//! One node's life: listen, open storage, start the supervision tree, serve until a signal
+//! or an escalation past the root, then stop everything in order.
+//!
+//! The listeners come up first so that `/health/live` answers at once and `/health/ready`
+//! says 503 (with the reason) until storage is migrated and the tree is running.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actors::NodeContext;
+use actors::root::root_args;
+use actors::supervisor::{Escalation, Supervisor};
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::state::{AppState, NodeState};
+use crate::store::{Store, StoreOptions, redact};
+use crate::{admin, http};
+
+/// How long the listeners get to finish in-flight requests at shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// Why the node stopped.
+#[derive(Debug)]
+pub enum Outcome {
+    /// SIGINT or SIGTERM: an orderly stop.
+    Signalled,
+    /// A supervisor gave up and the root could not absorb it.
+    Escalated(Escalation),
+    /// The root supervisor ended without escalating (it was killed).
+    RootDied,
+}
+
+/// Runs a node until it stops. `started` is when the process started (for the
+/// start-to-ready figure in the log).
+pub async fn run(
+    settings: Settings,
+    metrics: Option<PrometheusHandle>,
+    started: Instant,
+) -> anyhow::Result<Outcome> {
+    let ctx = NodeContext::new(settings.node.name.clone());
+    let state = NodeState::new(ctx.clone(), metrics);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let http_listener = bind("http.listen", settings.http.listen).await?;
+    let admin_listener = bind("admin.listen", settings.admin.listen).await?;
+    let servers = [
+        serve(
+            http_listener,
+            http::router(state.clone(), settings.http.body_limit_bytes),
+            stop_rx.clone(),
+        ),
+        serve(
+            admin_listener,
+            admin::router(state.clone(), settings.admin.token.clone()),
+            stop_rx,
+        ),
+    ];
+    tracing::info!(node = %ctx.node, http = %settings.http.listen, admin = %settings.admin.listen, "listening");
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+
+    let store = tokio::select! {
+        store = open_store(&settings, &state) => store?,
+        () = &mut signal => {
+            finish(&stop_tx, servers, None).await;
+            return Ok(Outcome::Signalled);
+        }
+    };
+
+    let (args, escalation) = root_args(
+        &ctx,
+        settings.root_policy(),
+        &settings.domains,
+        settings.domain_defaults(),
+    );
+    let (root, mut root_done) = Supervisor::start(args)
+        .await
+        .context("starting the supervision tree")?;
+    state.set_tree(Some(root.get_id().pid()));
+    tracing::info!(
+        node = %ctx.node,
+        actors = ctx.directory.len(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "node ready"
+    );
+
+    let outcome = tokio::select! {
+        () = &mut signal => Outcome::Signalled,
+        Ok(escalation) = escalation => Outcome::Escalated(escalation),
+        _ = &mut root_done => Outcome::RootDied,
+    };
+    state.set_tree(None);
+    tracing::info!(node = %ctx.node, ?outcome, "stopping");
+
+    let timeout = settings.shutdown_timeout();
+    if root.get_status() != ractor::ActorStatus::Stopped
+        && root
+            .stop_and_wait(Some("node shutdown".into()), Some(timeout))
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            ?timeout,
+            "the supervision tree did not stop in time; killing it"
+        );
+        root.kill();
+    }
+    finish(&stop_tx, servers, Some(store)).await;
+    Ok(outcome)
+}
+
+async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {key} {addr}"))
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "listener failed");
+        }
+    })
+}
+
+/// Connects (retrying while the database is unreachable), migrates and records this start.
+async fn open_store(settings: &Settings, state: &AppState) -> anyhow::Result<Store> {
+    let options = StoreOptions {
+        url: settings.database.url.clone(),
+        max_connections: settings.database.max_connections,
+        connect_timeout: Duration::from_secs_f64(settings.database.connect_timeout_secs),
+    };
+    let mut delay = Duration::from_millis(100);
+    let store = loop {
+        match Store::connect(&options).await {
+            Ok(store) => break store,
+            Err(e @ crate::store::StoreError::Connect { .. }) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database unreachable; not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("migrating {}", redact(&options.url)))?;
+    let record = store
+        .record_node_start(&state.ctx.node, env!("CARGO_PKG_VERSION"))
+        .await
+        .context("recording this node's start")?;
+    tracing::info!(backend = store.backend(), url = %redact(&options.url), starts = record.starts, "storage ready");
+    let _ = state.store.set(store.clone());
+    Ok(store)
+}
+
+/// Stops the listeners (letting in-flight requests finish) and closes storage.
+async fn finish(stop: &watch::Sender<bool>, servers: [JoinHandle<()>; 2], store: Option<Store>) {
+    let _ = stop.send(true);
+    for server in servers {
+        if tokio::time::timeout(HTTP_DRAIN, server).await.is_err() {
+            tracing::warn!("a listener did not drain in time");
+        }
+    }
+    if let Some(store) = store {
+        store.close().await;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+    }
+}

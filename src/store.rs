@@ -1,0 +1,208 @@
+//! Durable state in SQL through sqlx: SQLite (the embedded default) or PostgreSQL.
+//!
+//! One enum over the two pools rather than sqlx's `Any` driver, so each backend keeps its
+//! own types and migrations (`migrations/sqlite`, `migrations/postgres`, embedded in the
+//! binary and run at start).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database.url `{url}` is invalid: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot create the directory {dir} for the SQLite file: {source}")]
+    CreateDir { dir: String, source: std::io::Error },
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+/// A node as recorded in the `nodes` table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub version: String,
+    pub starts: i64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Store {
+    /// Opens a pool (creating the SQLite file and its directory if missing). Does not migrate.
+    pub async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {
+        let url = &options.url;
+        let invalid = |e: sqlx::Error| StoreError::InvalidUrl {
+            url: redact(url),
+            reason: e.to_string(),
+        };
+        let connect = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(invalid)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            if let Some(dir) = Path::new(opts.get_filename()).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.connect_timeout)
+                .connect_with(opts)
+                .await
+                .map_err(connect)?;
+            Ok(Store::Sqlite(pool))
+        } else {
+            let opts = PgConnectOptions::from_str(url).map_err(invalid)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.connect_timeout)
+                .connect_with(opts)
+                .await
+                .map_err(connect)?;
+            Ok(Store::Postgres(pool))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Runs the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A round trip to the database (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+            Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// Records that `node` started; returns its row (with how many times it has started).
+    pub async fn record_node_start(
+        &self,
+        node: &str,
+        version: &str,
+    ) -> Result<NodeRecord, StoreError> {
+        let (name, version, starts): (String, String, i64) = match self {
+            Store::Sqlite(pool) => {
+                sqlx::query_as(
+                    "INSERT INTO nodes (name, version, first_started, last_started) \
+                     VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ','now'), strftime('%Y-%m-%dT%H:%M:%fZ','now')) \
+                     ON CONFLICT (name) DO UPDATE SET version = excluded.version, \
+                       last_started = excluded.last_started, starts = nodes.starts + 1 \
+                     RETURNING name, version, starts",
+                )
+                .bind(node)
+                .bind(version)
+                .fetch_one(pool)
+                .await?
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_as(
+                    "INSERT INTO nodes (name, version, first_started, last_started) \
+                     VALUES ($1, $2, now(), now()) \
+                     ON CONFLICT (name) DO UPDATE SET version = excluded.version, \
+                       last_started = excluded.last_started, starts = nodes.starts + 1 \
+                     RETURNING name, version, starts",
+                )
+                .bind(node)
+                .bind(version)
+                .fetch_one(pool)
+                .await?
+            }
+        };
+        Ok(NodeRecord {
+            name,
+            version,
+            starts,
+        })
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(pool) => pool.close().await,
+            Store::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// The URL without its password, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://{user}@{host}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}
