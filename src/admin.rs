@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use actors::operations::{self, OperationError};
+use actors::operations::{self, OperationError, Target};
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -71,10 +71,11 @@ async fn tree(State(node): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"node": node.ctx.node, "root": tree})))
 }
 
-fn parse_id(id: &str) -> Result<u64, ApiError> {
-    id.parse().map_err(|_| {
+fn parse_target(id: &str) -> Result<Target, ApiError> {
+    Target::parse(id).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "`{id}` is not an actor id (a number, as in /admin/actors)"
+            "`{id}` is not an actor id (a number, or <supervisor id>:<child> for a stopped \
+             child, as in /admin/actors)"
         ))
     })
 }
@@ -84,7 +85,11 @@ async fn actor(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(id) = path?;
-    let pid = parse_id(&id)?;
+    let Target::Actor(pid) = parse_target(&id)? else {
+        return Err(ApiError::not_found(format!(
+            "`{id}` is a child slot with no live actor"
+        )));
+    };
     let detail = node
         .ctx
         .directory
@@ -106,14 +111,14 @@ async fn operate(
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Path((id, op)) = path?;
-    let pid = parse_id(&id)?;
+    let target = parse_target(&id)?;
     let ctx = &node.ctx;
     let result = match op.as_str() {
-        "stop" => operations::stop(ctx, pid)
+        "stop" => operations::stop(ctx, &target)
             .await
             .map(|()| json!({"id": id, "stopped": true})),
-        "kill" => operations::kill(ctx, pid).map(|()| json!({"id": id, "killed": true})),
-        "restart" => operations::restart(ctx, pid)
+        "kill" => operations::kill(ctx, &target).map(|()| json!({"id": id, "killed": true})),
+        "restart" => operations::restart(ctx, &target)
             .await
             .map(|new| json!({"id": id, "restarted": true, "new_id": new.to_string()})),
         other => {

@@ -261,7 +261,7 @@ fn build_node(
                 .map(
                     |c| match c.pid.and_then(|p| build_node(entries, p, Some(c))) {
                         Some(node) => node,
-                        None => vacant_slot(c),
+                        None => vacant_slot(pid, c),
                     },
                 )
                 .collect()
@@ -286,15 +286,15 @@ fn build_node(
 }
 
 /// A slot with no live actor (restarting, stopped, or not yet entered): shown so operators
-/// see it, with an empty id since there is no actor to address.
-fn vacant_slot(slot: &ChildView) -> ActorNode {
+/// see it, addressed as `<supervisor pid>:<child id>` since there is no actor to name.
+fn vacant_slot(supervisor: u64, slot: &ChildView) -> ActorNode {
     let status = match (slot.state, slot.pid) {
         (SlotState::Running, Some(_)) => "starting",
         (SlotState::Running, None) | (SlotState::Restarting, _) => "restarting",
         (SlotState::Stopped, _) => "stopped",
     };
     ActorNode {
-        id: String::new(),
+        id: format!("{supervisor}:{}", slot.id),
         name: slot.id.clone(),
         kind: match slot.kind {
             ChildKind::Supervisor => ActorKind::Supervisor,

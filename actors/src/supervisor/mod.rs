@@ -424,7 +424,8 @@ impl SupervisorState {
             Strategy::RestForOne => (idx..self.slots.len()).collect(),
         };
         for &i in set.iter().rev() {
-            if i != idx {
+            // A sibling stopped for good has nothing to stop and must keep its state.
+            if i != idx && self.slots[i].state != SlotState::Stopped {
                 self.stop_slot(i, SlotState::Restarting).await;
             }
         }
