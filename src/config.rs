@@ -361,3 +361,90 @@ fn host_name() -> String {
         label
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)], overrides: Overrides) -> Result<Settings, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load_from(&overrides, env)
+    }
+
+    #[test]
+    fn embedded_domains_are_the_actor_crates_defaults() {
+        let settings = load(&[], Overrides::default()).expect("defaults load");
+        let ours = serde_json::to_value(&settings.domains).unwrap();
+        let theirs = serde_json::to_value(actors::domain::default_domains()).unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn flags_override_env_which_overrides_defaults() {
+        let s = load(
+            &[("MISTER_SMITH__NODE__NAME", "from-env")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.node.name, "from-env");
+        let flags = Overrides {
+            node: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let s = load(&[("MISTER_SMITH__NODE__NAME", "from-env")], flags).unwrap();
+        assert_eq!(s.node.name, "from-flag");
+    }
+
+    #[test]
+    fn env_values_are_typed() {
+        let s = load(
+            &[("MISTER_SMITH__SUPERVISION__MAX_RESTARTS", "7")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.supervision.max_restarts, 7);
+        let err = load(
+            &[("MISTER_SMITH__SUPERVISION__MAX_RESTARTS", "lots")],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_restarts"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load(&[("MISTER_SMITH__HTTP__BOGUS", "1")], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let off_loopback = Overrides {
+            admin: Some("0.0.0.0:8081".into()),
+            ..Default::default()
+        };
+        let err = load(&[], off_loopback.clone()).unwrap_err().to_string();
+        assert!(err.contains("admin.token"), "{err}");
+        let s = load(&[("MISTER_SMITH__ADMIN__TOKEN", "t")], off_loopback).unwrap();
+        assert_eq!(s.admin.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn empty_node_name_means_host_name() {
+        let s = load(&[], Overrides::default()).unwrap();
+        assert!(valid_name(&s.node.name), "{}", s.node.name);
+        let bad = Overrides {
+            node: Some("a.b".into()),
+            ..Default::default()
+        };
+        assert!(
+            load(&[], bad)
+                .unwrap_err()
+                .to_string()
+                .contains("node.name")
+        );
+    }
+}
