@@ -91,7 +91,10 @@ pub async fn run(
         "node ready"
     );
 
+    // Biased: the root sends its escalation before it dies, so checking the escalation
+    // first keeps the reason when both are ready.
     let outcome = tokio::select! {
+        biased;
         () = &mut signal => Outcome::Signalled,
         Ok(escalation) = escalation => Outcome::Escalated(escalation),
         _ = &mut root_done => Outcome::RootDied,

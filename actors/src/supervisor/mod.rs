@@ -201,6 +201,14 @@ impl Actor for Supervisor {
             .ctx
             .directory
             .enter_with(&myself.get_cell(), meta, Some(view.clone()));
+        // Registered at zero so dashboards see every supervisor before its first restart.
+        for counter in [
+            "ms_supervisor_restarts_total",
+            "ms_supervisor_child_failures_total",
+            "ms_supervisor_escalations_total",
+        ] {
+            metrics::counter!(counter, "supervisor" => spec.name.clone()).increment(0);
+        }
         let mut state = SupervisorState {
             name: spec.name,
             strategy: spec.strategy,
