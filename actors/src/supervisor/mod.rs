@@ -266,10 +266,16 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::RestartDue { ids, token } => {
                 if token == state.token {
+                    let mut result = Ok(());
                     if let Err((id, reason)) = state.start_slots(&myself, &ids).await {
-                        state.recover(&myself, id, reason).await?;
+                        result = state.recover(&myself, id, reason).await;
                     }
                     state.publish_view();
+                    if result.is_err() {
+                        // Escalating: post_stop will not run, so leave the directory here.
+                        state.ctx.directory.leave(myself.get_id().pid());
+                    }
+                    result?;
                 }
             }
         }
