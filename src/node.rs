@@ -4,7 +4,6 @@
 //! The listeners come up first so that `/health/live` answers at once and `/health/ready`
 //! says 503 (with the reason) until storage is migrated and the tree is running.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -189,27 +188,18 @@ async fn finish(stop: &watch::Sender<bool>, servers: [JoinHandle<()>; 2], store:
 }
 
 /// Resolves on SIGINT or SIGTERM.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
             }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
+            return;
         }
     }
+    let _ = ctrl_c.await;
 }
