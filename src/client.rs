@@ -96,7 +96,9 @@ async fn get(
     token: Option<&str>,
 ) -> Result<Value, ClientError> {
     let url = format!("{}{path}", base_url(addr));
+    // A node is addressed directly; a proxy from the environment would only get in the way.
     let client = reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| ClientError::Unreachable {

@@ -172,7 +172,7 @@ impl Settings {
         let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(e.to_string()))?;
+            .map_err(|e| ConfigError(dotted_keys(&e.to_string())))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -317,6 +317,19 @@ impl Settings {
     }
 }
 
+/// The config crate prints `domains[0]strategy`; people write `domains[0].strategy`.
+fn dotted_keys(message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 8);
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']' && chars.peek().is_some_and(|n| n.is_ascii_alphabetic()) {
+            out.push('.');
+        }
+    }
+    out
+}
+
 fn positive(key: &str, value: f64) -> Result<(), ConfigError> {
     if value.is_finite() && value > 0.0 {
         Ok(())
@@ -430,6 +443,14 @@ mod tests {
         assert!(err.contains("admin.token"), "{err}");
         let s = load(&[("MISTER_SMITH__ADMIN__TOKEN", "t")], off_loopback).unwrap();
         assert_eq!(s.admin.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn array_keys_are_dotted() {
+        assert_eq!(
+            dotted_keys("bad for key `domains[0]agents[1]role`"),
+            "bad for key `domains[0].agents[1].role`"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which siblings are restarted when a child must be restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Strategy {
     /// Only the child that exited is restarted.
     OneForOne,
@@ -26,7 +26,16 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    pub const ALL: [Strategy; 3] = [
+        Strategy::OneForOne,
+        Strategy::OneForAll,
+        Strategy::RestForOne,
+    ];
     pub const ALLOWED: &'static str = "one_for_one, one_for_all, rest_for_one";
+
+    pub fn parse(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|v| v.as_str() == s)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,7 +54,7 @@ impl fmt::Display for Strategy {
 
 /// When a child is restarted (OTP's restart types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Restart {
     /// Always restarted.
     #[default]
@@ -57,7 +66,12 @@ pub enum Restart {
 }
 
 impl Restart {
+    pub const ALL: [Restart; 3] = [Restart::Permanent, Restart::Transient, Restart::Temporary];
     pub const ALLOWED: &'static str = "permanent, transient, temporary";
+
+    pub fn parse(s: &str) -> Option<Restart> {
+        Restart::ALL.into_iter().find(|v| v.as_str() == s)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +81,29 @@ impl Restart {
         }
     }
 }
+
+/// Parsing from configuration names what is allowed (serde's derived message does not).
+macro_rules! parse_from_string {
+    ($ty:ident, $what:literal) => {
+        impl TryFrom<String> for $ty {
+            type Error = String;
+
+            fn try_from(s: String) -> Result<Self, String> {
+                $ty::parse(&s).ok_or_else(|| {
+                    format!(
+                        concat!("unknown ", $what, " `{}`; allowed: {}"),
+                        s,
+                        $ty::ALLOWED
+                    )
+                })
+            }
+        }
+    };
+}
+pub(crate) use parse_from_string;
+
+parse_from_string!(Strategy, "strategy");
+parse_from_string!(Restart, "restart type");
 
 /// How a child is stopped when its supervisor stops it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
