@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use actors::context::SchedulerSettings;
 use actors::domain::{DomainDefaults, DomainSpec};
 use actors::root::RootPolicy;
 use actors::supervisor::{Backoff, Restart, Strategy};
+use actors::tools::ToolsConfig;
 use serde::Deserialize;
 
 /// The embedded defaults; also the documentation of every setting.
@@ -36,7 +38,18 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub log: LogSettings,
     pub supervision: SupervisionSettings,
+    pub scheduler: SchedulerConfig,
+    pub tools: ToolsConfig,
     pub domains: Vec<DomainSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    pub max_running: usize,
+    pub max_queued: usize,
+    pub aging_secs: f64,
+    pub store_queue: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,7 +265,23 @@ impl Settings {
         if !(0.0..=1.0).contains(&s.backoff_jitter) {
             return fail("supervision.backoff_jitter: must be between 0.0 and 1.0".into());
         }
+        let q = &self.scheduler;
+        if q.max_running == 0 || q.max_queued == 0 || q.store_queue == 0 {
+            return fail(
+                "scheduler: max_running, max_queued and store_queue must be at least 1".into(),
+            );
+        }
+        positive("scheduler.aging_secs", q.aging_secs)?;
+        self.tools.validate().map_err(ConfigError)?;
         self.validate_domains()
+    }
+
+    pub fn scheduler_settings(&self) -> SchedulerSettings {
+        SchedulerSettings {
+            max_running: self.scheduler.max_running,
+            max_queued: self.scheduler.max_queued,
+            aging_ms: (self.scheduler.aging_secs * 1000.0) as u64,
+        }
     }
 
     fn validate_domains(&self) -> Result<(), ConfigError> {
@@ -262,6 +291,12 @@ impl Settings {
             if !valid_name(&domain.name) {
                 return Err(ConfigError(format!(
                     "{key}.name: `{}` is not allowed; use 1-64 letters, digits, `-` or `_`",
+                    domain.name
+                )));
+            }
+            if ["root", "runs", "registry", "scheduler"].contains(&domain.name.as_str()) {
+                return Err(ConfigError(format!(
+                    "{key}.name: `{}` is reserved for the node's own actors",
                     domain.name
                 )));
             }

@@ -8,17 +8,20 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use actors::NodeContext;
+use actors::context::Services;
 use actors::root::root_args;
 use actors::supervisor::{Escalation, Supervisor};
+use actors::tools::Tools;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::state::{AppState, NodeState};
-use crate::store::{Store, StoreOptions, redact};
+use crate::store::{Store, StoreOptions, Tasks, redact};
 use crate::{admin, http};
 
 /// How long the listeners get to finish in-flight requests at shutdown.
@@ -72,6 +75,15 @@ pub async fn run(
             return Ok(Outcome::Signalled);
         }
     };
+
+    let tools = Tools::new(settings.tools.clone()).map_err(|e| anyhow::anyhow!("tools: {e}"))?;
+    let tasks = Tasks::new(store.clone(), settings.scheduler.store_queue);
+    let _ = state.tasks.set(tasks.clone());
+    ctx.provide(Services {
+        tools,
+        store: Arc::new(tasks),
+        scheduler: settings.scheduler_settings(),
+    });
 
     let (args, escalation) = root_args(
         &ctx,

@@ -7,12 +7,14 @@ use std::time::Instant;
 use actors::NodeContext;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::store::Store;
+use crate::store::{Store, Tasks};
 
 pub struct NodeState {
     pub ctx: Arc<NodeContext>,
     /// Set once the database is connected and migrated.
     pub store: OnceLock<Store>,
+    /// The task store (reads for the API), set with `store`.
+    pub tasks: OnceLock<Tasks>,
     /// The root supervisor's pid, once the tree is up.
     root: AtomicU64,
     tree_up: AtomicBool,
@@ -25,6 +27,7 @@ impl NodeState {
         Arc::new(NodeState {
             ctx,
             store: OnceLock::new(),
+            tasks: OnceLock::new(),
             root: AtomicU64::new(0),
             tree_up: AtomicBool::new(false),
             metrics,

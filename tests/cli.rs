@@ -124,7 +124,8 @@ async fn actors_json_is_the_admin_tree() {
     ids(&body["root"], &mut printed);
     ids(&node.tree().await["root"], &mut served);
     assert_eq!(printed, served);
-    assert_eq!(printed.len(), 1 + 1 + 4 + common::DEFAULT_AGENTS.len());
+    // root, registry, four domains, the runs supervisor and the scheduler, then the agents.
+    assert_eq!(printed.len(), 1 + 1 + 4 + 2 + common::DEFAULT_AGENTS.len());
 }
 
 #[tokio::test]

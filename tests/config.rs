@@ -330,7 +330,11 @@ async fn config_file_domains_replace_the_default_domains() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(children, ["registry", "solo"], "{tree:#}");
+    assert_eq!(
+        children,
+        ["registry", "solo", "runs", "scheduler"],
+        "{tree:#}"
+    );
     let solo = child(root, "solo").expect("solo domain");
     assert_eq!(solo["strategy"], "one_for_all", "{solo}");
 }

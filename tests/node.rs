@@ -409,6 +409,7 @@ async fn admin_tree_shows_root_registry_domains_and_agents() {
 
     let mut expected = vec!["registry".to_string()];
     expected.extend(DEFAULT_DOMAINS.iter().map(|d| d.to_string()));
+    expected.extend(["runs".to_string(), "scheduler".to_string()]);
     assert_eq!(names(root), expected, "{tree:#}");
 
     let registry = actor_at(root, &["registry"]).expect("registry");

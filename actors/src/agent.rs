@@ -5,7 +5,7 @@
 //! monitors it, so its death is learned from ractor, not from the agent's word.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,9 @@ use crate::context::NodeContext;
 use crate::directory::{ActorKind, ActorMeta, ActorStats};
 use crate::registry::RegistryMsg;
 use crate::roles::Role;
+use crate::task::StepSpec;
+use crate::tools::{ToolCall, ToolError, ToolOutput};
+use tokio_util::sync::CancellationToken;
 
 /// Who an agent is. `instance_id` is new for every incarnation; `name` is stable across
 /// restarts (it is the supervisor's child id).
@@ -84,6 +87,20 @@ pub enum AgentMsg {
     Reregister,
     /// Fault injection: the agent fails with this reason, as a crashing agent would.
     Crash(String),
+    /// Run a step's tool (executors). The work runs as its own task; the mailbox stays free
+    /// and the reply comes when the tool is done.
+    Execute(Box<Work>, RpcReplyPort<Result<ToolOutput, ToolError>>),
+    /// Internal: a piece of work finished.
+    WorkDone,
+}
+
+/// One step attempt handed to an executor.
+pub struct Work {
+    pub task_id: String,
+    pub step: StepSpec,
+    pub input: Option<String>,
+    pub timeout: Option<Duration>,
+    pub cancel: CancellationToken,
 }
 
 /// How to start one agent.
@@ -106,6 +123,8 @@ pub struct AgentState {
     restarts: u32,
     stats: Arc<ActorStats>,
     started_at: SystemTime,
+    /// Work in flight (what the Router balances on).
+    load: u32,
 }
 
 pub struct Agent;
@@ -140,6 +159,66 @@ impl AgentState {
             let _ = registry.cast(RegistryMsg::SetState {
                 instance_id: self.identity.instance_id.clone(),
                 state,
+            });
+        }
+    }
+}
+
+impl AgentState {
+    fn execute(
+        &mut self,
+        myself: &ActorRef<AgentMsg>,
+        work: Box<Work>,
+        reply: RpcReplyPort<Result<ToolOutput, ToolError>>,
+    ) {
+        let tools = match (self.identity.role, self.ctx.services()) {
+            (Role::Executor, Some(services)) => services.tools.clone(),
+            (Role::Executor, None) => {
+                let _ = reply.send(Err(ToolError::Failed(
+                    "tools are not configured on this node".into(),
+                )));
+                return;
+            }
+            (role, _) => {
+                let _ = reply.send(Err(ToolError::Failed(format!(
+                    "agent {} is a {role}, not an executor",
+                    self.identity.name
+                ))));
+                return;
+            }
+        };
+        self.load += 1;
+        self.report_load();
+        self.stats.set_work(Some(format!(
+            "task {} step {} ({})",
+            work.task_id, work.step.id, work.step.tool
+        )));
+        let stats = self.stats.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = tools
+                .run(ToolCall {
+                    tool: &work.step.tool,
+                    args: &work.step.args,
+                    input: work.input.as_deref(),
+                    timeout: work.timeout,
+                    cancel: work.cancel.clone(),
+                })
+                .await;
+            if result.is_err() {
+                stats.errored();
+            }
+            stats.set_work(None);
+            let _ = reply.send(result);
+            let _ = me.cast(AgentMsg::WorkDone);
+        });
+    }
+
+    fn report_load(&self) {
+        if let Some(registry) = self.ctx.registry() {
+            let _ = registry.cast(RegistryMsg::SetLoad {
+                instance_id: self.identity.instance_id.clone(),
+                load: self.load,
             });
         }
     }
@@ -188,6 +267,7 @@ impl Actor for Agent {
             restarts: args.incarnation,
             stats,
             started_at: SystemTime::now(),
+            load: 0,
         };
         state.register(&myself);
         Ok(state)
@@ -243,6 +323,11 @@ impl Actor for Agent {
             AgentMsg::Crash(reason) => {
                 state.stats.errored();
                 return Err(format!("crash requested: {reason}").into());
+            }
+            AgentMsg::Execute(work, reply) => state.execute(&myself, work, reply),
+            AgentMsg::WorkDone => {
+                state.load = state.load.saturating_sub(1);
+                state.report_load();
             }
         }
         Ok(())

@@ -1,13 +1,37 @@
 //! What every actor of a node shares: the node's name, the actor directory, the event
 //! channel and the way to reach the current agent registry.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use ractor::ActorRef;
 
 use crate::directory::Directory;
 use crate::events::Events;
 use crate::registry::RegistryMsg;
+use crate::scheduler::SchedulerMsg;
+use crate::supervisor::SupervisorMsg;
+use crate::task::store::TaskStore;
+use crate::tools::Tools;
+
+/// What the task actors need from the node: tools to run steps and storage to record them.
+/// Provided once the node has opened its storage.
+pub struct Services {
+    pub tools: Tools,
+    pub store: Arc<dyn TaskStore>,
+    pub scheduler: SchedulerSettings,
+}
+
+/// How the scheduler admits and orders work.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerSettings {
+    /// Runs in flight at once on this node.
+    pub max_running: usize,
+    /// Tasks waiting in the queue before submissions are refused (429).
+    pub max_queued: usize,
+    /// Aging: a task waiting this long gains one priority level (no starvation).
+    pub aging_ms: u64,
+}
 
 /// Shared by all actors of one node. Passed as `Arc<NodeContext>` in actor arguments, so
 /// several nodes can live in one process (tests, benchmarks) without global names.
@@ -16,6 +40,10 @@ pub struct NodeContext {
     pub directory: Arc<Directory>,
     pub events: Events,
     registry: RwLock<Option<ActorRef<RegistryMsg>>>,
+    scheduler: RwLock<Option<ActorRef<SchedulerMsg>>>,
+    services: OnceLock<Arc<Services>>,
+    /// Supervisors by name (`runs`, domain names), for actors that must reach one.
+    supervisors: RwLock<HashMap<String, ActorRef<SupervisorMsg>>>,
 }
 
 impl NodeContext {
@@ -25,6 +53,9 @@ impl NodeContext {
             directory: Directory::new(),
             events: Events::default(),
             registry: RwLock::new(None),
+            scheduler: RwLock::new(None),
+            services: OnceLock::new(),
+            supervisors: RwLock::new(HashMap::new()),
         })
     }
 
@@ -35,6 +66,45 @@ impl NodeContext {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The task scheduler currently running, if any.
+    pub fn scheduler(&self) -> Option<ActorRef<SchedulerMsg>> {
+        self.scheduler
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_scheduler(&self, scheduler: Option<ActorRef<SchedulerMsg>>) {
+        *self.scheduler.write().unwrap_or_else(|e| e.into_inner()) = scheduler;
+    }
+
+    /// The supervisor running under `name`, if any.
+    pub fn supervisor(&self, name: &str) -> Option<ActorRef<SupervisorMsg>> {
+        let map = self.supervisors.read().unwrap_or_else(|e| e.into_inner());
+        map.get(name).cloned()
+    }
+
+    pub(crate) fn name_supervisor(&self, name: &str, actor: Option<ActorRef<SupervisorMsg>>) {
+        let mut map = self.supervisors.write().unwrap_or_else(|e| e.into_inner());
+        match actor {
+            Some(actor) => {
+                map.insert(name.to_string(), actor);
+            }
+            None => {
+                map.remove(name);
+            }
+        }
+    }
+
+    /// Provides tools and storage; only the first call has an effect.
+    pub fn provide(&self, services: Services) {
+        let _ = self.services.set(Arc::new(services));
+    }
+
+    pub fn services(&self) -> Option<&Arc<Services>> {
+        self.services.get()
     }
 
     pub(crate) fn set_registry(&self, registry: Option<ActorRef<RegistryMsg>>) {

@@ -8,11 +8,16 @@ pub mod context;
 pub mod directory;
 pub mod domain;
 pub mod events;
+pub mod llm;
 pub mod operations;
 pub mod registry;
 pub mod roles;
 pub mod root;
+pub mod run;
+pub mod scheduler;
 pub mod supervisor;
+pub mod task;
 pub mod time;
+pub mod tools;
 
 pub use context::NodeContext;

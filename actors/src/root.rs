@@ -11,7 +11,14 @@ use tokio::sync::oneshot;
 use crate::context::NodeContext;
 use crate::domain::{DomainDefaults, DomainSpec};
 use crate::registry::Registry;
-use crate::supervisor::{ChildSpec, Escalation, Strategy, SupervisorArgs, SupervisorSpec};
+use crate::scheduler::Scheduler;
+use crate::supervisor::{
+    ChildSpec, Escalation, Strategy, Supervisor, SupervisorArgs, SupervisorSpec,
+};
+
+/// A crashing run is restarted from storage; it gives its task up after a few tries
+/// itself, so the `runs` supervisor only escalates on a storm across many tasks.
+const RUNS_MAX_RESTARTS: u32 = 1000;
 
 /// Restart policy of the root itself.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +45,18 @@ pub fn root_args(
         }));
     for domain in domains {
         spec = spec.child(domain.child_spec(ctx, defaults));
+    }
+    // Task execution needs storage and tools; a tree without them (tests of supervision
+    // alone) has no scheduler. Started after the domains so resumed tasks find executors.
+    if ctx.services().is_some() {
+        let runs = SupervisorSpec::new("runs", Strategy::OneForOne)
+            .intensity(RUNS_MAX_RESTARTS, Duration::from_secs(1))
+            .backoff(defaults.backoff);
+        spec = spec.child(Supervisor::child(runs, ctx.clone(), None));
+        let scheduler_ctx = ctx.clone();
+        spec = spec.child(ChildSpec::new("scheduler", move |sup, _| {
+            Scheduler::spawn_linked(scheduler_ctx.clone(), sup)
+        }));
     }
     let (tx, rx) = oneshot::channel();
     let args = SupervisorArgs {

@@ -5,10 +5,11 @@ pub mod agents;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod tasks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::state::AppState;
 
@@ -18,6 +19,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::render))
         .route("/api/v1/agents", get(agents::list))
+        .route("/api/v1/tasks", post(tasks::submit).get(tasks::list))
+        .route("/api/v1/tasks/{id}", get(tasks::get))
+        .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(metrics::track))

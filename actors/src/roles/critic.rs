@@ -1,5 +1,138 @@
-//! Critic: checks each step's output against its expectation (exit code, contains/regex, JSON
-//! value, or an LLM judgement) and gives the task its final verdict.
+//! Critic: checks each step's output against its expectation (exit code, status,
+//! contains, regex, JSON value, or an LLM judgement) and gives the task its final verdict.
+//!
+//! The rule-based checks are pure functions ([`judge`]), run by the coordinating run
+//! itself: a round trip to a critic agent would add a mailbox hop per step for a
+//! computation of microseconds. Only LLM judgements need the critic agent's provider.
+
+use crate::task::{Expectation, Verdict};
+use crate::tools::{ToolError, ToolOutput};
 
 /// Capabilities the registry indexes this role under.
 pub const CAPABILITIES: &[&str] = &["critique.step", "critique.task"];
+
+/// Judges one attempt. Without an explicit `exit_code` or `status`, a non-zero exit code
+/// or a non-2xx HTTP status fails the step, as a person would expect.
+pub fn judge(expect: Option<&Expectation>, result: &Result<ToolOutput, ToolError>) -> Verdict {
+    let output = match result {
+        Ok(output) => output,
+        Err(e) => return fail(e.to_string()),
+    };
+    let none = Expectation::default();
+    let expect = expect.unwrap_or(&none);
+    match (expect.exit_code, output.exit_code) {
+        (Some(want), got) if got != Some(want) => {
+            return fail(format!("exit code {} (expected {want})", show(got)));
+        }
+        (None, Some(got)) if got != 0 => return fail(format!("exit code {got} (expected 0)")),
+        _ => {}
+    }
+    match (expect.status, output.status) {
+        (Some(want), got) if got != Some(want) => {
+            return fail(format!("HTTP status {} (expected {want})", show(got)));
+        }
+        (None, Some(got)) if !(200..300).contains(&got) => {
+            return fail(format!("HTTP status {got} (expected 2xx)"));
+        }
+        _ => {}
+    }
+    if let Some(needle) = &expect.contains
+        && !output.text.contains(needle.as_str())
+    {
+        return fail(format!("output does not contain {needle:?}"));
+    }
+    if let Some(pattern) = &expect.regex {
+        match regex::Regex::new(pattern) {
+            Ok(re) if re.is_match(&output.text) => {}
+            Ok(_) => return fail(format!("output does not match /{pattern}/")),
+            Err(e) => return fail(format!("invalid regex: {e}")),
+        }
+    }
+    if let Some(json) = &expect.json {
+        let found = output.json.as_ref().and_then(|v| v.pointer(&json.path));
+        if found != Some(&json.equals) {
+            let seen = found.map_or("nothing".to_string(), |v| v.to_string());
+            return fail(format!(
+                "JSON at {:?} is {seen} (expected {})",
+                json.path, json.equals
+            ));
+        }
+    }
+    Verdict {
+        passed: true,
+        reason: "all checks passed".into(),
+    }
+}
+
+fn fail(reason: String) -> Verdict {
+    Verdict {
+        passed: false,
+        reason,
+    }
+}
+
+fn show<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("none".into(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::spec::JsonExpectation;
+    use serde_json::json;
+
+    fn out(text: &str, exit: Option<i32>, status: Option<u16>) -> Result<ToolOutput, ToolError> {
+        Ok(ToolOutput {
+            text: text.into(),
+            exit_code: exit,
+            status,
+            json: serde_json::from_str(text).ok(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn defaults_fail_non_zero_exit_and_non_2xx() {
+        assert!(judge(None, &out("", Some(0), None)).passed);
+        assert!(!judge(None, &out("", Some(2), None)).passed);
+        assert!(!judge(None, &out("", None, Some(500))).passed);
+        let tolerate = Expectation {
+            exit_code: Some(2),
+            ..Default::default()
+        };
+        assert!(judge(Some(&tolerate), &out("", Some(2), None)).passed);
+    }
+
+    #[test]
+    fn checks_text_regex_and_json() {
+        let e = Expectation {
+            contains: Some("world".into()),
+            regex: Some(r#""n":\s*\d+"#.into()),
+            json: Some(JsonExpectation {
+                path: "/n".into(),
+                equals: json!(3),
+            }),
+            ..Default::default()
+        };
+        assert!(
+            judge(
+                Some(&e),
+                &out(r#"{"hello": "world", "n": 3}"#, Some(0), None)
+            )
+            .passed
+        );
+        let v = judge(
+            Some(&e),
+            &out(r#"{"hello": "world", "n": 4}"#, Some(0), None),
+        );
+        assert!(!v.passed && v.reason.contains("/n"), "{}", v.reason);
+        assert!(!judge(Some(&e), &out("nope", Some(0), None)).passed);
+    }
+
+    #[test]
+    fn tool_errors_fail_with_their_reason() {
+        let v = judge(None, &Err(ToolError::Cancelled));
+        assert!(!v.passed);
+        assert!(!v.reason.is_empty());
+    }
+}

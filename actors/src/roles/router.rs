@@ -1,5 +1,43 @@
-//! Router: picks the agent for each step: capability match, healthy, least loaded, local
-//! first, remote over NATS when needed, never an agent whose circuit is open.
+//! Router: picks the agent for each step: capability match, healthy, least loaded; never
+//! an agent that is not active. (Remote agents over NATS come with clustering.)
+
+use ractor::ActorRef;
+
+use crate::agent::AgentMsg;
+use crate::context::NodeContext;
+use crate::registry::{AgentRecord, RegistryMsg};
 
 /// Capabilities the registry indexes this role under.
 pub const CAPABILITIES: &[&str] = &["route"];
+
+/// How long the registry may take to answer a routing question.
+const REGISTRY_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("the agent registry is not running")]
+    NoRegistry,
+    #[error("no healthy active agent offers `{0}`")]
+    NoAgent(String),
+}
+
+/// The agent to run a step with `capability` on, with its record.
+pub async fn route(
+    ctx: &NodeContext,
+    capability: &str,
+) -> Result<(AgentRecord, ActorRef<AgentMsg>), RouteError> {
+    let registry = ctx.registry().ok_or(RouteError::NoRegistry)?;
+    let found = ractor::call_t!(
+        registry,
+        RegistryMsg::FindHealthy,
+        REGISTRY_TIMEOUT_MS,
+        capability.to_string()
+    )
+    .map_err(|_| RouteError::NoRegistry)?;
+    let record = found.ok_or_else(|| RouteError::NoAgent(capability.to_string()))?;
+    let agent = record
+        .agent
+        .clone()
+        .ok_or_else(|| RouteError::NoAgent(capability.to_string()))?;
+    Ok((record, agent))
+}

@@ -100,6 +100,8 @@ struct Slot {
     last_error: Option<String>,
     /// This slot's restart times within the intensity period; drives its backoff.
     recent: VecDeque<Instant>,
+    /// Added at run time (`StartChild`): its slot goes once it will not be restarted.
+    dynamic: bool,
 }
 
 pub struct SupervisorState {
@@ -226,10 +228,14 @@ impl Actor for Supervisor {
         for child in spec.children {
             if let Err(e) = state.add_child(&myself, child).await {
                 state.stop_all().await;
-                state.ctx.directory.leave(myself.get_id().pid());
+                state.forget(&myself);
                 return Err(e.into());
             }
         }
+        state.ctx.name_supervisor(&state.name, Some(myself.clone()));
+        // Published once, not per child: a view is O(children) to build, so publishing
+        // after each start made starting n children O(n²) (BENCHMARKS.md).
+        state.publish_view();
         Ok(state)
     }
 
@@ -239,7 +245,7 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.stop_all().await;
-        state.ctx.directory.leave(myself.get_id().pid());
+        state.forget(&myself);
         Ok(())
     }
 
@@ -253,6 +259,12 @@ impl Actor for Supervisor {
         match msg {
             SupervisorMsg::StartChild(spec, reply) => {
                 let result = state.add_child(&myself, spec).await;
+                if result.is_ok()
+                    && let Some(slot) = state.slots.last_mut()
+                {
+                    slot.dynamic = true;
+                }
+                state.publish_view();
                 let _ = reply.send(result);
             }
             SupervisorMsg::TerminateChild(id, reply) => {
@@ -273,7 +285,7 @@ impl Actor for Supervisor {
                     state.publish_view();
                     if result.is_err() {
                         // Escalating: post_stop will not run, so leave the directory here.
-                        state.ctx.directory.leave(myself.get_id().pid());
+                        state.forget(&myself);
                     }
                     result?;
                 }
@@ -294,17 +306,30 @@ impl Actor for Supervisor {
         let result = state.child_exited(&myself, pid, exit).await;
         state.publish_view();
         if result.is_err() {
-            state.ctx.directory.leave(myself.get_id().pid());
+            state.forget(&myself);
         }
         result
     }
 }
 
 impl SupervisorState {
+    /// Leaves the directory and the name table (the actor is going away).
+    fn forget(&self, myself: &ActorRef<SupervisorMsg>) {
+        self.ctx.directory.leave(myself.get_id().pid());
+        if self
+            .ctx
+            .supervisor(&self.name)
+            .is_some_and(|s| s.get_id() == myself.get_id())
+        {
+            self.ctx.name_supervisor(&self.name, None);
+        }
+    }
+
     fn slot_index(&self, id: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.spec.id == id)
     }
 
+    /// Starts a child and adds its slot; the caller publishes the view.
     async fn add_child(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -329,8 +354,8 @@ impl SupervisorState {
             restarts: 0,
             last_error: None,
             recent: VecDeque::new(),
+            dynamic: false,
         });
-        self.publish_view();
         Ok(pid)
     }
 
@@ -368,6 +393,10 @@ impl SupervisorState {
         };
         match (slot.spec.restart, exit) {
             (Restart::Temporary, _) => {
+                self.slots.remove(idx);
+                Ok(())
+            }
+            (Restart::Transient, Exit::Normal) if slot.dynamic => {
                 self.slots.remove(idx);
                 Ok(())
             }

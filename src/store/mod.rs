@@ -4,6 +4,9 @@
 //! own types and migrations (`migrations/sqlite`, `migrations/postgres`, embedded in the
 //! binary and run at start).
 
+pub mod tasks;
+pub mod writer;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -189,6 +192,79 @@ pub fn redact(url: &str) -> String {
             }
         }
         None => url.to_string(),
+    }
+}
+
+/// The task store: writes through the group-commit [`writer::Writer`], reads from the pool.
+#[derive(Clone)]
+pub struct Tasks {
+    store: Store,
+    writer: writer::Writer,
+}
+
+impl Tasks {
+    pub fn new(store: Store, queue: usize) -> Tasks {
+        let writer = writer::Writer::start(store.clone(), queue);
+        Tasks { store, writer }
+    }
+
+    pub async fn get(&self, task_id: &str) -> Result<Option<tasks::TaskView>, StoreError> {
+        Ok(match &self.store {
+            Store::Sqlite(pool) => tasks::sqlite::get(pool, task_id).await?,
+            Store::Postgres(pool) => tasks::postgres::get(pool, task_id).await?,
+        })
+    }
+
+    pub async fn list(
+        &self,
+        filter: &tasks::TaskFilter,
+    ) -> Result<Vec<tasks::TaskSummary>, StoreError> {
+        Ok(match &self.store {
+            Store::Sqlite(pool) => tasks::sqlite::list(pool, filter).await?,
+            Store::Postgres(pool) => tasks::postgres::list(pool, filter).await?,
+        })
+    }
+}
+
+type PortError = actors::task::store::StoreError;
+type PortFuture<'a, T> = actors::task::store::BoxFuture<'a, Result<T, PortError>>;
+
+impl actors::task::store::TaskStore for Tasks {
+    fn submit(
+        &self,
+        task: actors::task::store::NewTask,
+    ) -> PortFuture<'_, actors::task::store::Submitted> {
+        Box::pin(self.writer.submit(task))
+    }
+
+    fn claim(
+        &self,
+        task_id: String,
+        node: String,
+    ) -> PortFuture<'_, Option<actors::task::store::Claim>> {
+        Box::pin(self.writer.claim(task_id, node))
+    }
+
+    fn record(&self, progress: actors::task::store::Progress) -> PortFuture<'_, ()> {
+        Box::pin(self.writer.record(progress))
+    }
+
+    fn cancel_queued(
+        &self,
+        task_id: String,
+        at_ms: i64,
+    ) -> PortFuture<'_, actors::task::TaskStatus> {
+        Box::pin(self.writer.cancel_queued(task_id, at_ms))
+    }
+
+    fn unfinished(&self) -> PortFuture<'_, Vec<(String, actors::task::Priority)>> {
+        Box::pin(async move {
+            let rows = match &self.store {
+                Store::Sqlite(pool) => tasks::sqlite::unfinished(pool).await,
+                Store::Postgres(pool) => tasks::postgres::unfinished(pool).await,
+            };
+            rows.map_err(|e| PortError::Unavailable(e.to_string()))
+        })
     }
 }
 

@@ -1,0 +1,540 @@
+//! One task's run: the Coordinator's job (DESIGN §3). It claims the task (a new lease
+//! epoch), drives the plan's steps in dependency order — ready steps in parallel — asks
+//! the Router for an executor for each, has the Critic judge each attempt, retries with
+//! backoff up to the step's attempts, and records every step result and the outcome.
+//!
+//! A run is a transient child of the `runs` supervisor: if it crashes it is started again
+//! and rebuilds itself from what is stored (recorded steps are not re-run; the step that
+//! was in flight is retried). Every write is fenced by the lease epoch, so a run that lost
+//! its task to another owner stops instead of overwriting the new owner's results.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{AgentMsg, Work};
+use crate::context::{NodeContext, Services};
+use crate::roles::{critic, router};
+use crate::scheduler::SchedulerMsg;
+use crate::task::store::{Progress, StepState, StoreError, TaskEvent, now_ms};
+use crate::task::{Attempt, StepSpec, StepStatus, TaskSpec, TaskStatus};
+use crate::tools::{ToolError, ToolOutput};
+
+/// A run that crashes this many times fails its task instead of looping.
+const MAX_INCARNATIONS: u32 = 5;
+/// Extra time an executor gets beyond the step timeout before the run gives up on it.
+const EXECUTOR_GRACE: Duration = Duration::from_secs(5);
+
+pub enum RunMsg {
+    /// Internal: claim the task and begin (sent by the run to itself after start).
+    Start,
+    /// Internal: an attempt finished.
+    StepDone {
+        index: usize,
+        agent: Option<(String, String)>,
+        result: Result<ToolOutput, ToolError>,
+    },
+    /// Internal: a retry's backoff has passed.
+    Retry(usize),
+    /// Internal: the task's deadline has passed.
+    Deadline,
+    /// Stop running steps and record the task cancelled; replies with the final status.
+    Cancel(RpcReplyPort<TaskStatus>),
+}
+
+pub struct RunArgs {
+    ctx: Arc<NodeContext>,
+    task_id: String,
+    incarnation: u32,
+}
+
+struct StepRun {
+    spec: StepSpec,
+    state: StepState,
+    cancel: Option<CancellationToken>,
+}
+
+pub struct RunState {
+    ctx: Arc<NodeContext>,
+    services: Option<Arc<Services>>,
+    task_id: String,
+    incarnation: u32,
+    epoch: i64,
+    spec: TaskSpec,
+    steps: Vec<StepRun>,
+    index: HashMap<String, usize>,
+    next_seq: i64,
+    done: bool,
+}
+
+pub struct Run;
+
+impl Run {
+    pub async fn spawn_linked(
+        ctx: Arc<NodeContext>,
+        task_id: String,
+        incarnation: u32,
+        supervisor: ActorCell,
+    ) -> Result<ActorCell, SpawnErr> {
+        let args = RunArgs {
+            ctx,
+            task_id,
+            incarnation,
+        };
+        Actor::spawn_linked(None, Run, args, supervisor)
+            .await
+            .map(|(r, _)| r.get_cell())
+    }
+}
+
+impl Actor for Run {
+    type Msg = RunMsg;
+    type State = RunState;
+    type Arguments = RunArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RunArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Long work never blocks a start: the claim happens in the first message.
+        let _ = myself.cast(RunMsg::Start);
+        Ok(RunState {
+            services: args.ctx.services().cloned(),
+            ctx: args.ctx,
+            task_id: args.task_id,
+            incarnation: args.incarnation,
+            epoch: 0,
+            spec: TaskSpec::default(),
+            steps: Vec::new(),
+            index: HashMap::new(),
+            next_seq: 0,
+            done: false,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for step in &state.steps {
+            if let Some(cancel) = &step.cancel {
+                cancel.cancel();
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.done {
+            if let RunMsg::Cancel(reply) = msg {
+                let _ = reply.send(TaskStatus::Cancelled);
+            }
+            return Ok(());
+        }
+        let result = match msg {
+            RunMsg::Start => state.start(&myself).await,
+            RunMsg::StepDone {
+                index,
+                agent,
+                result,
+            } => state.step_done(&myself, index, agent, result).await,
+            RunMsg::Retry(index) => {
+                // A cancel or deadline during the backoff has already settled the step.
+                if state
+                    .steps
+                    .get(index)
+                    .is_some_and(|s| s.state.status == StepStatus::Pending)
+                {
+                    state.launch(&myself, index);
+                }
+                Ok(())
+            }
+            RunMsg::Deadline => {
+                state
+                    .stop_all(TaskStatus::TimedOut, "the task's timeout passed")
+                    .await
+            }
+            RunMsg::Cancel(reply) => {
+                let r = state
+                    .stop_all(TaskStatus::Cancelled, "cancelled on request")
+                    .await;
+                let _ = reply.send(TaskStatus::Cancelled);
+                r
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(StoreError::Fenced { task_id, epoch }) => {
+                tracing::warn!(%task_id, epoch, "lost the task's lease; stopping this run");
+                state.done = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if state.done {
+            if let Some(scheduler) = state.ctx.scheduler() {
+                let _ = scheduler.cast(SchedulerMsg::RunFinished {
+                    task_id: state.task_id.clone(),
+                });
+            }
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}
+
+impl RunState {
+    fn services(&self) -> Result<&Arc<Services>, StoreError> {
+        self.services
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("storage is not open".into()))
+    }
+
+    fn event(&mut self, kind: &str, data: Value) -> TaskEvent {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        TaskEvent {
+            seq,
+            at_ms: now_ms(),
+            kind: kind.to_string(),
+            data,
+        }
+    }
+
+    async fn record(&self, progress: Progress) -> Result<(), StoreError> {
+        self.services()?.store.record(progress).await
+    }
+
+    fn progress(&self) -> Progress {
+        Progress {
+            task_id: self.task_id.clone(),
+            epoch: self.epoch,
+            ..Default::default()
+        }
+    }
+
+    async fn start(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
+        let services = self.services()?.clone();
+        let node = self.ctx.node.clone();
+        let Some(claim) = services
+            .store
+            .claim(self.task_id.clone(), node.clone())
+            .await?
+        else {
+            self.done = true; // already final
+            return Ok(());
+        };
+        if let Some(scheduler) = self.ctx.scheduler() {
+            let _ = scheduler.cast(SchedulerMsg::RunStarted {
+                task_id: self.task_id.clone(),
+                run: myself.clone(),
+            });
+        }
+        self.epoch = claim.epoch;
+        self.next_seq = claim.next_seq;
+        self.spec = claim.spec;
+        let new_plan = claim.plan.is_none();
+        let Some(plan) = claim.plan.or_else(|| self.spec.steps.clone()) else {
+            let reason = "this task has no steps and needs the Planner, which needs an LLM provider: \
+                          set [llm] provider (openai, anthropic or scripted) in the configuration, \
+                          or submit explicit `steps`";
+            return self
+                .finish(TaskStatus::Failed, Some(reason.to_string()))
+                .await;
+        };
+        let recorded: HashMap<String, StepState> = claim
+            .steps
+            .into_iter()
+            .map(|s| (s.step_id.clone(), s))
+            .collect();
+        self.index = plan
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        self.steps = plan
+            .into_iter()
+            .map(|spec| {
+                let mut state = recorded.get(&spec.id).cloned().unwrap_or(StepState {
+                    step_id: spec.id.clone(),
+                    status: StepStatus::Pending,
+                    attempts: Vec::new(),
+                    output: None,
+                });
+                // The attempt in flight when the last owner stopped is retried.
+                if state.status == StepStatus::Running {
+                    state.status = StepStatus::Pending;
+                }
+                StepRun {
+                    spec,
+                    state,
+                    cancel: None,
+                }
+            })
+            .collect();
+        if self.incarnation > MAX_INCARNATIONS {
+            let reason = format!(
+                "the task's run crashed {} times; giving up",
+                self.incarnation
+            );
+            return self.finish(TaskStatus::Failed, Some(reason)).await;
+        }
+        if let Some(timeout) = self.spec.timeout_secs {
+            let deadline = claim.created_at_ms + (timeout * 1000.0) as i64;
+            let left = Duration::from_millis((deadline - now_ms()).max(0) as u64);
+            myself.send_after(left, || RunMsg::Deadline);
+        }
+        let started = self.event("started", json!({"node": node, "epoch": self.epoch}));
+        let mut progress = self.progress();
+        progress.status = Some(TaskStatus::Running);
+        progress.plan = new_plan.then(|| self.steps.iter().map(|s| s.spec.clone()).collect());
+        progress.events.push(started);
+        self.record(progress).await?;
+        self.advance(myself).await
+    }
+
+    /// Launches every step whose prerequisites succeeded, skips those whose prerequisites
+    /// failed, and finishes the task when nothing is left to run.
+    async fn advance(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
+        let mut skipped = Vec::new();
+        loop {
+            let mut changed = false;
+            for i in 0..self.steps.len() {
+                if self.steps[i].state.status != StepStatus::Pending
+                    || self.steps[i].cancel.is_some()
+                {
+                    continue;
+                }
+                let prereqs: Vec<StepStatus> = self.steps[i]
+                    .spec
+                    .prerequisites()
+                    .filter_map(|p| self.index.get(p))
+                    .map(|&j| self.steps[j].state.status)
+                    .collect();
+                if prereqs
+                    .iter()
+                    .any(|s| s.is_final() && *s != StepStatus::Succeeded)
+                {
+                    self.steps[i].state.status = StepStatus::Skipped;
+                    skipped.push(self.steps[i].state.clone());
+                    changed = true;
+                } else if prereqs.iter().all(|s| *s == StepStatus::Succeeded) {
+                    self.launch(myself, i);
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        if !skipped.is_empty() {
+            let mut progress = self.progress();
+            progress.steps = skipped;
+            self.record(progress).await?;
+        }
+        if self.steps.iter().all(|s| s.state.status.is_final()) {
+            let failed = self
+                .steps
+                .iter()
+                .find(|s| s.state.status != StepStatus::Succeeded);
+            let (status, error) = match failed {
+                None => (TaskStatus::Succeeded, None),
+                Some(step) => {
+                    let why = step
+                        .state
+                        .attempts
+                        .last()
+                        .and_then(|a| {
+                            a.verdict
+                                .as_ref()
+                                .map(|v| v.reason.clone())
+                                .or(a.error.clone())
+                        })
+                        .unwrap_or_else(|| step.state.status.to_string());
+                    (
+                        TaskStatus::Failed,
+                        Some(format!(
+                            "step `{}` {}: {why}",
+                            step.spec.id, step.state.status
+                        )),
+                    )
+                }
+            };
+            return self.finish(status, error).await;
+        }
+        Ok(())
+    }
+
+    /// Starts an attempt of step `i` on an executor chosen by the Router.
+    fn launch(&mut self, myself: &ActorRef<RunMsg>, i: usize) {
+        let input = self.steps[i]
+            .spec
+            .input_from
+            .as_ref()
+            .and_then(|from| self.index.get(from))
+            .and_then(|&j| self.steps[j].state.output.as_ref())
+            .and_then(|o| o.get("text"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let timeout = self.steps[i]
+            .spec
+            .timeout_secs
+            .map(Duration::from_secs_f64)
+            .or_else(|| {
+                self.services
+                    .as_ref()
+                    .map(|s| Duration::from_secs_f64(s.tools.config().default_timeout_secs))
+            });
+        let step = &mut self.steps[i];
+        let cancel = CancellationToken::new();
+        step.cancel = Some(cancel.clone());
+        step.state.status = StepStatus::Running;
+        step.state.attempts.push(Attempt {
+            attempt: step.state.attempts.len() as u32 + 1,
+            agent: None,
+            node: None,
+            output: None,
+            error: None,
+            verdict: None,
+            started_at: Some(crate::time::now_rfc3339()),
+            finished_at: None,
+        });
+        let work = Work {
+            task_id: self.task_id.clone(),
+            step: step.spec.clone(),
+            input,
+            timeout,
+            cancel,
+        };
+        let ctx = self.ctx.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let capability = format!("tool.{}", work.step.tool);
+            let wait = timeout.unwrap_or(Duration::from_secs(3600)) + EXECUTOR_GRACE;
+            let (agent, result) = match router::route(&ctx, &capability).await {
+                Err(e) => (None, Err(ToolError::Failed(e.to_string()))),
+                Ok((record, executor)) => {
+                    let who = (record.identity.name.clone(), record.identity.node.clone());
+                    let reply = executor
+                        .call(|r| AgentMsg::Execute(Box::new(work), r), Some(wait))
+                        .await;
+                    let result = match reply {
+                        Ok(ractor::rpc::CallResult::Success(r)) => r,
+                        Ok(ractor::rpc::CallResult::Timeout) => Err(ToolError::TimedOut(wait)),
+                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+                            Err(ToolError::Failed(format!(
+                                "executor {} stopped before answering",
+                                who.0
+                            )))
+                        }
+                    };
+                    (Some(who), result)
+                }
+            };
+            let _ = me.cast(RunMsg::StepDone {
+                index: i,
+                agent,
+                result,
+            });
+        });
+    }
+
+    async fn step_done(
+        &mut self,
+        myself: &ActorRef<RunMsg>,
+        i: usize,
+        agent: Option<(String, String)>,
+        result: Result<ToolOutput, ToolError>,
+    ) -> Result<(), StoreError> {
+        let Some(step) = self.steps.get_mut(i) else {
+            return Ok(());
+        };
+        if step.state.status != StepStatus::Running {
+            return Ok(()); // cancelled or timed out meanwhile
+        }
+        step.cancel = None;
+        let verdict = critic::judge(step.spec.expect.as_ref(), &result);
+        let max_attempts = step.spec.max_attempts.unwrap_or(self.spec.max_attempts);
+        if let Some(attempt) = step.state.attempts.last_mut() {
+            attempt.agent = agent.as_ref().map(|a| a.0.clone());
+            attempt.node = agent.map(|a| a.1);
+            attempt.output = result
+                .as_ref()
+                .ok()
+                .and_then(|o| serde_json::to_value(o).ok());
+            attempt.error = result.as_ref().err().map(ToString::to_string);
+            attempt.verdict = Some(verdict.clone());
+            attempt.finished_at = Some(crate::time::now_rfc3339());
+        }
+        let attempts = step.state.attempts.len() as u32;
+        let kind = if verdict.passed {
+            step.state.status = StepStatus::Succeeded;
+            step.state.output = result
+                .as_ref()
+                .ok()
+                .and_then(|o| serde_json::to_value(o).ok());
+            "step.succeeded"
+        } else if attempts < max_attempts {
+            step.state.status = StepStatus::Pending;
+            let backoff = Duration::from_millis(100u64.saturating_mul(1 << (attempts - 1).min(6)))
+                .min(Duration::from_secs(5));
+            step.cancel = Some(CancellationToken::new()); // holds the slot until the retry
+            myself.send_after(backoff, move || RunMsg::Retry(i));
+            "step.retrying"
+        } else {
+            step.state.status = StepStatus::Failed;
+            "step.failed"
+        };
+        let state = step.state.clone();
+        let data = json!({"step": state.step_id, "attempt": attempts, "verdict": verdict});
+        let event = self.event(kind, data);
+        let mut progress = self.progress();
+        progress.steps.push(state);
+        progress.events.push(event);
+        self.record(progress).await?;
+        self.advance(myself).await
+    }
+
+    /// Cancels or times out the task: stops running steps and records the outcome.
+    async fn stop_all(&mut self, status: TaskStatus, reason: &str) -> Result<(), StoreError> {
+        let mut touched = Vec::new();
+        for step in &mut self.steps {
+            if let Some(cancel) = step.cancel.take() {
+                cancel.cancel();
+            }
+            if !step.state.status.is_final() {
+                step.state.status = StepStatus::Cancelled;
+                touched.push(step.state.clone());
+            }
+        }
+        let mut progress = self.progress();
+        progress.steps = touched;
+        self.record(progress).await?;
+        self.finish(status, Some(reason.to_string())).await
+    }
+
+    async fn finish(
+        &mut self,
+        status: TaskStatus,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let event = self.event(status.as_str(), json!({"error": error}));
+        let mut progress = self.progress();
+        progress.status = Some(status);
+        progress.error = error;
+        progress.events.push(event);
+        self.record(progress).await?;
+        metrics::counter!("ms_tasks_finished_total", "status" => status.as_str()).increment(1);
+        self.done = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! The scheduler: admits submitted tasks, stores them, queues them by priority with aging,
+//! and starts one run (a [`crate::run::Run`] actor under the `runs` supervisor) per task
+//! while fewer than `max_running` are in flight.
+//!
+//! Storing happens off the mailbox (a spawned task awaits the group commit), so the
+//! scheduler keeps admitting while commits are in flight. At start it resumes every
+//! unfinished task from the store.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use serde::Serialize;
+
+use crate::context::{NodeContext, SchedulerSettings};
+use crate::directory::{ActorKind, ActorMeta, ActorStats};
+use crate::run::{Run, RunMsg};
+use crate::supervisor::{ChildSpec, Restart, SupervisorMsg};
+use crate::task::store::{NewTask, StoreError, Submitted, now_ms};
+use crate::task::{Priority, TaskStatus};
+
+/// Why a submission was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the task queue is full ({0} tasks waiting); retry later")]
+    QueueFull(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the node is not ready to take tasks (storage not open)")]
+    NotReady,
+}
+
+/// What a cancel request found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CancelOutcome {
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SchedulerStats {
+    pub queued: usize,
+    pub running: usize,
+    pub submitting: usize,
+}
+
+pub enum SchedulerMsg {
+    /// Store a new task and queue it; the reply comes after the commit.
+    Submit(NewTask, RpcReplyPort<Result<Submitted, SubmitError>>),
+    /// Internal: a stored (or resumed) task to run.
+    Enqueue {
+        task_id: String,
+        priority: Priority,
+        enqueued_ms: i64,
+    },
+    /// Internal: a submission's store write finished (accepted or not).
+    Stored,
+    /// A run started; it can be reached for a cancel.
+    RunStarted {
+        task_id: String,
+        run: ActorRef<RunMsg>,
+    },
+    /// A run ended (finished, fenced, or gave up).
+    RunFinished {
+        task_id: String,
+    },
+    Cancel(String, RpcReplyPort<Result<CancelOutcome, StoreError>>),
+    Stats(RpcReplyPort<SchedulerStats>),
+}
+
+pub struct Scheduler;
+
+pub struct SchedulerState {
+    ctx: Arc<NodeContext>,
+    settings: SchedulerSettings,
+    /// Ordered by `enqueued_ms + rank * aging_ms`: older tasks climb above newer urgent ones.
+    queue: BinaryHeap<Reverse<(i64, u64, String)>>,
+    queued: HashSet<String>,
+    seq: u64,
+    running: HashMap<String, Option<ActorRef<RunMsg>>>,
+    submitting: usize,
+    stats: Arc<ActorStats>,
+}
+
+impl Scheduler {
+    pub async fn spawn_linked(
+        ctx: Arc<NodeContext>,
+        supervisor: ActorCell,
+    ) -> Result<ActorCell, SpawnErr> {
+        Actor::spawn_linked(None, Scheduler, ctx, supervisor)
+            .await
+            .map(|(r, _)| r.get_cell())
+    }
+}
+
+impl Actor for Scheduler {
+    type Msg = SchedulerMsg;
+    type State = SchedulerState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<NodeContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let services = ctx.services().ok_or(
+            "the scheduler needs storage and tools; provide them before starting the tree",
+        )?;
+        let settings = services.scheduler;
+        let stats = ctx.directory.enter(
+            &myself.get_cell(),
+            ActorMeta {
+                name: "scheduler".into(),
+                kind: ActorKind::Service,
+                role: Some("scheduler".into()),
+                domain: None,
+            },
+        );
+        ctx.set_scheduler(Some(myself.clone()));
+        // Resume what a previous life of this node (or a crashed scheduler) left unfinished.
+        let store = services.store.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            match store.unfinished().await {
+                Ok(tasks) => {
+                    if !tasks.is_empty() {
+                        tracing::info!(tasks = tasks.len(), "resuming unfinished tasks");
+                    }
+                    for (task_id, priority) in tasks {
+                        let _ = me.cast(SchedulerMsg::Enqueue {
+                            task_id,
+                            priority,
+                            enqueued_ms: 0,
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot list unfinished tasks to resume"),
+            }
+        });
+        Ok(SchedulerState {
+            ctx,
+            settings,
+            queue: BinaryHeap::new(),
+            queued: HashSet::new(),
+            seq: 0,
+            running: HashMap::new(),
+            submitting: 0,
+            stats,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ctx.set_scheduler(None);
+        state.ctx.directory.leave(myself.get_id().pid());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stats.handled();
+        match msg {
+            SchedulerMsg::Submit(task, reply) => state.submit(&myself, task, reply),
+            SchedulerMsg::Stored => state.submitting = state.submitting.saturating_sub(1),
+            SchedulerMsg::Enqueue {
+                task_id,
+                priority,
+                enqueued_ms,
+            } => {
+                if !state.running.contains_key(&task_id) && state.queued.insert(task_id.clone()) {
+                    let key = enqueued_ms + priority.rank() * state.settings.aging_ms as i64;
+                    state.seq += 1;
+                    state.queue.push(Reverse((key, state.seq, task_id)));
+                }
+            }
+            SchedulerMsg::RunStarted { task_id, run } => {
+                state.running.insert(task_id, Some(run));
+            }
+            SchedulerMsg::RunFinished { task_id } => {
+                state.running.remove(&task_id);
+            }
+            SchedulerMsg::Cancel(task_id, reply) => state.cancel(task_id, reply),
+            SchedulerMsg::Stats(reply) => {
+                let _ = reply.send(SchedulerStats {
+                    queued: state.queued.len(),
+                    running: state.running.len(),
+                    submitting: state.submitting,
+                });
+            }
+        }
+        state.pump(&myself);
+        metrics::gauge!("ms_tasks_queued").set(state.queued.len() as f64);
+        metrics::gauge!("ms_tasks_running").set(state.running.len() as f64);
+        Ok(())
+    }
+}
+
+impl SchedulerState {
+    fn submit(
+        &mut self,
+        myself: &ActorRef<SchedulerMsg>,
+        task: NewTask,
+        reply: RpcReplyPort<Result<Submitted, SubmitError>>,
+    ) {
+        let waiting = self.queued.len() + self.submitting;
+        if waiting >= self.settings.max_queued {
+            let _ = reply.send(Err(SubmitError::QueueFull(waiting)));
+            return;
+        }
+        let Some(services) = self.ctx.services() else {
+            let _ = reply.send(Err(SubmitError::NotReady));
+            return;
+        };
+        self.submitting += 1;
+        let store = services.store.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let enqueued_ms = task.created_at_ms;
+            let result = store.submit(task).await.map_err(SubmitError::from);
+            if let Ok(s) = &result
+                && !s.status.is_final()
+            {
+                let _ = me.cast(SchedulerMsg::Enqueue {
+                    task_id: s.task_id.clone(),
+                    priority: s.priority,
+                    enqueued_ms,
+                });
+            }
+            let _ = me.cast(SchedulerMsg::Stored);
+            let _ = reply.send(result);
+        });
+    }
+
+    /// Starts runs while there is room.
+    fn pump(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        let Some(runs) = self.ctx.supervisor("runs") else {
+            return;
+        };
+        while self.running.len() < self.settings.max_running {
+            let Some(Reverse((_, _, task_id))) = self.queue.pop() else {
+                break;
+            };
+            if !self.queued.remove(&task_id) {
+                continue; // cancelled while queued
+            }
+            self.running.insert(task_id.clone(), None);
+            let ctx = self.ctx.clone();
+            let id = task_id.clone();
+            let spec = ChildSpec::new(task_id.clone(), move |sup, incarnation| {
+                Run::spawn_linked(ctx.clone(), id.clone(), incarnation, sup)
+            })
+            .restart(Restart::Transient);
+            let me = myself.clone();
+            let runs = runs.clone();
+            tokio::spawn(async move {
+                let started = ractor::call!(runs, SupervisorMsg::StartChild, spec);
+                match started {
+                    Ok(Ok(_)) => {}
+                    // Already running (a resumed task whose run survived a scheduler restart).
+                    Ok(Err(crate::supervisor::SupervisorError::DuplicateChild(_))) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(task_id = %task_id, error = %e, "cannot start the task's run");
+                        let _ = me.cast(SchedulerMsg::RunFinished { task_id });
+                    }
+                    Err(e) => {
+                        tracing::error!(task_id = %task_id, error = %e, "the runs supervisor is not answering");
+                        let _ = me.cast(SchedulerMsg::RunFinished { task_id });
+                    }
+                }
+            });
+        }
+    }
+
+    fn cancel(&mut self, task_id: String, reply: RpcReplyPort<Result<CancelOutcome, StoreError>>) {
+        if let Some(Some(run)) = self.running.get(&task_id) {
+            let run = run.clone();
+            tokio::spawn(async move {
+                let result = ractor::call!(run, RunMsg::Cancel).map_err(|e| {
+                    StoreError::Unavailable(format!("the task's run did not answer: {e}"))
+                });
+                let _ = reply.send(result.map(|status| CancelOutcome { task_id, status }));
+            });
+            return;
+        }
+        self.queued.remove(&task_id);
+        let Some(services) = self.ctx.services() else {
+            let _ = reply.send(Err(StoreError::Unavailable("storage not open".into())));
+            return;
+        };
+        let store = services.store.clone();
+        tokio::spawn(async move {
+            let result = store.cancel_queued(task_id.clone(), now_ms()).await;
+            let _ = reply.send(result.map(|status| CancelOutcome { task_id, status }));
+        });
+    }
+}

@@ -1,0 +1,473 @@
+//! What a client submits (DESIGN §4): a task with an optional plan of steps, and the
+//! checks that refuse a bad one before anything is stored.
+//!
+//! Validation reports every problem with the field it is about
+//! (`steps[2].depends_on[0]`), so a client can fix its request in one go.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::supervisor::spec::parse_from_string;
+
+/// Largest plan accepted, in steps.
+pub const MAX_STEPS: usize = 1000;
+/// Most attempts a step may be given.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum Priority {
+    Urgent,
+    High,
+    #[default]
+    Normal,
+    Low,
+    Background,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 5] = [
+        Priority::Urgent,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+        Priority::Background,
+    ];
+    pub const ALLOWED: &'static str = "urgent, high, normal, low, background";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Urgent => "urgent",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+            Priority::Background => "background",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// 0 for urgent … 4 for background (what is stored and sorted on).
+    pub fn rank(self) -> i64 {
+        self as i64
+    }
+
+    pub fn from_rank(rank: i64) -> Priority {
+        Priority::ALL[rank.clamp(0, 4) as usize]
+    }
+}
+
+parse_from_string!(Priority, "priority");
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A submitted task.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// The whole task must finish within this; `None`: no limit.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// Attempts per step unless the step says otherwise.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// The plan; when absent the Planner makes one from the description.
+    #[serde(default)]
+    pub steps: Option<Vec<StepSpec>>,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub id: String,
+    pub tool: String,
+    #[serde(default = "empty_object")]
+    pub args: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expectation>,
+    /// Feed this step's output (stdin for `shell`, `{{input}}` for `echo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// What a step's output must satisfy (all given checks must hold).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// A JSON pointer (`/a/0/b`) into the output's JSON and the value it must equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<JsonExpectation>,
+    /// A question for the LLM judge; needs a configured provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JsonExpectation {
+    pub path: String,
+    pub equals: Value,
+}
+
+/// One problem with a submission, and the field it is about.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl TaskSpec {
+    /// Checks the task and its plan. `check_tool` validates a step's tool and args
+    /// (unknown tool, disabled tool, bad args) and returns the reason on failure.
+    pub fn validate(
+        &self,
+        check_tool: impl Fn(&str, &Value) -> Result<(), String>,
+    ) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let described = self
+            .description
+            .as_deref()
+            .is_some_and(|d| !d.trim().is_empty());
+        if self.steps.is_none() && !described {
+            errors.push(FieldError::new(
+                "steps",
+                "give `steps` (a plan) or a `description` for the Planner",
+            ));
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            errors.push(FieldError::new(
+                "idempotency_key",
+                "must be 1-200 characters",
+            ));
+        }
+        if let Some(t) = self.timeout_secs
+            && !(t.is_finite() && t > 0.0)
+        {
+            errors.push(FieldError::new("timeout_secs", "must be a positive number"));
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            errors.push(FieldError::new(
+                "max_attempts",
+                format!("must be between 1 and {MAX_ATTEMPTS}"),
+            ));
+        }
+        if let Some(steps) = &self.steps {
+            validate_plan(steps, &check_tool, &mut errors);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Checks a plan: ids, references, cycles, tools, expectations.
+pub fn validate_plan(
+    steps: &[StepSpec],
+    check_tool: &impl Fn(&str, &Value) -> Result<(), String>,
+    errors: &mut Vec<FieldError>,
+) {
+    if steps.is_empty() {
+        errors.push(FieldError::new("steps", "must not be empty"));
+        return;
+    }
+    if steps.len() > MAX_STEPS {
+        errors.push(FieldError::new(
+            "steps",
+            format!("at most {MAX_STEPS} steps are allowed, got {}", steps.len()),
+        ));
+        return;
+    }
+    let mut seen = HashSet::new();
+    for (i, step) in steps.iter().enumerate() {
+        let at = format!("steps[{i}]");
+        if step.id.is_empty()
+            || step.id.len() > 64
+            || !step
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errors.push(FieldError::new(
+                format!("{at}.id"),
+                format!("`{}`: use 1-64 letters, digits, `-` or `_`", step.id),
+            ));
+        }
+        if !seen.insert(step.id.as_str()) {
+            errors.push(FieldError::new(
+                format!("{at}.id"),
+                format!("duplicate step id `{}`", step.id),
+            ));
+        }
+        if let Err(reason) = check_tool(&step.tool, &step.args) {
+            errors.push(FieldError::new(format!("{at}.tool"), reason));
+        }
+        if let Some(t) = step.timeout_secs
+            && !(t.is_finite() && t > 0.0)
+        {
+            errors.push(FieldError::new(
+                format!("{at}.timeout_secs"),
+                "must be a positive number",
+            ));
+        }
+        if let Some(n) = step.max_attempts
+            && !(1..=MAX_ATTEMPTS).contains(&n)
+        {
+            errors.push(FieldError::new(
+                format!("{at}.max_attempts"),
+                format!("must be between 1 and {MAX_ATTEMPTS}"),
+            ));
+        }
+        if let Some(expect) = &step.expect {
+            if let Some(re) = &expect.regex
+                && let Err(e) = regex::Regex::new(re)
+            {
+                errors.push(FieldError::new(format!("{at}.expect.regex"), e.to_string()));
+            }
+            if let Some(json) = &expect.json
+                && !(json.path.is_empty() || json.path.starts_with('/'))
+            {
+                errors.push(FieldError::new(
+                    format!("{at}.expect.json.path"),
+                    "must be a JSON pointer such as /a/0/b",
+                ));
+            }
+        }
+    }
+    let ids: HashSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    for (i, step) in steps.iter().enumerate() {
+        for (j, dep) in step.depends_on.iter().enumerate() {
+            if !ids.contains(dep.as_str()) {
+                errors.push(FieldError::new(
+                    format!("steps[{i}].depends_on[{j}]"),
+                    format!("no step `{dep}` in this plan"),
+                ));
+            } else if dep == &step.id {
+                errors.push(FieldError::new(
+                    format!("steps[{i}].depends_on[{j}]"),
+                    "a step cannot depend on itself",
+                ));
+            }
+        }
+        if let Some(from) = &step.input_from
+            && !ids.contains(from.as_str())
+        {
+            errors.push(FieldError::new(
+                format!("steps[{i}].input_from"),
+                format!("no step `{from}` in this plan"),
+            ));
+        }
+    }
+    if errors.is_empty()
+        && let Err(cycle) = order(steps)
+    {
+        errors.push(FieldError::new(
+            "steps",
+            format!(
+                "the dependencies form a cycle through {}",
+                cycle.join(" → ")
+            ),
+        ));
+    }
+}
+
+impl StepSpec {
+    /// Every step this one waits for: `depends_on` plus `input_from`.
+    pub fn prerequisites(&self) -> impl Iterator<Item = &str> {
+        self.depends_on
+            .iter()
+            .map(String::as_str)
+            .chain(self.input_from.as_deref())
+    }
+}
+
+/// Indices of the steps in an order that respects dependencies (Kahn), or the ids of
+/// steps caught in a cycle.
+pub fn order(steps: &[StepSpec]) -> Result<Vec<usize>, Vec<String>> {
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut waiting = vec![0usize; steps.len()];
+    let mut dependents = vec![Vec::new(); steps.len()];
+    for (i, step) in steps.iter().enumerate() {
+        let prereqs: HashSet<usize> = step
+            .prerequisites()
+            .filter_map(|p| index.get(p).copied())
+            .collect();
+        waiting[i] = prereqs.len();
+        for p in prereqs {
+            dependents[p].push(i);
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..steps.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut out = Vec::with_capacity(steps.len());
+    while let Some(i) = ready.pop_front() {
+        out.push(i);
+        for &d in &dependents[i] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push_back(d);
+            }
+        }
+    }
+    if out.len() == steps.len() {
+        Ok(out)
+    } else {
+        Err((0..steps.len())
+            .filter(|&i| waiting[i] > 0)
+            .map(|i| steps[i].id.clone())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn any_tool(tool: &str, _: &Value) -> Result<(), String> {
+        if tool == "echo" || tool == "shell" {
+            Ok(())
+        } else {
+            Err(format!("unknown tool `{tool}`"))
+        }
+    }
+
+    fn spec(steps: Value) -> TaskSpec {
+        serde_json::from_value(json!({ "steps": steps })).unwrap()
+    }
+
+    fn fields(spec: &TaskSpec) -> Vec<String> {
+        spec.validate(any_tool)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_good_plan_passes_and_orders_by_dependency() {
+        let s = spec(json!([
+            {"id": "b", "tool": "echo", "depends_on": ["a"]},
+            {"id": "a", "tool": "echo"},
+            {"id": "c", "tool": "shell", "input_from": "b"},
+        ]));
+        s.validate(any_tool).unwrap();
+        assert_eq!(order(s.steps.as_ref().unwrap()).unwrap(), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn needs_steps_or_description() {
+        assert_eq!(
+            fields(&TaskSpec {
+                max_attempts: 3,
+                ..Default::default()
+            }),
+            vec!["steps"]
+        );
+    }
+
+    #[test]
+    fn names_each_bad_field() {
+        let s = spec(json!([
+            {"id": "a", "tool": "nope"},
+            {"id": "a", "tool": "echo", "depends_on": ["zz"]},
+            {"id": "c", "tool": "echo", "input_from": "yy", "expect": {"regex": "("}},
+        ]));
+        assert_eq!(
+            fields(&s),
+            vec![
+                "steps[0].tool",
+                "steps[1].id",
+                "steps[2].expect.regex",
+                "steps[1].depends_on[0]",
+                "steps[2].input_from"
+            ]
+        );
+    }
+
+    #[test]
+    fn cycles_are_refused_with_their_members() {
+        let s = spec(json!([
+            {"id": "a", "tool": "echo", "depends_on": ["c"]},
+            {"id": "b", "tool": "echo", "depends_on": ["a"]},
+            {"id": "c", "tool": "echo", "depends_on": ["b"]},
+            {"id": "d", "tool": "echo"},
+        ]));
+        let errors = s.validate(any_tool).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].message.contains("a → b → c"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_priorities_do_not_parse() {
+        let e = serde_json::from_value::<TaskSpec>(json!({"steps": [], "colour": 1})).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = serde_json::from_value::<TaskSpec>(json!({"priority": "asap"})).unwrap_err();
+        assert!(e.to_string().contains("allowed: urgent"), "{e}");
+    }
+}

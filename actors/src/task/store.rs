@@ -1,0 +1,119 @@
+//! The storage port the task actors write through. The node implements it over SQL
+//! (`src/store`); the actors never see SQL.
+//!
+//! Writes are fenced by the task's lease epoch: a run that lost its lease (its node was
+//! cut off and another took the task over) gets [`StoreError::Fenced`] and must stop.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Attempt, Priority, StepSpec, StepStatus, TaskSpec, TaskStatus};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("task {task_id}: lease epoch {epoch} is no longer current; another owner took over")]
+    Fenced { task_id: String, epoch: i64 },
+    #[error("no task {0}")]
+    NotFound(String),
+}
+
+/// A task to store, already validated.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub spec: TaskSpec,
+    pub created_at_ms: i64,
+}
+
+/// What a submission got: the task's id (an earlier one for a repeated idempotency key).
+#[derive(Debug, Clone, Serialize)]
+pub struct Submitted {
+    pub task_id: String,
+    pub created: bool,
+    pub status: TaskStatus,
+    pub priority: Priority,
+}
+
+/// A step as recorded: its state, every attempt, and its final output.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepState {
+    pub step_id: String,
+    pub status: StepStatus,
+    pub attempts: Vec<Attempt>,
+    pub output: Option<Value>,
+}
+
+/// One entry of a task's append-only trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskEvent {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub data: Value,
+}
+
+/// A task taken over by a run: the new lease epoch and everything recorded so far.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub epoch: i64,
+    pub spec: TaskSpec,
+    pub status: TaskStatus,
+    pub plan: Option<Vec<StepSpec>>,
+    pub steps: Vec<StepState>,
+    pub next_seq: i64,
+    pub created_at_ms: i64,
+}
+
+/// Changes a run records in one go (one transaction, fenced by `epoch`).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub task_id: String,
+    pub epoch: i64,
+    pub status: Option<TaskStatus>,
+    pub plan: Option<Vec<StepSpec>>,
+    pub error: Option<String>,
+    pub steps: Vec<StepState>,
+    pub events: Vec<TaskEvent>,
+}
+
+pub trait TaskStore: Send + Sync + 'static {
+    /// Stores a new task (or finds the one with the same idempotency key). Resolves only
+    /// after the commit.
+    fn submit(&self, task: NewTask) -> BoxFuture<'_, Result<Submitted, StoreError>>;
+
+    /// Takes a task over for `node`: bumps its lease epoch and returns what is recorded.
+    /// `None` when the task is already final.
+    fn claim(
+        &self,
+        task_id: String,
+        node: String,
+    ) -> BoxFuture<'_, Result<Option<Claim>, StoreError>>;
+
+    /// Records a run's progress, unless its lease epoch is stale.
+    fn record(&self, progress: Progress) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Cancels a task nobody has claimed yet; returns its status after the attempt.
+    fn cancel_queued(
+        &self,
+        task_id: String,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<TaskStatus, StoreError>>;
+
+    /// Tasks not final (to resume after a restart), oldest first.
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, Priority)>, StoreError>>;
+}
+
+/// Milliseconds since the Unix epoch, as stored.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,163 @@
+//! The `[tools]` configuration section. It lives beside the tools, not in the node's
+//! config module, because it is the tools' safety envelope: what is on, which programs and
+//! hosts are allowed, where files may be touched, and how long and how much a step may run
+//! and print. [`ToolsConfig::validate`] names the offending key so the node can stop with a
+//! clear message (exit code 2) instead of running with a setting it does not understand.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Longest timeout a step may be given (and the default may be set to): thirty days.
+pub const MAX_TIMEOUT_SECS: f64 = 30.0 * 24.0 * 3600.0;
+
+/// Settings of every tool (the `[tools]` section).
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// Timeout of a step that does not set its own, in seconds.
+    pub default_timeout_secs: f64,
+    /// Most bytes of output (stdout, stderr, body, file content) kept per step.
+    pub max_output_bytes: usize,
+    pub shell: ShellConfig,
+    pub http: HttpToolConfig,
+    pub file: FileToolConfig,
+}
+
+/// `[tools.shell]`: off unless enabled, and then only the listed programs.
+#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShellConfig {
+    pub enabled: bool,
+    /// Programs allowed as `argv[0]`, matched exactly (names looked up in `PATH`, or
+    /// absolute paths); `"*"` allows any program.
+    pub allow: Vec<String>,
+    /// Whether `cmd` strings may run through `sh -c`; needs `"sh"` (or `"*"`) in `allow`.
+    pub use_sh: bool,
+}
+
+/// `[tools.http]`: which hosts requests (and redirects) may go to.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpToolConfig {
+    /// Exact host names (`"api.example.com"`, `"127.0.0.1"`), wildcard subdomains
+    /// (`"*.example.com"`), or `"*"` for any host.
+    pub allow_hosts: Vec<String>,
+    /// Redirects followed per request; each target host is checked again.
+    pub max_redirects: usize,
+}
+
+/// `[tools.file]`: the one directory the `file` tool (and `shell`'s `cwd`) may touch.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileToolConfig {
+    pub workspace: PathBuf,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            default_timeout_secs: 60.0,
+            max_output_bytes: 1024 * 1024,
+            shell: ShellConfig::default(),
+            http: HttpToolConfig::default(),
+            file: FileToolConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpToolConfig {
+    fn default() -> Self {
+        HttpToolConfig {
+            allow_hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            max_redirects: 5,
+        }
+    }
+}
+
+impl Default for FileToolConfig {
+    fn default() -> Self {
+        FileToolConfig {
+            workspace: PathBuf::from("data/workspace"),
+        }
+    }
+}
+
+impl ToolsConfig {
+    /// Checks every setting; the error names the key and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = self.default_timeout_secs;
+        if !t.is_finite() || t <= 0.0 || t > MAX_TIMEOUT_SECS {
+            return Err(format!(
+                "tools.default_timeout_secs: must be more than 0 and at most {MAX_TIMEOUT_SECS} (got {t})"
+            ));
+        }
+        if self.max_output_bytes == 0 {
+            return Err("tools.max_output_bytes: must be at least 1".into());
+        }
+        if self.max_output_bytes > 1 << 30 {
+            return Err("tools.max_output_bytes: must be at most 1073741824 (1 GiB)".into());
+        }
+        for program in &self.shell.allow {
+            if program.is_empty() || program.contains('\0') {
+                return Err(format!(
+                    "tools.shell.allow: {program:?} is not a program name (use names like \"wc\", absolute paths, or \"*\")"
+                ));
+            }
+        }
+        if self.shell.use_sh && !self.shell.allows_program("sh") {
+            return Err(
+                "tools.shell.use_sh: needs \"sh\" in tools.shell.allow (cmd strings run as sh -c)"
+                    .into(),
+            );
+        }
+        for host in &self.http.allow_hosts {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            let ok = host == "*"
+                || (!bare.is_empty() && !bare.contains(['*', '/', ' ']) && !bare.starts_with('.'));
+            if !ok {
+                return Err(format!(
+                    "tools.http.allow_hosts: {host:?} is not a host pattern (use \"example.com\", \"*.example.com\" or \"*\")"
+                ));
+            }
+        }
+        if self.http.max_redirects > 20 {
+            return Err("tools.http.max_redirects: must be at most 20".into());
+        }
+        if self.file.workspace.as_os_str().is_empty() {
+            return Err("tools.file.workspace: must be a directory path".into());
+        }
+        Ok(())
+    }
+}
+
+impl ShellConfig {
+    /// Whether `program` may run as `argv[0]`.
+    pub fn allows_program(&self, program: &str) -> bool {
+        self.allow.iter().any(|a| a == "*" || a == program)
+    }
+}
+
+impl HttpToolConfig {
+    /// Whether requests may go to `host` (as `Url::host_str` gives it).
+    pub fn allows_host(&self, host: &str) -> bool {
+        let unbracket = |h: &str| {
+            h.trim_start_matches('[')
+                .trim_end_matches([']', '.'])
+                .to_ascii_lowercase()
+        };
+        let host = unbracket(host);
+        self.allow_hosts.iter().any(|pattern| {
+            let pattern = unbracket(pattern);
+            if pattern == "*" {
+                return true;
+            }
+            match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => host == pattern,
+            }
+        })
+    }
+}

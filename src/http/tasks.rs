@@ -1,0 +1,223 @@
+//! `/api/v1/tasks`: submit, read, list, cancel (DESIGN §4). Submissions go to the
+//! scheduler actor, which answers after the commit; reads come from the task store.
+
+use std::time::Duration;
+
+use actors::scheduler::{SchedulerMsg, SubmitError};
+use actors::task::store::{NewTask, StoreError, now_ms};
+use actors::task::{Priority, TaskSpec, TaskStatus};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use crate::store::tasks::TaskFilter;
+
+/// How long a submission may wait for the scheduler and the commit.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 1000;
+
+pub async fn submit(
+    State(node): State<AppState>,
+    body: Result<Json<TaskSpec>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(spec) = body.map_err(json_rejection)?;
+    let services = node
+        .ctx
+        .services()
+        .ok_or_else(|| ApiError::unavailable("the node is not ready to take tasks"))?;
+    let tools = &services.tools;
+    if let Err(errors) =
+        spec.validate(|tool, args| tools.validate(tool, args).map_err(|e| e.to_string()))
+    {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let body = json!({"error": {"code": "invalid_task", "message": message, "fields": errors}});
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+    }
+    let scheduler = node
+        .ctx
+        .scheduler()
+        .ok_or_else(|| ApiError::unavailable("the task scheduler is not running"))?;
+    let task = NewTask {
+        id: uuid::Uuid::now_v7().to_string(),
+        spec,
+        created_at_ms: now_ms(),
+    };
+    let reply = scheduler
+        .call(|r| SchedulerMsg::Submit(task, r), Some(SUBMIT_TIMEOUT))
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| ApiError::unavailable("the task scheduler did not answer"))?;
+    match reply {
+        Ok(submitted) => {
+            let status = if submitted.created {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            let body = json!({
+                "task_id": submitted.task_id,
+                "status": submitted.status,
+                "created": submitted.created,
+            });
+            Ok((status, Json(body)).into_response())
+        }
+        Err(SubmitError::QueueFull(n)) => {
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!("the task queue is full ({n} waiting); retry later"),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(response)
+        }
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
+pub async fn get(
+    State(node): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = path?;
+    let tasks = node
+        .tasks
+        .get()
+        .ok_or_else(|| ApiError::unavailable("storage is not open"))?;
+    let view = tasks
+        .get(&id)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found(format!("no task {id}")))?;
+    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    priority: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(node): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status: unknown status `{s}`; allowed: {}",
+                TaskStatus::ALLOWED.trim()
+            ))
+        })?),
+    };
+    let priority = match q.priority.as_deref() {
+        None => None,
+        Some(p) => Some(Priority::parse(p).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "priority: unknown priority `{p}`; allowed: {}",
+                Priority::ALLOWED
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let tasks = node
+        .tasks
+        .get()
+        .ok_or_else(|| ApiError::unavailable("storage is not open"))?;
+    let filter = TaskFilter {
+        status,
+        priority,
+        limit,
+        cursor: q.cursor,
+    };
+    let page = tasks
+        .list(&filter)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|t| t.task_id.clone()))
+        .flatten();
+    Ok(Json(json!({"tasks": page, "next_cursor": next})))
+}
+
+pub async fn cancel(
+    State(node): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Path(id) = path?;
+    let scheduler = node
+        .ctx
+        .scheduler()
+        .ok_or_else(|| ApiError::unavailable("the task scheduler is not running"))?;
+    let reply = scheduler
+        .call(
+            |r| SchedulerMsg::Cancel(id.clone(), r),
+            Some(SUBMIT_TIMEOUT),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| ApiError::unavailable("the task scheduler did not answer"))?;
+    match reply {
+        Ok(outcome) if outcome.status == TaskStatus::Cancelled => {
+            Ok((StatusCode::ACCEPTED, Json(json!(outcome))))
+        }
+        Ok(outcome) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_cancellable",
+            format!("task {} is already {}", outcome.task_id, outcome.status),
+        )),
+        Err(StoreError::NotFound(id)) => Err(ApiError::not_found(format!("no task {id}"))),
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
+/// Maps axum's JSON rejections to our error shape, keeping serde's message (which names
+/// the field) and the right status: 400 malformed, 415 not JSON, 413 too large, 422 wrong
+/// fields or types.
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let message = rejection.body_text();
+    match rejection {
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message)
+        }
+        JsonRejection::JsonDataError(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_task", message)
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the task as JSON with `Content-Type: application/json`",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than http.body_limit_bytes allows: {message}"),
+        ),
+        other => ApiError::new(other.status(), "bad_request", message),
+    }
+}

@@ -1,0 +1,159 @@
+//! Group commit: one writer task applies many callers' writes in one transaction.
+//!
+//! A commit costs a disk sync (SQLite) or a round trip and a WAL flush (PostgreSQL), so
+//! committing each task on its own caps throughput at a few thousand per second. Callers
+//! queue their write with a reply channel; the writer takes everything queued (up to
+//! [`MAX_BATCH`]), applies it in one transaction, commits, and only then answers each
+//! caller — so "202 after commit" still holds for every one of them. If the batch fails,
+//! each write is retried alone so one bad write cannot fail its neighbours.
+
+use actors::task::TaskStatus;
+use actors::task::store::{Claim, NewTask, Progress, StoreError, Submitted, now_ms};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Store;
+use super::tasks::{Outcome, postgres, sqlite};
+
+/// Most writes per transaction.
+pub const MAX_BATCH: usize = 512;
+
+pub enum Op {
+    Submit(NewTask),
+    Claim { task_id: String, node: String },
+    Record(Progress),
+    CancelQueued { task_id: String, at_ms: i64 },
+}
+
+type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
+
+/// Handle to the writer task; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<(Op, Reply)>,
+}
+
+impl Writer {
+    /// Starts the writer for `store`, with room for `capacity` queued writes (callers wait
+    /// for room beyond that: backpressure, not unbounded memory).
+    pub fn start(store: Store, capacity: usize) -> Writer {
+        let (tx, rx) = mpsc::channel(capacity);
+        tokio::spawn(run(store, rx));
+        Writer { tx }
+    }
+
+    async fn send(&self, op: Op) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((op, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer dropped the write".into()))?
+    }
+
+    pub async fn submit(&self, task: NewTask) -> Result<Submitted, StoreError> {
+        match self.send(Op::Submit(task)).await? {
+            Outcome::Submitted(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn claim(&self, task_id: String, node: String) -> Result<Option<Claim>, StoreError> {
+        match self.send(Op::Claim { task_id, node }).await? {
+            Outcome::Claimed(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn record(&self, progress: Progress) -> Result<(), StoreError> {
+        let task_id = progress.task_id.clone();
+        match self.send(Op::Record(progress)).await? {
+            Outcome::Recorded(Ok(())) => Ok(()),
+            Outcome::Recorded(Err(epoch)) => Err(StoreError::Fenced { task_id, epoch }),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn cancel_queued(
+        &self,
+        task_id: String,
+        at_ms: i64,
+    ) -> Result<TaskStatus, StoreError> {
+        let id = task_id.clone();
+        match self.send(Op::CancelQueued { task_id, at_ms }).await? {
+            Outcome::Cancelled(status) => Ok(status),
+            Outcome::Claimed(None) => Err(StoreError::NotFound(id)),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Unavailable("the store writer answered the wrong kind of write".into())
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<(Op, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.drain(..).unzip();
+        metrics::histogram!("ms_store_batch_size").record(ops.len() as f64);
+        let results = match apply(&store, &ops).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) if ops.len() == 1 => vec![Err(unavailable(e))],
+            Err(_) => {
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops.chunks(1) {
+                    results.push(
+                        apply(&store, op)
+                            .await
+                            .map(|mut o| o.remove(0))
+                            .map_err(unavailable),
+                    );
+                }
+                results
+            }
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Applies the writes in one transaction; all or nothing.
+async fn apply(store: &Store, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let now = now_ms();
+    macro_rules! in_transaction {
+        ($pool:expr, $backend:ident) => {{
+            let mut tx = $pool.begin().await?;
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                out.push(match op {
+                    Op::Submit(task) => Outcome::Submitted($backend::submit(&mut tx, task).await?),
+                    Op::Claim { task_id, node } => {
+                        Outcome::Claimed($backend::claim(&mut tx, task_id, node, now).await?)
+                    }
+                    Op::Record(progress) => {
+                        Outcome::Recorded($backend::record(&mut tx, progress, now).await?)
+                    }
+                    Op::CancelQueued { task_id, at_ms } => {
+                        match $backend::cancel_queued(&mut tx, task_id, *at_ms).await? {
+                            Some(status) => Outcome::Cancelled(status),
+                            None => Outcome::Claimed(None),
+                        }
+                    }
+                });
+            }
+            tx.commit().await?;
+            Ok(out)
+        }};
+    }
+    match store {
+        Store::Sqlite(pool) => in_transaction!(pool, sqlite),
+        Store::Postgres(pool) => in_transaction!(pool, postgres),
+    }
+}
