@@ -28,6 +28,8 @@ pub enum Command {
     Agents(AgentsArgs),
     /// Apply the database migrations and exit.
     Migrate(NodeFlags),
+    /// Generate load: submit trivial tasks over HTTP and measure throughput and latency.
+    Load(crate::load::LoadArgs),
 }
 
 /// Flags that override configuration (DESIGN §8).

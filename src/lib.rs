@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod load;
 pub mod node;
 pub mod state;
 pub mod store;

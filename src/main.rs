@@ -33,6 +33,16 @@ fn main() -> ExitCode {
             Command::Migrate(flags) => migrate(flags).await,
             Command::Actors(args) => print(client::actors(&args).await),
             Command::Agents(args) => print(client::agents(&args).await),
+            Command::Load(args) => match mister_smith::load::run(&args).await {
+                Ok(out) => {
+                    print!("{out}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    EXIT_FAILURE
+                }
+            },
         }
     });
     // Actors left behind by a failed start must not keep the process alive.

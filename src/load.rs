@@ -1,0 +1,167 @@
+//! `mister-smith load`: the load generator behind BENCHMARKS.md's whole-system figures.
+//!
+//! It submits trivial one-step `echo` tasks over HTTP from `--concurrency` connections for
+//! `--duration` seconds (optionally paced to `--rate` per second), then waits until the
+//! node reports them finished (`ms_tasks_finished_total` on `/metrics`), and prints
+//! submissions/s, completions/s and submit latency percentiles.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The node's HTTP address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seconds to submit for.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Submissions per second across all submitters (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct LoadReport {
+    pub submitted: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub submit_secs: f64,
+    pub completed: u64,
+    pub complete_secs: f64,
+    pub submitted_per_sec: f64,
+    pub completed_per_sec: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+}
+
+pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
+    let base = if args.http.starts_with("http") {
+        args.http.clone()
+    } else {
+        format!("http://{}", args.http)
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let finished_before = finished(&client, &base).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let counts = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
+    let per_worker_gap =
+        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+        let (latencies, counts) = (latencies.clone(), counts.clone());
+        workers.push(tokio::spawn(async move {
+            let body = json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]});
+            let (mut mine, mut ok, mut rejected, mut errors) = (Vec::new(), 0, 0, 0);
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(gap) = per_worker_gap {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += gap;
+                }
+                let t = Instant::now();
+                match client
+                    .post(format!("{base}/api/v1/tasks"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        ok += 1;
+                        mine.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Ok(r) if r.status().as_u16() == 429 => rejected += 1,
+                    _ => errors += 1,
+                }
+            }
+            latencies.lock().await.extend(mine);
+            let mut c = counts.lock().await;
+            c.0 += ok;
+            c.1 += rejected;
+            c.2 += errors;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let submit_secs = started.elapsed().as_secs_f64();
+    let (submitted, rejected, errors) = *counts.lock().await;
+    // Wait for the node to finish what it accepted (bounded).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut done = finished(&client, &base).await? - finished_before;
+    while done < submitted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        done = finished(&client, &base).await? - finished_before;
+    }
+    let complete_secs = started.elapsed().as_secs_f64();
+    let mut lat = latencies.lock().await.clone();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let report = LoadReport {
+        submitted,
+        rejected,
+        errors,
+        submit_secs,
+        completed: done,
+        complete_secs,
+        submitted_per_sec: submitted as f64 / submit_secs,
+        completed_per_sec: done as f64 / complete_secs,
+        latency_p50_ms: pct(0.50),
+        latency_p99_ms: pct(0.99),
+    };
+    Ok(if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        format!(
+            "submitted {} in {:.1}s ({:.0}/s), rejected {}, errors {}\ncompleted {} in {:.1}s ({:.0}/s)\nsubmit latency p50 {:.2} ms, p99 {:.2} ms\n",
+            report.submitted,
+            report.submit_secs,
+            report.submitted_per_sec,
+            report.rejected,
+            report.errors,
+            report.completed,
+            report.complete_secs,
+            report.completed_per_sec,
+            report.latency_p50_ms,
+            report.latency_p99_ms
+        )
+    })
+}
+
+/// Tasks the node has finished, from its metrics.
+async fn finished(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("ms_tasks_finished_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
