@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actors::context::SchedulerSettings;
 use actors::domain::{DomainDefaults, DomainSpec};
+use actors::llm::LlmConfig;
 use actors::root::RootPolicy;
 use actors::supervisor::{Backoff, Restart, Strategy};
 use actors::tools::ToolsConfig;
@@ -40,6 +41,7 @@ pub struct Settings {
     pub supervision: SupervisionSettings,
     pub scheduler: SchedulerConfig,
     pub tools: ToolsConfig,
+    pub llm: LlmConfig,
     pub domains: Vec<DomainSpec>,
 }
 
@@ -273,6 +275,7 @@ impl Settings {
         }
         positive("scheduler.aging_secs", q.aging_secs)?;
         self.tools.validate().map_err(ConfigError)?;
+        self.llm.validate().map_err(ConfigError)?;
         self.validate_domains()
     }
 

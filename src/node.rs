@@ -79,8 +79,10 @@ pub async fn run(
     let tools = Tools::new(settings.tools.clone()).map_err(|e| anyhow::anyhow!("tools: {e}"))?;
     let tasks = Tasks::new(store.clone(), settings.scheduler.store_queue);
     let _ = state.tasks.set(tasks.clone());
+    let llm = actors::llm::Llm::new(&settings.llm).map_err(|e| anyhow::anyhow!("llm: {e}"))?;
     ctx.provide(Services {
         tools,
+        llm,
         store: Arc::new(tasks),
         scheduler: settings.scheduler_settings(),
     });

@@ -18,6 +18,8 @@ use crate::tools::Tools;
 /// Provided once the node has opened its storage.
 pub struct Services {
     pub tools: Tools,
+    /// The LLM provider the Planner (and LLM judgements) use; may be `none`.
+    pub llm: crate::llm::Llm,
     pub store: Arc<dyn TaskStore>,
     pub scheduler: SchedulerSettings,
 }

@@ -42,6 +42,8 @@ pub enum RunMsg {
     Retry(usize),
     /// Internal: the task's deadline has passed.
     Deadline,
+    /// Internal: the Planner answered.
+    Planned(Result<Vec<StepSpec>, crate::roles::planner::PlanError>),
     /// Stop running steps and record the task cancelled; replies with the final status.
     Cancel(RpcReplyPort<TaskStatus>),
 }
@@ -69,6 +71,8 @@ pub struct RunState {
     index: HashMap<String, usize>,
     next_seq: i64,
     done: bool,
+    /// What this message's handling has changed, written in one go when it ends.
+    pending: Option<Progress>,
 }
 
 pub struct Run;
@@ -114,6 +118,7 @@ impl Actor for Run {
             index: HashMap::new(),
             next_seq: 0,
             done: false,
+            pending: None,
         })
     }
 
@@ -142,6 +147,7 @@ impl Actor for Run {
             }
             return Ok(());
         }
+        let mut cancelled = None;
         let result = match msg {
             RunMsg::Start => state.start(&myself).await,
             RunMsg::StepDone {
@@ -165,14 +171,28 @@ impl Actor for Run {
                     .stop_all(TaskStatus::TimedOut, "the task's timeout passed")
                     .await
             }
+            RunMsg::Planned(Ok(plan)) => state.planned(&myself, plan).await,
+            RunMsg::Planned(Err(e)) => state.finish(TaskStatus::Failed, Some(e.to_string())).await,
             RunMsg::Cancel(reply) => {
-                let r = state
+                cancelled = Some(reply);
+                state
                     .stop_all(TaskStatus::Cancelled, "cancelled on request")
-                    .await;
-                let _ = reply.send(TaskStatus::Cancelled);
-                r
+                    .await
             }
         };
+        let result = match result {
+            Ok(()) => state.flush().await,
+            Err(e) => Err(e),
+        };
+        // The canceller hears back only once the cancellation is committed.
+        if let Some(reply) = cancelled {
+            let status = if result.is_ok() {
+                TaskStatus::Cancelled
+            } else {
+                TaskStatus::Running
+            };
+            let _ = reply.send(status);
+        }
         match result {
             Ok(()) => {}
             Err(StoreError::Fenced { task_id, epoch }) => {
@@ -211,8 +231,31 @@ impl RunState {
         }
     }
 
-    async fn record(&self, progress: Progress) -> Result<(), StoreError> {
-        self.services()?.store.record(progress).await
+    /// Adds changes to what this message will record (later changes win).
+    async fn record(&mut self, progress: Progress) -> Result<(), StoreError> {
+        let Some(pending) = &mut self.pending else {
+            self.pending = Some(progress);
+            return Ok(());
+        };
+        pending.status = progress.status.or(pending.status);
+        pending.plan = progress.plan.or(pending.plan.take());
+        pending.error = progress.error.or(pending.error.take());
+        for step in progress.steps {
+            match pending.steps.iter_mut().find(|s| s.step_id == step.step_id) {
+                Some(old) => *old = step,
+                None => pending.steps.push(step),
+            }
+        }
+        pending.events.extend(progress.events);
+        Ok(())
+    }
+
+    /// Writes what this message changed, in one fenced transaction.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        match self.pending.take() {
+            Some(progress) => self.services()?.store.record(progress).await,
+            None => Ok(()),
+        }
     }
 
     fn progress(&self) -> Progress {
@@ -243,17 +286,70 @@ impl RunState {
         self.epoch = claim.epoch;
         self.next_seq = claim.next_seq;
         self.spec = claim.spec;
-        let new_plan = claim.plan.is_none();
-        let Some(plan) = claim.plan.or_else(|| self.spec.steps.clone()) else {
-            let reason = "this task has no steps and needs the Planner, which needs an LLM provider: \
-                          set [llm] provider (openai, anthropic or scripted) in the configuration, \
-                          or submit explicit `steps`";
-            return self
-                .finish(TaskStatus::Failed, Some(reason.to_string()))
-                .await;
-        };
-        let recorded: HashMap<String, StepState> = claim
-            .steps
+        if self.incarnation > MAX_INCARNATIONS {
+            let reason = format!(
+                "the task's run crashed {} times; giving up",
+                self.incarnation
+            );
+            return self.finish(TaskStatus::Failed, Some(reason)).await;
+        }
+        if let Some(timeout) = self.spec.timeout_secs {
+            let deadline = claim.created_at_ms + (timeout * 1000.0) as i64;
+            let left = Duration::from_millis((deadline - now_ms()).max(0) as u64);
+            myself.send_after(left, || RunMsg::Deadline);
+        }
+        match claim.plan.or_else(|| self.spec.steps.clone()) {
+            Some(plan) => {
+                self.install(plan, claim.steps);
+                self.advance(myself).await
+            }
+            None => self.ask_planner(myself).await,
+        }
+    }
+
+    /// Hands the description to the Planner; its answer comes back as `Planned`.
+    async fn ask_planner(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
+        let services = self.services()?.clone();
+        let description = self.spec.description.clone().unwrap_or_default();
+        if !services.llm.is_configured() {
+            let reason = format!(
+                "this task has no steps and needs the Planner: {}; or submit explicit `steps`",
+                crate::llm::NOT_CONFIGURED
+            );
+            return self.finish(TaskStatus::Failed, Some(reason)).await;
+        }
+        let mut progress = self.progress();
+        progress.status = Some(TaskStatus::Planning);
+        self.record(progress).await?;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let plan =
+                crate::roles::planner::plan(&services.llm, &services.tools, &description).await;
+            let _ = me.cast(RunMsg::Planned(plan));
+        });
+        Ok(())
+    }
+
+    /// Stores the Planner's plan and starts running it.
+    async fn planned(
+        &mut self,
+        myself: &ActorRef<RunMsg>,
+        plan: Vec<StepSpec>,
+    ) -> Result<(), StoreError> {
+        let mut progress = self.progress();
+        progress.status = Some(TaskStatus::Running);
+        progress.plan = Some(plan.clone());
+        progress
+            .events
+            .push(self.event("planned", json!({"steps": plan.len()})));
+        self.record(progress).await?;
+        self.install(plan, Vec::new());
+        self.advance(myself).await
+    }
+
+    /// Sets up the steps of `plan`, with what was recorded of them.
+    fn install(&mut self, plan: Vec<StepSpec>, recorded: Vec<StepState>) {
+        let recorded: HashMap<String, StepState> = recorded
             .into_iter()
             .map(|s| (s.step_id.clone(), s))
             .collect();
@@ -282,25 +378,6 @@ impl RunState {
                 }
             })
             .collect();
-        if self.incarnation > MAX_INCARNATIONS {
-            let reason = format!(
-                "the task's run crashed {} times; giving up",
-                self.incarnation
-            );
-            return self.finish(TaskStatus::Failed, Some(reason)).await;
-        }
-        if let Some(timeout) = self.spec.timeout_secs {
-            let deadline = claim.created_at_ms + (timeout * 1000.0) as i64;
-            let left = Duration::from_millis((deadline - now_ms()).max(0) as u64);
-            myself.send_after(left, || RunMsg::Deadline);
-        }
-        let started = self.event("started", json!({"node": node, "epoch": self.epoch}));
-        let mut progress = self.progress();
-        progress.status = Some(TaskStatus::Running);
-        progress.plan = new_plan.then(|| self.steps.iter().map(|s| s.spec.clone()).collect());
-        progress.events.push(started);
-        self.record(progress).await?;
-        self.advance(myself).await
     }
 
     /// Launches every step whose prerequisites succeeded, skips those whose prerequisites

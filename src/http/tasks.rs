@@ -44,6 +44,15 @@ pub async fn submit(
         let body = json!({"error": {"code": "invalid_task", "message": message, "fields": errors}});
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
     }
+    if spec.steps.is_none() && !services.llm.is_configured() {
+        let message = format!(
+            "steps: this task has no steps and needs the Planner: {}; or give explicit `steps`",
+            actors::llm::NOT_CONFIGURED
+        );
+        let fields = json!([{"field": "steps", "message": message}]);
+        let body = json!({"error": {"code": "invalid_task", "message": message, "fields": fields}});
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+    }
     let scheduler = node
         .ctx
         .scheduler()

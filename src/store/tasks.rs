@@ -231,43 +231,55 @@ macro_rules! backend {
                 })
             }
 
+            /// Bumps the lease epoch, marks the task running and appends its `started`
+            /// event, all in the caller's transaction.
             pub async fn claim(tx: &mut Tx<'_>, task_id: &str, node: &str, now: i64) -> Result<Option<Claim>, sqlx::Error> {
-                let bumped: Option<(i64,)> = sqlx::query_as(
-                    "UPDATE tasks SET lease_epoch = lease_epoch + 1, owner = $2, updated_at = $3 \
+                let row: Option<(i64, String, String, Option<String>, i64)> = sqlx::query_as(
+                    "UPDATE tasks SET lease_epoch = lease_epoch + 1, owner = $2, updated_at = $3, \
+                     status = CASE WHEN status = 'queued' THEN 'running' ELSE status END \
                      WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') \
-                     RETURNING lease_epoch",
+                     RETURNING lease_epoch, status, spec, plan, created_at",
                 )
                 .bind(task_id)
                 .bind(node)
                 .bind(now)
                 .fetch_optional(&mut **tx)
                 .await?;
-                let Some((epoch,)) = bumped else {
+                let Some((epoch, status, spec, plan, created_at_ms)) = row else {
                     return Ok(None);
                 };
-                let row: TaskRow = sqlx::query_as(SELECT_TASK)
+                // A first claim has nothing recorded but the `submitted` event (seq 0).
+                let (steps, next_seq) = if epoch == 1 {
+                    (Vec::new(), 1)
+                } else {
+                    let steps: Vec<StepRow> =
+                        sqlx::query_as("SELECT step_id, status, attempts, output FROM steps WHERE task_id = $1")
+                            .bind(task_id)
+                            .fetch_all(&mut **tx)
+                            .await?;
+                    let (next,): (i64,) =
+                        sqlx::query_as("SELECT COALESCE(MAX(seq), -1) + 1 FROM task_events WHERE task_id = $1")
+                            .bind(task_id)
+                            .fetch_one(&mut **tx)
+                            .await?;
+                    (steps, next)
+                };
+                sqlx::query("INSERT INTO task_events (task_id, seq, at, kind, data) VALUES ($1, $2, $3, 'started', $4)")
                     .bind(task_id)
-                    .fetch_one(&mut **tx)
+                    .bind(next_seq)
+                    .bind(now)
+                    .bind(json(&serde_json::json!({"node": node, "epoch": epoch})))
+                    .execute(&mut **tx)
                     .await?;
-                let steps: Vec<StepRow> =
-                    sqlx::query_as("SELECT step_id, status, attempts, output FROM steps WHERE task_id = $1")
-                        .bind(task_id)
-                        .fetch_all(&mut **tx)
-                        .await?;
-                let (next_seq,): (i64,) =
-                    sqlx::query_as("SELECT COALESCE(MAX(seq), -1) + 1 FROM task_events WHERE task_id = $1")
-                        .bind(task_id)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                let spec: TaskSpec = serde_json::from_str(&row.4).map_err(|e| sqlx::Error::Decode(e.into()))?;
+                let spec: TaskSpec = serde_json::from_str(&spec).map_err(|e| sqlx::Error::Decode(e.into()))?;
                 Ok(Some(Claim {
                     epoch,
                     spec,
-                    status: status_of(&row.2),
-                    plan: row.5.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+                    status: status_of(&status),
+                    plan: plan.as_deref().and_then(|p| serde_json::from_str(p).ok()),
                     steps: steps.into_iter().map(step_state).collect(),
-                    next_seq,
-                    created_at_ms: row.9,
+                    next_seq: next_seq + 1,
+                    created_at_ms,
                 }))
             }
 

@@ -1,5 +1,88 @@
 //! Planner: turns a task description into a plan (a DAG of steps) through the configured
 //! LLM provider, and validates plans given explicitly (cycles, unknown tools, missing inputs).
+//!
+//! Planning is a pure request to the provider followed by the same validation a submitted
+//! plan gets, so an LLM's plan is held to the same rules as a person's.
+
+use serde::Deserialize;
+
+use crate::llm::{CompletionRequest, Llm, LlmError};
+use crate::task::spec::{FieldError, StepSpec, validate_plan};
+use crate::tools::Tools;
 
 /// Capabilities the registry indexes this role under.
 pub const CAPABILITIES: &[&str] = &["plan.generate", "plan.validate"];
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlanError {
+    #[error("the planner's LLM call failed: {0}")]
+    Llm(#[from] LlmError),
+    #[error("the planner's answer is not a plan: {0}")]
+    Unreadable(String),
+    #[error("the planner's plan is invalid: {0}")]
+    Invalid(String),
+}
+
+const SYSTEM: &str = "You are the planner of a task runtime. Turn the user's task into a plan: \
+reply with one JSON object {\"steps\": [...]} and nothing else. Each step is \
+{\"id\": \"short_id\", \"tool\": TOOL, \"args\": {...}, \"depends_on\": [ids], \
+\"input_from\": optional id whose output feeds this step, \"expect\": optional \
+{\"exit_code\"|\"status\"|\"contains\"|\"regex\"|\"json\": ...}}. Tools: \
+echo {\"text\"}, sleep {\"ms\"}, shell {\"argv\": [...]}, http {\"url\", \"method\"}, \
+file {\"op\": read|write|append|list|delete, \"path\", \"content\"}.";
+
+#[derive(Deserialize)]
+struct PlanReply {
+    steps: Vec<StepSpec>,
+}
+
+/// Asks the provider for a plan for `description` and validates it against `tools`.
+pub async fn plan(llm: &Llm, tools: &Tools, description: &str) -> Result<Vec<StepSpec>, PlanError> {
+    let request = CompletionRequest {
+        system: Some(SYSTEM.to_string()),
+        ..CompletionRequest::user(description)
+    };
+    let reply = llm.complete(request).await?;
+    let steps = parse(&reply.text)?;
+    let mut errors: Vec<FieldError> = Vec::new();
+    validate_plan(
+        &steps,
+        &|tool, args| tools.validate(tool, args).map_err(|e| e.to_string()),
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(PlanError::Invalid(list.join("; ")));
+    }
+    Ok(steps)
+}
+
+/// The first JSON object in the answer (models like to wrap JSON in prose or fences).
+fn parse(text: &str) -> Result<Vec<StepSpec>, PlanError> {
+    let start = text
+        .find('{')
+        .ok_or_else(|| PlanError::Unreadable("no JSON object".into()))?;
+    let end = text
+        .rfind('}')
+        .ok_or_else(|| PlanError::Unreadable("no JSON object".into()))?;
+    if end < start {
+        return Err(PlanError::Unreadable("no JSON object".into()));
+    }
+    serde_json::from_str::<PlanReply>(&text[start..=end])
+        .map(|r| r.steps)
+        .map_err(|e| PlanError::Unreadable(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn reads_a_plan_wrapped_in_prose() {
+        let steps = parse("Here:\n```json\n{\"steps\": [{\"id\": \"a\", \"tool\": \"echo\", \"args\": {\"text\": \"hi\"}}]}\n```").unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].tool, "echo");
+        assert!(parse("no plan here").is_err());
+        assert!(parse("{\"steps\": [{\"id\": 1}]}").is_err());
+    }
+}
