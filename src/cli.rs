@@ -30,6 +30,8 @@ pub enum Command {
     Migrate(NodeFlags),
     /// Generate load: submit trivial tasks over HTTP and measure throughput and latency.
     Load(crate::load::LoadArgs),
+    /// Submit, inspect, list, cancel and follow tasks.
+    Task(TaskArgs),
 }
 
 /// Flags that override configuration (DESIGN §8).
@@ -115,4 +117,132 @@ pub struct AgentsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `task …` commands exit with (also in the `task --help` text).
+const TASK_EXIT_CODES: &str = "\
+Exit codes:
+  0  done (for submit --wait and watch: the task succeeded)
+  1  the node could not be asked or refused (unreachable, busy, no such task, not cancellable)
+  2  bad input (unreadable file, invalid JSON, a task the node rejects with 422, bad flags)
+  3  the task failed
+  4  the task timed out
+  5  the task was cancelled";
+
+#[derive(Debug, Args)]
+#[command(after_help = TASK_EXIT_CODES)]
+pub struct TaskArgs {
+    #[command(subcommand)]
+    pub command: TaskCommand,
+}
+
+/// The node to ask and the output form, shared by every `task` command.
+#[derive(Debug, Args, Clone)]
+pub struct TaskClientFlags {
+    /// The node's HTTP address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "MISTER_SMITH__HTTP__LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub http: String,
+    /// Print the node's JSON instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Submit a task and print its id (with --wait: follow it to its end).
+    #[command(after_help = TASK_EXIT_CODES)]
+    Submit(TaskSubmitArgs),
+    /// Show a task: its steps with their attempts, verdicts and outputs, its error and
+    /// its event trace.
+    #[command(after_help = TASK_EXIT_CODES)]
+    Get(TaskIdArgs),
+    /// List tasks, newest first.
+    #[command(after_help = TASK_EXIT_CODES)]
+    List(TaskListArgs),
+    /// Cancel a task that has not finished yet and print its new status.
+    #[command(after_help = TASK_EXIT_CODES)]
+    Cancel(TaskIdArgs),
+    /// Follow a task to its end with a progress bar (one line per change when stdout is
+    /// not a terminal); the exit code says how it ended.
+    #[command(after_help = TASK_EXIT_CODES)]
+    Watch(TaskIdArgs),
+}
+
+/// Task priorities (DESIGN §4).
+pub const PRIORITIES: [&str; 5] = ["urgent", "high", "normal", "low", "background"];
+
+/// Task statuses (DESIGN §4).
+pub const TASK_STATUSES: [&str; 7] = [
+    "queued",
+    "planning",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+];
+
+#[derive(Debug, Args)]
+pub struct TaskSubmitArgs {
+    /// A JSON file with the task (an object: `{"description", "steps": […], …}`) or just
+    /// its steps (an array); `-` reads it from stdin. The flags below override its fields.
+    #[arg(long, value_name = "FILE|-")]
+    pub steps: Option<PathBuf>,
+    /// What the task is for (the Planner's brief when there are no steps).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Scheduling priority.
+    #[arg(long, value_name = "P", value_parser = PRIORITIES)]
+    pub priority: Option<String>,
+    /// Submitting again with the same key gives back the same task instead of a new one.
+    #[arg(long, value_name = "K")]
+    pub idempotency_key: Option<String>,
+    /// The whole task must finish within this many seconds.
+    #[arg(long, value_name = "S")]
+    pub timeout_secs: Option<f64>,
+    /// Attempts per step unless a step says otherwise.
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Follow the task to its end (as `task watch` does); the exit code says how it ended.
+    /// With --json, prints the finished task's JSON instead of the submission's answer.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub client: TaskClientFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdArgs {
+    /// The task's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    #[command(flatten)]
+    pub client: TaskClientFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskListArgs {
+    /// Only tasks in this status.
+    #[arg(long, value_name = "S", value_parser = TASK_STATUSES)]
+    pub status: Option<String>,
+    /// Only tasks of this priority.
+    #[arg(long, value_name = "P", value_parser = PRIORITIES)]
+    pub priority: Option<String>,
+    /// Tasks per page (1 to 1000; the node's default is 50).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Start after this task (the `next_cursor` of the previous page).
+    #[arg(long, value_name = "C")]
+    pub cursor: Option<String>,
+    /// Follow `next_cursor` to the last page and show every task.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub client: TaskClientFlags,
 }

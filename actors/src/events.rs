@@ -48,6 +48,15 @@ pub enum Event {
         role: String,
         state: String,
     },
+    /// An entry of a task's trace, published once it is committed (`events.task.*`).
+    Task {
+        task_id: String,
+        seq: i64,
+        at_ms: i64,
+        #[serde(rename = "event")]
+        what: String,
+        data: serde_json::Value,
+    },
 }
 
 impl Event {
@@ -58,6 +67,7 @@ impl Event {
             Event::RestartScheduled { .. } | Event::ChildRestarted { .. } => "supervision.recovery",
             Event::Escalated { .. } => "supervision.escalation",
             Event::AgentState { .. } => "agent.state",
+            Event::Task { .. } => "task.trace",
         }
     }
 }

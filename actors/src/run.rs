@@ -250,12 +250,28 @@ impl RunState {
         Ok(())
     }
 
-    /// Writes what this message changed, in one fenced transaction.
+    /// Writes what this message changed, in one fenced transaction, then publishes its
+    /// trace entries (so live watchers only ever see what is committed).
     async fn flush(&mut self) -> Result<(), StoreError> {
-        match self.pending.take() {
-            Some(progress) => self.services()?.store.record(progress).await,
-            None => Ok(()),
+        let Some(progress) = self.pending.take() else {
+            return Ok(());
+        };
+        let events = progress.events.clone();
+        self.services()?.store.record(progress).await?;
+        for event in events {
+            self.publish(event);
         }
+        Ok(())
+    }
+
+    fn publish(&self, event: TaskEvent) {
+        self.ctx.events.publish(crate::events::Event::Task {
+            task_id: self.task_id.clone(),
+            seq: event.seq,
+            at_ms: event.at_ms,
+            what: event.kind,
+            data: event.data,
+        });
     }
 
     fn progress(&self) -> Progress {
@@ -285,6 +301,13 @@ impl RunState {
         }
         self.epoch = claim.epoch;
         self.next_seq = claim.next_seq;
+        // The claim recorded `started` as the entry before `next_seq`.
+        self.publish(TaskEvent {
+            seq: claim.next_seq - 1,
+            at_ms: now_ms(),
+            kind: "started".into(),
+            data: json!({"node": self.ctx.node, "epoch": claim.epoch}),
+        });
         self.spec = claim.spec;
         if self.incarnation > MAX_INCARNATIONS {
             let reason = format!(
