@@ -4,6 +4,7 @@
 //! own types and migrations (`migrations/sqlite`, `migrations/postgres`, embedded in the
 //! binary and run at start).
 
+mod batch;
 pub mod tasks;
 pub mod writer;
 

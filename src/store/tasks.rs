@@ -5,7 +5,7 @@
 //! `Sqlite` and for `Postgres` (sqlx's executors are not generic enough to write them once
 //! as plain generic functions without a wall of bounds).
 
-use actors::task::store::{Claim, NewTask, Progress, StepState, Submitted, TaskEvent};
+use actors::task::store::{Claim, StepState, Submitted, TaskEvent};
 use actors::task::{Attempt, Priority, StepSpec, StepStatus, TaskSpec, TaskStatus};
 use serde::Serialize;
 use serde_json::Value;
@@ -63,12 +63,8 @@ pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-fn status_of(s: &str) -> TaskStatus {
+pub(super) fn status_of(s: &str) -> TaskStatus {
     TaskStatus::parse(s).unwrap_or(TaskStatus::Failed)
-}
-
-fn json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
 /// Row of `tasks` read for a claim or a view.
@@ -90,9 +86,9 @@ type TaskRow = (
 const SELECT_TASK: &str = "SELECT id, priority, status, description, spec, plan, owner, lease_epoch, \
                            error, created_at, updated_at, finished_at FROM tasks WHERE id = $1";
 
-type StepRow = (String, String, String, Option<String>);
+pub(super) type StepRow = (String, String, String, Option<String>);
 
-fn step_state((step_id, status, attempts, output): StepRow) -> StepState {
+pub(super) fn step_state((step_id, status, attempts, output): StepRow) -> StepState {
     StepState {
         step_id,
         status: StepStatus::parse(&status).unwrap_or(StepStatus::Pending),
@@ -121,6 +117,12 @@ fn view(row: TaskRow, steps: Vec<StepRow>, events: Vec<(i64, i64, String, String
         .and_then(|p| serde_json::from_str(&p).ok())
         .or_else(|| spec.and_then(|s| s.steps))
         .unwrap_or_default();
+    // A step with no record of a task that ended never ran: it reads as the task ended.
+    let unrecorded = match status_of(&status) {
+        TaskStatus::Cancelled | TaskStatus::TimedOut => "cancelled",
+        TaskStatus::Failed | TaskStatus::Succeeded => "skipped",
+        _ => "pending",
+    };
     let mut recorded: std::collections::HashMap<String, StepState> = steps
         .into_iter()
         .map(step_state)
@@ -133,7 +135,7 @@ fn view(row: TaskRow, steps: Vec<StepRow>, events: Vec<(i64, i64, String, String
             StepView {
                 status: state
                     .as_ref()
-                    .map_or("pending", |s| s.status.as_str())
+                    .map_or(unrecorded, |s| s.status.as_str())
                     .to_string(),
                 attempts: state
                     .as_ref()
@@ -185,168 +187,6 @@ macro_rules! backend {
             use sqlx::{Pool, Transaction};
 
             type Tx<'a> = Transaction<'a, $db>;
-
-            pub async fn submit(tx: &mut Tx<'_>, task: &NewTask) -> Result<Submitted, sqlx::Error> {
-                let spec = &task.spec;
-                let inserted = sqlx::query(
-                    "INSERT INTO tasks (id, idempotency_key, priority, status, description, spec, \
-                     created_at, updated_at) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&task.id)
-                .bind(&spec.idempotency_key)
-                .bind(spec.priority.rank())
-                .bind(&spec.description)
-                .bind(json(spec))
-                .bind(task.created_at_ms)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-                if inserted == 1 {
-                    sqlx::query(
-                        "INSERT INTO task_events (task_id, seq, at, kind, data) VALUES ($1, 0, $2, 'submitted', '{}')",
-                    )
-                    .bind(&task.id)
-                    .bind(task.created_at_ms)
-                    .execute(&mut **tx)
-                    .await?;
-                    return Ok(Submitted {
-                        task_id: task.id.clone(),
-                        created: true,
-                        status: TaskStatus::Queued,
-                        priority: spec.priority,
-                    });
-                }
-                let (id, status, priority): (String, String, i64) =
-                    sqlx::query_as("SELECT id, status, priority FROM tasks WHERE idempotency_key = $1 OR id = $2")
-                        .bind(&spec.idempotency_key)
-                        .bind(&task.id)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                Ok(Submitted {
-                    task_id: id,
-                    created: false,
-                    status: status_of(&status),
-                    priority: Priority::from_rank(priority),
-                })
-            }
-
-            /// Bumps the lease epoch, marks the task running and appends its `started`
-            /// event, all in the caller's transaction.
-            pub async fn claim(tx: &mut Tx<'_>, task_id: &str, node: &str, now: i64) -> Result<Option<Claim>, sqlx::Error> {
-                let row: Option<(i64, String, String, Option<String>, i64)> = sqlx::query_as(
-                    "UPDATE tasks SET lease_epoch = lease_epoch + 1, owner = $2, updated_at = $3, \
-                     status = CASE WHEN status = 'queued' THEN 'running' ELSE status END \
-                     WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') \
-                     RETURNING lease_epoch, status, spec, plan, created_at",
-                )
-                .bind(task_id)
-                .bind(node)
-                .bind(now)
-                .fetch_optional(&mut **tx)
-                .await?;
-                let Some((epoch, status, spec, plan, created_at_ms)) = row else {
-                    return Ok(None);
-                };
-                // A first claim has nothing recorded but the `submitted` event (seq 0).
-                let (steps, next_seq) = if epoch == 1 {
-                    (Vec::new(), 1)
-                } else {
-                    let steps: Vec<StepRow> =
-                        sqlx::query_as("SELECT step_id, status, attempts, output FROM steps WHERE task_id = $1")
-                            .bind(task_id)
-                            .fetch_all(&mut **tx)
-                            .await?;
-                    let (next,): (i64,) =
-                        sqlx::query_as("SELECT COALESCE(MAX(seq), -1) + 1 FROM task_events WHERE task_id = $1")
-                            .bind(task_id)
-                            .fetch_one(&mut **tx)
-                            .await?;
-                    (steps, next)
-                };
-                sqlx::query("INSERT INTO task_events (task_id, seq, at, kind, data) VALUES ($1, $2, $3, 'started', $4)")
-                    .bind(task_id)
-                    .bind(next_seq)
-                    .bind(now)
-                    .bind(json(&serde_json::json!({"node": node, "epoch": epoch})))
-                    .execute(&mut **tx)
-                    .await?;
-                let spec: TaskSpec = serde_json::from_str(&spec).map_err(|e| sqlx::Error::Decode(e.into()))?;
-                Ok(Some(Claim {
-                    epoch,
-                    spec,
-                    status: status_of(&status),
-                    plan: plan.as_deref().and_then(|p| serde_json::from_str(p).ok()),
-                    steps: steps.into_iter().map(step_state).collect(),
-                    next_seq: next_seq + 1,
-                    created_at_ms,
-                }))
-            }
-
-            /// `Ok(Err(current_epoch))` when fenced.
-            pub async fn record(tx: &mut Tx<'_>, p: &Progress, now: i64) -> Result<Result<(), i64>, sqlx::Error> {
-                let status = p.status.map(|s| s.as_str());
-                let finished = p.status.filter(|s| s.is_final()).map(|_| now);
-                let plan = p.plan.as_ref().map(json);
-                let fenced = sqlx::query(
-                    "UPDATE tasks SET updated_at = $3, status = COALESCE($4, status), \
-                     plan = COALESCE($5, plan), error = COALESCE($6, error), \
-                     finished_at = COALESCE($7, finished_at) \
-                     WHERE id = $1 AND lease_epoch = $2",
-                )
-                .bind(&p.task_id)
-                .bind(p.epoch)
-                .bind(now)
-                .bind(status)
-                .bind(plan)
-                .bind(&p.error)
-                .bind(finished)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
-                    == 0;
-                if fenced {
-                    let current: Option<(i64,)> = sqlx::query_as("SELECT lease_epoch FROM tasks WHERE id = $1")
-                        .bind(&p.task_id)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                    return Ok(Err(current.map_or(-1, |c| c.0)));
-                }
-                for step in &p.steps {
-                    // A final result is recorded once: a final row is never overwritten.
-                    sqlx::query(
-                        "INSERT INTO steps (task_id, step_id, status, attempts, output, epoch, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                         ON CONFLICT (task_id, step_id) DO UPDATE SET status = excluded.status, \
-                         attempts = excluded.attempts, output = excluded.output, epoch = excluded.epoch, \
-                         updated_at = excluded.updated_at \
-                         WHERE steps.status IN ('pending', 'running') AND steps.epoch <= excluded.epoch",
-                    )
-                    .bind(&p.task_id)
-                    .bind(&step.step_id)
-                    .bind(step.status.as_str())
-                    .bind(json(&step.attempts))
-                    .bind(step.output.as_ref().map(json))
-                    .bind(p.epoch)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                for event in &p.events {
-                    sqlx::query(
-                        "INSERT INTO task_events (task_id, seq, at, kind, data) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&p.task_id)
-                    .bind(event.seq)
-                    .bind(event.at_ms)
-                    .bind(&event.kind)
-                    .bind(json(&event.data))
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                Ok(Ok(()))
-            }
 
             pub async fn cancel_queued(tx: &mut Tx<'_>, task_id: &str, now: i64) -> Result<Option<TaskStatus>, sqlx::Error> {
                 sqlx::query(

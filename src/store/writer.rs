@@ -11,8 +11,10 @@ use actors::task::TaskStatus;
 use actors::task::store::{Claim, NewTask, Progress, StoreError, Submitted, now_ms};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Store;
-use super::tasks::{Outcome, postgres, sqlite};
+use std::collections::HashMap;
+
+use super::tasks::{self, Outcome};
+use super::{Store, batch};
 
 /// Most writes per transaction.
 pub const MAX_BATCH: usize = 512;
@@ -124,36 +126,73 @@ fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// Applies the writes in one transaction; all or nothing.
+/// Applies the writes in one transaction; all or nothing. Writes of a kind go together
+/// into multi-row statements (`batch`); within a batch, writes concern different tasks.
 async fn apply(store: &Store, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
     let now = now_ms();
+    let mut submits = Vec::new();
+    let mut claims: HashMap<&str, Vec<(usize, &str)>> = HashMap::new();
+    let mut records = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Submit(task) => submits.push((i, task)),
+            Op::Claim { task_id, node } => {
+                claims.entry(node.as_str()).or_default().push((i, task_id))
+            }
+            Op::Record(progress) => records.push((i, progress)),
+            Op::CancelQueued { .. } => {}
+        }
+    }
+    let mut out: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
     macro_rules! in_transaction {
         ($pool:expr, $backend:ident) => {{
             let mut tx = $pool.begin().await?;
-            let mut out = Vec::with_capacity(ops.len());
-            for op in ops {
-                out.push(match op {
-                    Op::Submit(task) => Outcome::Submitted($backend::submit(&mut tx, task).await?),
-                    Op::Claim { task_id, node } => {
-                        Outcome::Claimed($backend::claim(&mut tx, task_id, node, now).await?)
-                    }
-                    Op::Record(progress) => {
-                        Outcome::Recorded($backend::record(&mut tx, progress, now).await?)
-                    }
-                    Op::CancelQueued { task_id, at_ms } => {
-                        match $backend::cancel_queued(&mut tx, task_id, *at_ms).await? {
+            if !submits.is_empty() {
+                let tasks: Vec<&NewTask> = submits.iter().map(|(_, t)| *t).collect();
+                for ((i, _), s) in submits
+                    .iter()
+                    .zip(batch::$backend::submit(&mut tx, &tasks).await?)
+                {
+                    out[*i] = Some(Outcome::Submitted(s));
+                }
+            }
+            for (node, wanted) in &claims {
+                let ids: Vec<&str> = wanted.iter().map(|(_, id)| *id).collect();
+                for ((i, _), c) in wanted
+                    .iter()
+                    .zip(batch::$backend::claim(&mut tx, &ids, node, now).await?)
+                {
+                    out[*i] = Some(Outcome::Claimed(c));
+                }
+            }
+            if !records.is_empty() {
+                let list: Vec<&Progress> = records.iter().map(|(_, p)| *p).collect();
+                for ((i, _), r) in records
+                    .iter()
+                    .zip(batch::$backend::record(&mut tx, &list, now).await?)
+                {
+                    out[*i] = Some(Outcome::Recorded(r));
+                }
+            }
+            for (i, op) in ops.iter().enumerate() {
+                if let Op::CancelQueued { task_id, at_ms } = op {
+                    out[i] = Some(
+                        match tasks::$backend::cancel_queued(&mut tx, task_id, *at_ms).await? {
                             Some(status) => Outcome::Cancelled(status),
                             None => Outcome::Claimed(None),
-                        }
-                    }
-                });
+                        },
+                    );
+                }
             }
             tx.commit().await?;
-            Ok(out)
         }};
     }
     match store {
         Store::Sqlite(pool) => in_transaction!(pool, sqlite),
         Store::Postgres(pool) => in_transaction!(pool, postgres),
     }
+    Ok(out
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Claimed(None)))
+        .collect())
 }
