@@ -144,12 +144,11 @@ pub struct TaskClientFlags {
         long,
         value_name = "ADDR",
         env = "MISTER_SMITH__HTTP__LISTEN",
-        default_value = "127.0.0.1:8080",
-        global = true
+        default_value = "127.0.0.1:8080"
     )]
     pub http: String,
     /// Print the node's JSON instead of text for people.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -245,4 +244,43 @@ pub struct TaskListArgs {
     pub all: bool,
     #[command(flatten)]
     pub client: TaskClientFlags,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn task_commands_take_the_node_address_and_json_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "mister-smith",
+            "task",
+            "list",
+            "--status",
+            "failed",
+            "--all",
+            "--http",
+            "127.0.0.1:9",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Task(TaskArgs {
+            command: TaskCommand::List(list),
+        }) = cli.command
+        else {
+            panic!("not task list: {cli:?}");
+        };
+        assert_eq!(list.status.as_deref(), Some("failed"));
+        assert!(list.all && list.client.json);
+        assert_eq!(list.client.http, "127.0.0.1:9");
+        let bad = Cli::try_parse_from(["mister-smith", "task", "list", "--status", "done"]);
+        assert!(bad.is_err(), "an unknown status is refused");
+    }
 }

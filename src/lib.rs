@@ -10,4 +10,5 @@ pub mod load;
 pub mod node;
 pub mod state;
 pub mod store;
+pub mod task_cli;
 pub mod telemetry;

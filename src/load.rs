@@ -27,6 +27,11 @@ pub struct LoadArgs {
     /// Submissions per second across all submitters (0: as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Before the load, measure the raw baseline on this database: plain multi-row
+    /// INSERTs of task-sized rows (500 per statement and transaction), time-ordered ids.
+    /// Use a scratch database on the same backend and disk as the node's.
+    #[arg(long, value_name = "URL")]
+    pub baseline: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -44,6 +49,55 @@ pub struct LoadReport {
     pub completed_per_sec: f64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
+    /// Raw rows/s of plain batched inserts, when `--baseline` was given.
+    pub baseline_rows_per_sec: Option<f64>,
+    /// completed/s ÷ baseline rows/s.
+    pub ratio_to_baseline: Option<f64>,
+}
+
+/// Rows/s of plain batched inserts into a scratch table of `url`.
+async fn baseline(url: &str) -> anyhow::Result<f64> {
+    use crate::store::{Store, StoreOptions};
+    const ROWS: usize = 50_000;
+    const BATCH: usize = 500;
+    let store = Store::connect(&StoreOptions {
+        url: url.to_string(),
+        max_connections: 1,
+        connect_timeout: Duration::from_secs(10),
+    })
+    .await?;
+    let payload =
+        json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]}).to_string();
+    let ids: Vec<String> = (0..ROWS)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    macro_rules! run {
+        ($pool:expr, $db:ty) => {{
+            sqlx::query("DROP TABLE IF EXISTS ms_load_baseline").execute($pool).await?;
+            sqlx::query("CREATE TABLE ms_load_baseline (id TEXT PRIMARY KEY, payload TEXT NOT NULL, created BIGINT NOT NULL)")
+                .execute($pool)
+                .await?;
+            let started = Instant::now();
+            for chunk in ids.chunks(BATCH) {
+                let mut tx = $pool.begin().await?;
+                let mut q = sqlx::QueryBuilder::<$db>::new("INSERT INTO ms_load_baseline (id, payload, created) ");
+                q.push_values(chunk, |mut row, id| {
+                    row.push_bind(id.clone()).push_bind(payload.clone()).push_bind(0i64);
+                });
+                q.build().execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            sqlx::query("DROP TABLE ms_load_baseline").execute($pool).await?;
+            secs
+        }};
+    }
+    let secs = match &store {
+        Store::Sqlite(pool) => run!(pool, sqlx::Sqlite),
+        Store::Postgres(pool) => run!(pool, sqlx::Postgres),
+    };
+    store.close().await;
+    Ok(ROWS as f64 / secs)
 }
 
 pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
@@ -56,6 +110,10 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
+    let baseline_rows_per_sec = match &args.baseline {
+        Some(url) => Some(baseline(url).await?),
+        None => None,
+    };
     let finished_before = finished(&client, &base).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
@@ -131,6 +189,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
         completed_per_sec: done as f64 / complete_secs,
         latency_p50_ms: pct(0.50),
         latency_p99_ms: pct(0.99),
+        baseline_rows_per_sec,
+        ratio_to_baseline: baseline_rows_per_sec.map(|b| done as f64 / complete_secs / b),
     };
     Ok(if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
@@ -147,7 +207,12 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
             report.completed_per_sec,
             report.latency_p50_ms,
             report.latency_p99_ms
-        )
+        ) + &match (report.baseline_rows_per_sec, report.ratio_to_baseline) {
+            (Some(b), Some(r)) => format!(
+                "raw baseline: {b:.0} rows/s in 500-row INSERTs; completed/s is {r:.3}× that\n"
+            ),
+            _ => String::new(),
+        }
     })
 }
 

@@ -1,5 +1,6 @@
 //! The `mister-smith` binary: parses the command line and maps outcomes to exit codes
-//! (0 ok, 1 runtime failure, 2 bad configuration or flags).
+//! (0 ok, 1 runtime failure, 2 bad configuration, flags or input; `task` commands that
+//! follow a task also exit 3 failed, 4 timed out, 5 cancelled).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use mister_smith::cli::{Cli, Command, NodeFlags};
 use mister_smith::config::Settings;
 use mister_smith::node::{self, Outcome};
 use mister_smith::store::{Store, StoreOptions, redact};
-use mister_smith::{client, telemetry};
+use mister_smith::{client, task_cli, telemetry};
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
             Command::Migrate(flags) => migrate(flags).await,
             Command::Actors(args) => print(client::actors(&args).await),
             Command::Agents(args) => print(client::agents(&args).await),
+            Command::Task(args) => task_cli::run(&args).await,
             Command::Load(args) => match mister_smith::load::run(&args).await {
                 Ok(out) => {
                     print!("{out}");

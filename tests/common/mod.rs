@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod tasks;
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1011 @@
+//! The `task` commands (DESIGN §4, §8): `submit`, `get`, `list`, `cancel` and `watch`
+//! against a running node's `/api/v1/tasks`, printed for people (or the node's JSON with
+//! `--json`). `submit --wait` and `watch` follow a task to its end and exit with a code
+//! that says how it ended (see [`EXIT_FAILED`] and the others, and `task --help`).
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Read as _};
+use std::path::Path;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Map, Value, json};
+
+use crate::cli::{TaskArgs, TaskCommand, TaskIdArgs, TaskListArgs, TaskSubmitArgs};
+use crate::client::ClientError;
+
+/// Done; for `submit --wait` and `watch`: the task succeeded.
+pub const EXIT_OK: u8 = 0;
+/// The node could not be asked, or refused (unreachable, busy, no such task, not
+/// cancellable).
+pub const EXIT_ERROR: u8 = 1;
+/// Bad input: an unreadable file, invalid JSON, a task the node rejects (422).
+pub const EXIT_INPUT: u8 = 2;
+/// The task failed.
+pub const EXIT_FAILED: u8 = 3;
+/// The task ran out of time.
+pub const EXIT_TIMED_OUT: u8 = 4;
+/// The task was cancelled.
+pub const EXIT_CANCELLED: u8 = 5;
+
+/// How often a followed task is read.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a followed task's node may be out of reach (a restart) before we give up.
+const LOST_GRACE: Duration = Duration::from_secs(30);
+/// A read's time limit.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A submission's time limit: the node waits up to 30 s for the scheduler and the commit.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(40);
+/// Characters of a step's output shown by `task get`.
+const PREVIEW_CHARS: usize = 60;
+/// Characters of an event's data shown by `task get`.
+const EVENT_DATA_CHARS: usize = 100;
+
+/// Why a `task` command did not do its job, in a line or a few.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The input could not be read or is not JSON (nothing was sent).
+    #[error("{0}")]
+    Input(String),
+    /// The node refused the task as invalid (400, 413 or 422), naming the fields.
+    #[error("the node at {url} rejected the task: {message}")]
+    Rejected {
+        url: String,
+        message: String,
+        fields: Vec<(String, String)>,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+impl TaskError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TaskError::Input(_) | TaskError::Rejected { .. } => EXIT_INPUT,
+            TaskError::Client(_) => EXIT_ERROR,
+        }
+    }
+
+    /// What to print on stderr: one line, or for a rejected task a line per field.
+    pub fn report(&self) -> String {
+        match self {
+            TaskError::Rejected { url, fields, .. } if !fields.is_empty() => {
+                let mut out = format!("error: the node at {url} rejected the task:\n");
+                for (field, message) in fields {
+                    let _ = writeln!(out, "  {field}: {message}");
+                }
+                out
+            }
+            other => format!("error: {other}\n"),
+        }
+    }
+}
+
+/// Runs a `task` command, printing its output, and returns the exit code.
+pub async fn run(args: &TaskArgs) -> u8 {
+    let result = match &args.command {
+        TaskCommand::Submit(a) => submit(a).await,
+        TaskCommand::Get(a) => get(a).await,
+        TaskCommand::List(a) => list(a).await,
+        TaskCommand::Cancel(a) => cancel(a).await,
+        TaskCommand::Watch(a) => watch(a).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprint!("{}", e.report());
+            e.exit_code()
+        }
+    }
+}
+
+/// The exit code of a final status; `None` while the task is not finished.
+pub fn final_exit_code(status: &str) -> Option<u8> {
+    match status {
+        "succeeded" => Some(EXIT_OK),
+        "failed" => Some(EXIT_FAILED),
+        "timed_out" => Some(EXIT_TIMED_OUT),
+        "cancelled" => Some(EXIT_CANCELLED),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The commands.
+
+async fn submit(args: &TaskSubmitArgs) -> Result<u8, TaskError> {
+    let body = task_body(args)?;
+    let api = Api::new(&args.client.http)?;
+    let url = api.url(&["api", "v1", "tasks"])?;
+    let answer = api
+        .send(Method::POST, url, &[], Some(&body), SUBMIT_TIMEOUT)
+        .await?;
+    match answer.status {
+        StatusCode::OK | StatusCode::ACCEPTED => {}
+        StatusCode::BAD_REQUEST
+        | StatusCode::PAYLOAD_TOO_LARGE
+        | StatusCode::UNPROCESSABLE_ENTITY => return Err(answer.rejected()),
+        _ => return Err(answer.refused().into()),
+    }
+    let id = answer.body["task_id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| ClientError::BadAnswer {
+            url: answer.url.clone(),
+            reason: format!("no task_id in {}", answer.body),
+        })?
+        .to_string();
+    let json = args.client.json;
+    if answer.body["created"] == false {
+        eprintln!(
+            "note: a task with this idempotency key exists already; this is it (status {})",
+            text(&answer.body["status"])
+        );
+    }
+    if !args.wait {
+        if json {
+            print!("{}", pretty(&answer.body));
+        } else {
+            println!("{id}");
+        }
+        return Ok(EXIT_OK);
+    }
+    if !json {
+        println!("{id}");
+    }
+    follow(&api, &id, json).await
+}
+
+async fn get(args: &TaskIdArgs) -> Result<u8, TaskError> {
+    let api = Api::new(&args.client.http)?;
+    let task = api.task(&args.id).await?;
+    if args.client.json {
+        print!("{}", pretty(&task));
+    } else {
+        print!("{}", render_task(&task));
+    }
+    Ok(EXIT_OK)
+}
+
+async fn list(args: &TaskListArgs) -> Result<u8, TaskError> {
+    let api = Api::new(&args.client.http)?;
+    let url = api.url(&["api", "v1", "tasks"])?;
+    let limit = args.limit.map(|n| n.to_string());
+    let mut cursor = args.cursor.clone();
+    let mut tasks: Vec<Value> = Vec::new();
+    let next = loop {
+        let query: Vec<(&str, &str)> = [
+            ("status", args.status.as_deref()),
+            ("priority", args.priority.as_deref()),
+            ("limit", limit.as_deref()),
+            ("cursor", cursor.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        let answer = api
+            .send(Method::GET, url.clone(), &query, None, READ_TIMEOUT)
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.refused().into());
+        }
+        let page = answer.body["tasks"]
+            .as_array()
+            .ok_or_else(|| ClientError::BadAnswer {
+                url: answer.url.clone(),
+                reason: "no `tasks` array".into(),
+            })?;
+        tasks.extend(page.iter().cloned());
+        let next = answer.body["next_cursor"].as_str().map(str::to_string);
+        match next {
+            // A cursor that does not move would loop for ever.
+            Some(next) if args.all && !page.is_empty() && cursor.as_ref() != Some(&next) => {
+                cursor = Some(next);
+            }
+            next => break next,
+        }
+    };
+    if args.client.json {
+        print!(
+            "{}",
+            pretty(&json!({"tasks": tasks, "next_cursor": next.filter(|_| !args.all)}))
+        );
+        return Ok(EXIT_OK);
+    }
+    let mut rows = vec![
+        [
+            "ID",
+            "STATUS",
+            "PRIORITY",
+            "CREATED",
+            "FINISHED",
+            "DESCRIPTION",
+        ]
+        .map(String::from),
+    ];
+    for t in &tasks {
+        rows.push([
+            text(&t["task_id"]),
+            text(&t["status"]),
+            text(&t["priority"]),
+            text(&t["created_at"]),
+            text(&t["finished_at"]),
+            one_line(&text(&t["description"]), 60),
+        ]);
+    }
+    print!("{}", table(&rows));
+    if !args.all
+        && let Some(next) = next
+    {
+        eprintln!("more tasks: --cursor {next} (or --all)");
+    }
+    Ok(EXIT_OK)
+}
+
+async fn cancel(args: &TaskIdArgs) -> Result<u8, TaskError> {
+    let api = Api::new(&args.client.http)?;
+    let url = api.url(&["api", "v1", "tasks", &args.id, "cancel"])?;
+    let answer = api
+        .send(Method::POST, url, &[], None, SUBMIT_TIMEOUT)
+        .await?;
+    if !answer.status.is_success() {
+        return Err(answer.refused().into());
+    }
+    if args.client.json {
+        print!("{}", pretty(&answer.body));
+    } else {
+        println!("task {} {}", args.id, text(&answer.body["status"]));
+    }
+    Ok(EXIT_OK)
+}
+
+async fn watch(args: &TaskIdArgs) -> Result<u8, TaskError> {
+    let api = Api::new(&args.client.http)?;
+    follow(&api, &args.id, args.client.json).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Submission body.
+
+/// The task to submit: the file (a task object or a steps array) with the flags over it.
+fn task_body(args: &TaskSubmitArgs) -> Result<Value, TaskError> {
+    let mut task = match &args.steps {
+        None => Map::new(),
+        Some(path) => {
+            let (name, source) = read_source(path)?;
+            let value: Value = serde_json::from_str(&source)
+                .map_err(|e| TaskError::Input(format!("{name} is not valid JSON: {e}")))?;
+            match value {
+                Value::Object(task) => task,
+                Value::Array(steps) => {
+                    let mut task = Map::new();
+                    task.insert("steps".into(), Value::Array(steps));
+                    task
+                }
+                other => {
+                    return Err(TaskError::Input(format!(
+                        "{name}: expected a task (a JSON object) or its steps (a JSON array), \
+                         found {}",
+                        kind(&other)
+                    )));
+                }
+            }
+        }
+    };
+    let overrides = [
+        ("description", args.description.clone().map(Value::from)),
+        ("priority", args.priority.clone().map(Value::from)),
+        (
+            "idempotency_key",
+            args.idempotency_key.clone().map(Value::from),
+        ),
+        ("timeout_secs", args.timeout_secs.map(Value::from)),
+        ("max_attempts", args.max_attempts.map(Value::from)),
+    ];
+    for (key, value) in overrides {
+        if let Some(value) = value {
+            task.insert(key.into(), value);
+        }
+    }
+    Ok(Value::Object(task))
+}
+
+/// The text of `path` (`-`: stdin) and a name for it in messages.
+fn read_source(path: &Path) -> Result<(String, String), TaskError> {
+    if path.as_os_str() == "-" {
+        let mut source = String::new();
+        std::io::stdin()
+            .read_to_string(&mut source)
+            .map_err(|e| TaskError::Input(format!("cannot read the task from stdin: {e}")))?;
+        return Ok(("stdin".into(), source));
+    }
+    let name = path.display().to_string();
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| TaskError::Input(format!("cannot read the task file {name}: {e}")))?;
+    Ok((name, source))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Following a task.
+
+/// Where a task stands, as the progress display shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Progress {
+    status: String,
+    done: u64,
+    total: u64,
+    running: Vec<String>,
+}
+
+impl Progress {
+    fn of(task: &Value) -> Progress {
+        let steps = task["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let status_of = |s: &Value| s["status"].as_str().unwrap_or("").to_string();
+        let status = text(&task["status"]);
+        let mut running: Vec<String> = steps
+            .iter()
+            .filter(|s| status_of(s) == "running")
+            .map(|s| text(&s["id"]))
+            .collect();
+        // A step may be recorded only when it ends; while the task runs, a pending step
+        // whose dependencies all succeeded is the one being worked on.
+        if running.is_empty() && status == "running" {
+            let succeeded = |id: &Value| {
+                steps
+                    .iter()
+                    .any(|s| &s["id"] == id && status_of(s) == "succeeded")
+            };
+            running = steps
+                .iter()
+                .filter(|s| status_of(s) == "pending")
+                .filter(|s| {
+                    s["depends_on"]
+                        .as_array()
+                        .is_none_or(|deps| deps.iter().all(succeeded))
+                })
+                .map(|s| text(&s["id"]))
+                .collect();
+        }
+        Progress {
+            status,
+            done: steps
+                .iter()
+                .filter(|s| !matches!(status_of(s).as_str(), "pending" | "running" | ""))
+                .count() as u64,
+            total: steps.len() as u64,
+            running,
+        }
+    }
+
+    fn message(&self) -> String {
+        if self.running.is_empty() {
+            self.status.clone()
+        } else {
+            format!("{} · step {}", self.status, self.running.join(", "))
+        }
+    }
+
+    fn line(&self, elapsed: Duration) -> String {
+        let mut line = format!(
+            "{:>6.1}s  {:<9}  {}/{} steps done",
+            elapsed.as_secs_f64(),
+            self.status,
+            self.done,
+            self.total
+        );
+        if !self.running.is_empty() {
+            let _ = write!(line, "  running: {}", self.running.join(", "));
+        }
+        line
+    }
+}
+
+/// How progress is shown: a bar on a terminal, a line per change otherwise, nothing with
+/// `--json` (which prints the finished task).
+enum Display {
+    Bar(ProgressBar),
+    Lines(Option<Progress>),
+    Quiet,
+}
+
+impl Display {
+    fn new(json: bool) -> Display {
+        if json {
+            return Display::Quiet;
+        }
+        if !std::io::stdout().is_terminal() {
+            return Display::Lines(None);
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} steps  {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Display::Bar(bar)
+    }
+
+    fn show(&mut self, progress: &Progress, started: Instant) {
+        match self {
+            Display::Bar(bar) => {
+                // No steps yet (the Planner is at work): the length stays unknown.
+                if progress.total > 0 {
+                    bar.set_length(progress.total);
+                }
+                bar.set_position(progress.done);
+                bar.set_message(progress.message());
+            }
+            Display::Lines(last) => {
+                if last.as_ref() != Some(progress) {
+                    println!("{}", progress.line(started.elapsed()));
+                    *last = Some(progress.clone());
+                }
+            }
+            Display::Quiet => {}
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match self {
+            Display::Bar(bar) => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    fn clear(&self) {
+        if let Display::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Follows the task until its status is final (polling every [`POLL`]), then prints the
+/// outcome and returns its exit code.
+async fn follow(api: &Api, id: &str, json: bool) -> Result<u8, TaskError> {
+    let started = Instant::now();
+    let mut display = Display::new(json);
+    let mut seen = false;
+    let mut lost_since: Option<Instant> = None;
+    loop {
+        match api.task(id).await {
+            Ok(task) => {
+                seen = true;
+                if lost_since.take().is_some() {
+                    display.note("reached the node again");
+                }
+                let progress = Progress::of(&task);
+                display.show(&progress, started);
+                if let Some(code) = final_exit_code(&progress.status) {
+                    display.clear();
+                    if json {
+                        print!("{}", pretty(&task));
+                    } else {
+                        print!("{}", outcome(&task, &progress));
+                    }
+                    return Ok(code);
+                }
+            }
+            // A node that restarts resumes its tasks: ride out a short absence, but not
+            // a wrong address or a task that is not there.
+            Err(e) if seen && transient(&e) => {
+                let since = *lost_since.get_or_insert_with(|| {
+                    display.note(&format!("lost the node, retrying: {e}"));
+                    Instant::now()
+                });
+                if since.elapsed() > LOST_GRACE {
+                    display.clear();
+                    return Err(e.into());
+                }
+            }
+            Err(e) => {
+                display.clear();
+                return Err(e.into());
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Unreachable { .. } | ClientError::BadAnswer { .. } => true,
+        ClientError::Refused { status, .. } => *status >= 500 || *status == 429,
+    }
+}
+
+/// The final lines of a followed task: its status and, when it did not succeed, why.
+fn outcome(task: &Value, progress: &Progress) -> String {
+    let mut out = format!(
+        "task {} {} ({}/{} steps done",
+        text(&task["task_id"]),
+        progress.status,
+        progress.done,
+        progress.total
+    );
+    if let Some(took) = took(task) {
+        let _ = write!(out, ", {:.1} s", took.as_secs_f64());
+    }
+    out.push_str(")\n");
+    if let Some(error) = task["error"].as_str() {
+        let _ = writeln!(out, "error: {error}");
+    }
+    out
+}
+
+/// From creation to the end, by the node's clock.
+fn took(task: &Value) -> Option<Duration> {
+    let at = |v: &Value| v.as_str().and_then(|s| humantime::parse_rfc3339(s).ok());
+    let created = at(&task["created_at"])?;
+    let finished = at(&task["finished_at"])?;
+    finished.duration_since(created).ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// `task get` for people.
+
+fn render_task(task: &Value) -> String {
+    let mut out = format!(
+        "task {}  {}\n",
+        text(&task["task_id"]),
+        text(&task["status"])
+    );
+    let mut fields: Vec<(&str, String)> = vec![
+        ("description", text(&task["description"])),
+        ("priority", text(&task["priority"])),
+    ];
+    if !task["owner"].is_null() {
+        fields.push((
+            "owner",
+            format!(
+                "{} (lease epoch {})",
+                text(&task["owner"]),
+                text(&task["lease_epoch"])
+            ),
+        ));
+    }
+    fields.push(("created", text(&task["created_at"])));
+    fields.push(("updated", text(&task["updated_at"])));
+    fields.push(("finished", text(&task["finished_at"])));
+    if let Some(took) = took(task) {
+        fields.push(("took", format!("{:.3} s", took.as_secs_f64())));
+    }
+    if !task["error"].is_null() {
+        fields.push(("error", text(&task["error"])));
+    }
+    for (name, value) in fields {
+        let _ = writeln!(out, "  {name:<12} {value}");
+    }
+
+    let steps = task["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let _ = writeln!(out, "\nsteps ({}):", steps.len());
+    if steps.is_empty() {
+        out.push_str("  (none yet)\n");
+    }
+    let width = |key: &str| {
+        steps
+            .iter()
+            .map(|s| text(&s[key]).chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths = [width("id"), width("tool"), width("status")];
+    let pad = " ".repeat(widths[0] + 4);
+    for step in steps {
+        render_step(&mut out, step, widths, &pad);
+    }
+
+    let events = task["events"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let _ = writeln!(out, "\nevents ({}):", events.len());
+    let mut rows = vec![["SEQ", "TIME", "KIND", "DATA"].map(String::from)];
+    for event in events {
+        let time = event["at_ms"]
+            .as_u64()
+            .map(|ms| {
+                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+            })
+            .unwrap_or_else(|| text(&event["at_ms"]));
+        rows.push([
+            text(&event["seq"]),
+            time,
+            text(&event["kind"]),
+            one_line(&event_data(&event["data"]), EVENT_DATA_CHARS),
+        ]);
+    }
+    for line in table(&rows).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+/// A step in a line (id, tool, status, attempts, agent@node, what it waits for), then its
+/// last attempt's verdict, output preview and error.
+fn render_step(out: &mut String, step: &Value, [id_w, tool_w, status_w]: [usize; 3], pad: &str) {
+    let attempts = step["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let last = attempts.last();
+    let _ = write!(
+        out,
+        "  {:<id_w$}  {:<tool_w$}  {:<status_w$}  attempts {}",
+        text(&step["id"]),
+        text(&step["tool"]),
+        text(&step["status"]),
+        attempts.len()
+    );
+    if let Some(last) = last
+        && !last["agent"].is_null()
+    {
+        let _ = write!(out, "  {}@{}", text(&last["agent"]), text(&last["node"]));
+    }
+    let deps: Vec<String> = step["depends_on"]
+        .as_array()
+        .map(|d| d.iter().map(text).collect())
+        .unwrap_or_default();
+    if !deps.is_empty() {
+        let _ = write!(out, "  after {}", deps.join(", "));
+    }
+    out.push('\n');
+    let Some(last) = last else { return };
+    if let Some(reason) = last["verdict"]["reason"].as_str() {
+        let passed = match last["verdict"]["passed"].as_bool() {
+            Some(true) => "passed: ",
+            Some(false) => "failed: ",
+            None => "",
+        };
+        let _ = writeln!(out, "{pad}verdict  {passed}{reason}");
+    }
+    let output = if step["output"].is_null() {
+        &last["output"]
+    } else {
+        &step["output"]
+    };
+    if let Some(preview) = preview(output) {
+        let _ = writeln!(out, "{pad}output   {preview}");
+    }
+    if let Some(error) = last["error"].as_str() {
+        let _ = writeln!(out, "{pad}error    {error}");
+    }
+}
+
+/// A step's output in one short line: the tool's text, else its JSON.
+fn preview(output: &Value) -> Option<String> {
+    let full = match output {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        Value::Object(o) => match o.get("text") {
+            Some(Value::String(s)) => s.clone(),
+            _ => output.to_string(),
+        },
+        other => other.to_string(),
+    };
+    Some(format!("{:?}", one_line(&full, PREVIEW_CHARS)))
+}
+
+/// An event's data as `key=value …` (strings bare, anything else as compact JSON).
+fn event_data(data: &Value) -> String {
+    match data {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                Value::Object(o) if o.get("passed").is_some_and(Value::is_boolean) => {
+                    let passed = if o["passed"] == true {
+                        "passed"
+                    } else {
+                        "failed"
+                    };
+                    match o.get("reason").and_then(Value::as_str) {
+                        Some(reason) => format!("{k}={passed} ({reason})"),
+                        None => format!("{k}={passed}"),
+                    }
+                }
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP.
+
+/// A node's task API.
+struct Api {
+    base: Url,
+    client: reqwest::Client,
+}
+
+/// What the node answered.
+struct Answer {
+    url: String,
+    status: StatusCode,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+impl Answer {
+    fn message(&self) -> String {
+        self.body["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string()
+    }
+
+    fn refused(&self) -> ClientError {
+        let mut message = self.message();
+        if let Some(after) = &self.retry_after {
+            let _ = write!(message, " (Retry-After: {after} s)");
+        }
+        ClientError::Refused {
+            url: self.url.clone(),
+            status: self.status.as_u16(),
+            message,
+        }
+    }
+
+    fn rejected(&self) -> TaskError {
+        let fields = self.body["error"]["fields"]
+            .as_array()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|f| (text(&f["field"]), text(&f["message"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        TaskError::Rejected {
+            url: self.url.clone(),
+            message: self.message(),
+            fields,
+        }
+    }
+}
+
+impl Api {
+    fn new(addr: &str) -> Result<Api, ClientError> {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let bad = |reason: String| ClientError::Unreachable {
+            url: base.clone(),
+            reason,
+        };
+        let base = Url::parse(&base).map_err(|e| bad(format!("not an address: {e}")))?;
+        if base.cannot_be_a_base() {
+            return Err(bad("not an address".into()));
+        }
+        // A node is addressed directly; a proxy from the environment would only get in
+        // the way.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Api { base, client })
+    }
+
+    /// The URL of `segments` (each one escaped, so an id cannot change the route).
+    fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClientError::Unreachable {
+                url: self.base.to_string(),
+                reason: "not an address".into(),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Answer, ClientError> {
+        let shown = url.to_string();
+        let mut request = self
+            .client
+            .request(method, url)
+            .query(query)
+            .timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: shown.clone(),
+            reason: root_cause(&e),
+        })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body: Value = response.json().await.map_err(|e| ClientError::BadAnswer {
+            url: shown.clone(),
+            reason: format!("{status}: {}", root_cause(&e)),
+        })?;
+        Ok(Answer {
+            url: shown,
+            status,
+            retry_after,
+            body,
+        })
+    }
+
+    /// `GET /api/v1/tasks/{id}`.
+    async fn task(&self, id: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["api", "v1", "tasks", id])?;
+        let answer = self.send(Method::GET, url, &[], None, READ_TIMEOUT).await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.refused());
+        }
+        Ok(answer.body)
+    }
+}
+
+/// reqwest's top-level message is generic; the innermost cause says what happened.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Text.
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `s` with every run of whitespace made one space, cut to `max` characters.
+fn one_line(s: &str, max: usize) -> String {
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.chars().count() <= max {
+        return joined;
+    }
+    let mut cut: String = joined.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steps_array_becomes_a_task_and_flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("ms-task-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("steps.json");
+        std::fs::write(&file, r#"[{"id": "a", "tool": "echo"}]"#).unwrap();
+        let args = TaskSubmitArgs {
+            steps: Some(file.clone()),
+            description: Some("d".into()),
+            priority: Some("high".into()),
+            idempotency_key: None,
+            timeout_secs: Some(1.5),
+            max_attempts: Some(2),
+            wait: false,
+            client: crate::cli::TaskClientFlags {
+                http: "x".into(),
+                json: false,
+            },
+        };
+        let body = task_body(&args).unwrap();
+        assert_eq!(body["steps"][0]["id"], "a");
+        assert_eq!(body["description"], "d");
+        assert_eq!(body["priority"], "high");
+        assert_eq!(body["timeout_secs"], 1.5);
+        assert_eq!(body["max_attempts"], 2);
+        assert!(body.get("idempotency_key").is_none(), "{body}");
+
+        std::fs::write(
+            &file,
+            r#"{"description": "file", "priority": "low", "steps": []}"#,
+        )
+        .unwrap();
+        let body = task_body(&TaskSubmitArgs {
+            priority: None,
+            ..args
+        })
+        .unwrap();
+        assert_eq!(body["description"], "d", "the flag wins");
+        assert_eq!(body["priority"], "low", "the file's value stays");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn progress_counts_finished_steps_and_names_running_ones() {
+        let task = json!({"status": "running", "steps": [
+            {"id": "a", "status": "succeeded"}, {"id": "b", "status": "running"},
+            {"id": "c", "status": "skipped"}, {"id": "d", "status": "pending"}]});
+        let p = Progress::of(&task);
+        assert_eq!((p.done, p.total), (2, 4));
+        assert_eq!(p.running, vec!["b".to_string()]);
+        assert!(
+            p.line(Duration::ZERO).contains("running: b"),
+            "{}",
+            p.line(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_ready_pending_step_of_a_running_task_counts_as_running() {
+        let task = json!({"status": "running", "steps": [
+            {"id": "a", "status": "succeeded", "depends_on": []},
+            {"id": "b", "status": "pending", "depends_on": ["a"]},
+            {"id": "c", "status": "pending", "depends_on": ["b"]},
+            {"id": "d", "status": "pending"}]});
+        assert_eq!(Progress::of(&task).running, vec!["b", "d"]);
+        let queued = json!({"status": "queued", "steps": [{"id": "a", "status": "pending"}]});
+        assert!(Progress::of(&queued).running.is_empty());
+    }
+
+    #[test]
+    fn final_statuses_have_their_exit_codes() {
+        assert_eq!(final_exit_code("succeeded"), Some(EXIT_OK));
+        assert_eq!(final_exit_code("failed"), Some(EXIT_FAILED));
+        assert_eq!(final_exit_code("timed_out"), Some(EXIT_TIMED_OUT));
+        assert_eq!(final_exit_code("cancelled"), Some(EXIT_CANCELLED));
+        for s in ["queued", "planning", "running"] {
+            assert_eq!(final_exit_code(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn one_line_collapses_and_cuts() {
+        assert_eq!(one_line("a\n  b\tc", 10), "a b c");
+        assert_eq!(one_line("abcdefghij", 5), "abcd…");
+    }
+}
