@@ -189,14 +189,27 @@ macro_rules! backend {
             type Tx<'a> = Transaction<'a, $db>;
 
             pub async fn cancel_queued(tx: &mut Tx<'_>, task_id: &str, now: i64) -> Result<Option<TaskStatus>, sqlx::Error> {
-                sqlx::query(
+                let cancelled = sqlx::query(
                     "UPDATE tasks SET status = 'cancelled', updated_at = $2, finished_at = $2, \
                      error = 'cancelled before it started' WHERE id = $1 AND status = 'queued' AND owner IS NULL",
                 )
                 .bind(task_id)
                 .bind(now)
                 .execute(&mut **tx)
-                .await?;
+                .await?
+                .rows_affected()
+                    == 1;
+                if cancelled {
+                    sqlx::query(
+                        "INSERT INTO task_events (task_id, seq, at, kind, data) \
+                         SELECT $1, COALESCE(MAX(seq), -1) + 1, $2, 'cancelled', \
+                         '{\"error\":\"cancelled before it started\"}' FROM task_events WHERE task_id = $1",
+                    )
+                    .bind(task_id)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                }
                 let status: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE id = $1")
                     .bind(task_id)
                     .fetch_optional(&mut **tx)

@@ -96,6 +96,8 @@ struct Slot {
     spec: ChildSpec,
     cell: Option<ActorCell>,
     state: SlotState,
+    /// The backoff timer this slot waits for, if any (a later schedule replaces it).
+    pending: Option<u64>,
     restarts: u32,
     last_error: Option<String>,
     /// This slot's restart times within the intensity period; drives its backoff.
@@ -113,7 +115,7 @@ pub struct SupervisorState {
     /// Restart times of all children within the intensity period.
     recent: VecDeque<Instant>,
     total_restarts: u64,
-    /// Bumped whenever pending backoff timers must be ignored.
+    /// Names backoff timers, so each slot starts only on the timer it waits for.
     token: u64,
     ctx: Arc<NodeContext>,
     view: Arc<RwLock<SupervisorView>>,
@@ -277,7 +279,8 @@ impl Actor for Supervisor {
                 let _ = reply.send(state.child_views());
             }
             SupervisorMsg::RestartDue { ids, token } => {
-                if token == state.token {
+                let ids = state.take_due(&ids, token);
+                if !ids.is_empty() {
                     let mut result = Ok(());
                     if let Err((id, reason)) = state.start_slots(&myself, &ids).await {
                         result = state.recover(&myself, id, reason).await;
@@ -355,6 +358,7 @@ impl SupervisorState {
             last_error: None,
             recent: VecDeque::new(),
             dynamic: false,
+            pending: None,
         });
         Ok(pid)
     }
@@ -426,6 +430,9 @@ impl SupervisorState {
             if !delay.is_zero() {
                 self.token += 1;
                 let token = self.token;
+                for slot in self.slots.iter_mut().filter(|s| ids.contains(&s.spec.id)) {
+                    slot.pending = Some(token);
+                }
                 for slot_id in &ids {
                     self.ctx.events.publish(Event::RestartScheduled {
                         supervisor: self.name.clone(),
@@ -581,15 +588,27 @@ impl SupervisorState {
     async fn stop_slot(&mut self, idx: usize, next: SlotState) {
         let slot = &mut self.slots[idx];
         slot.state = next;
+        slot.pending = None;
         if let Some(cell) = slot.cell.take() {
             self.ctx.directory.remove_subtree(cell.get_id().pid());
             shut_down(cell, slot.spec.shutdown).await;
         }
     }
 
+    /// The slots of `ids` still waiting for timer `token` (and no longer waiting).
+    fn take_due(&mut self, ids: &[String], token: u64) -> Vec<String> {
+        let mut due = Vec::new();
+        for slot in self.slots.iter_mut().filter(|s| ids.contains(&s.spec.id)) {
+            if slot.pending == Some(token) {
+                slot.pending = None;
+                due.push(slot.spec.id.clone());
+            }
+        }
+        due
+    }
+
     /// Stops every child in reverse start order.
     async fn stop_all(&mut self) {
-        self.token += 1;
         for idx in (0..self.slots.len()).rev() {
             self.stop_slot(idx, SlotState::Stopped).await;
         }
