@@ -171,9 +171,9 @@ impl AgentState {
         work: Box<Work>,
         reply: RpcReplyPort<Result<ToolOutput, ToolError>>,
     ) {
-        let tools = match (self.identity.role, self.ctx.services()) {
-            (Role::Executor, Some(services)) => services.tools.clone(),
-            (Role::Executor, None) => {
+        let services = match (self.identity.role, self.ctx.services()) {
+            (Role::Executor | Role::Worker, Some(services)) => services.clone(),
+            (Role::Executor | Role::Worker, None) => {
                 let _ = reply.send(Err(ToolError::Failed(
                     "tools are not configured on this node".into(),
                 )));
@@ -181,7 +181,7 @@ impl AgentState {
             }
             (role, _) => {
                 let _ = reply.send(Err(ToolError::Failed(format!(
-                    "agent {} is a {role}, not an executor",
+                    "agent {} is a {role}; steps run on executors and workers",
                     self.identity.name
                 ))));
                 return;
@@ -195,16 +195,33 @@ impl AgentState {
         )));
         let stats = self.stats.clone();
         let me = myself.clone();
+        let role = self.identity.role;
         tokio::spawn(async move {
-            let result = tools
-                .run(ToolCall {
-                    tool: &work.step.tool,
-                    args: &work.step.args,
-                    input: work.input.as_deref(),
-                    timeout: work.timeout,
-                    cancel: work.cancel.clone(),
-                })
-                .await;
+            let result = if role == Role::Worker {
+                let step = &work.step;
+                let job = crate::roles::worker::run(
+                    &step.tool,
+                    &step.args,
+                    work.input.as_deref(),
+                    &services.llm,
+                );
+                let limit = work.timeout.unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    r = tokio::time::timeout(limit, job) => r.unwrap_or(Err(ToolError::TimedOut(limit))),
+                    () = work.cancel.cancelled() => Err(ToolError::Cancelled),
+                }
+            } else {
+                services
+                    .tools
+                    .run(ToolCall {
+                        tool: &work.step.tool,
+                        args: &work.step.args,
+                        input: work.input.as_deref(),
+                        timeout: work.timeout,
+                        cancel: work.cancel.clone(),
+                    })
+                    .await
+            };
             if result.is_err() {
                 stats.errored();
             }

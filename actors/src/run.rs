@@ -518,7 +518,7 @@ impl RunState {
         let ctx = self.ctx.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let capability = format!("tool.{}", work.step.tool);
+            let capability = crate::roles::capability_for(&work.step.tool);
             let wait = timeout.unwrap_or(Duration::from_secs(3600)) + EXECUTOR_GRACE;
             let (agent, result) = match router::route(&ctx, &capability).await {
                 Err(e) => (None, Err(ToolError::Failed(e.to_string()))),

@@ -32,10 +32,11 @@ pub async fn submit(
         .ctx
         .services()
         .ok_or_else(|| ApiError::unavailable("the node is not ready to take tasks"))?;
-    let tools = &services.tools;
-    if let Err(errors) =
-        spec.validate(|tool, args| tools.validate(tool, args).map_err(|e| e.to_string()))
-    {
+    let llm_configured = services.llm.is_configured();
+    let check = |tool: &str, args: &Value| {
+        actors::roles::validate_step_tool(&services.tools, llm_configured, tool, args)
+    };
+    if let Err(errors) = spec.validate(check) {
         let message = errors
             .iter()
             .map(ToString::to_string)

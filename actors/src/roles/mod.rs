@@ -78,6 +78,40 @@ impl Role {
 
 crate::supervisor::spec::parse_from_string!(Role, "role");
 
+/// The capability a step's tool is routed by: worker tools by their worker capability,
+/// the Executor's tools as `tool.<name>`.
+pub fn capability_for(tool: &str) -> String {
+    match worker::TOOLS.iter().find(|(t, _)| *t == tool) {
+        Some((_, capability)) => capability.to_string(),
+        None => format!("tool.{tool}"),
+    }
+}
+
+/// Checks a step's tool and arguments at submission (worker or executor tool).
+pub fn validate_step_tool(
+    tools: &crate::tools::Tools,
+    llm_configured: bool,
+    tool: &str,
+    args: &serde_json::Value,
+) -> Result<(), String> {
+    if worker::is_worker_tool(tool) {
+        worker::validate(tool, args, llm_configured)
+    } else {
+        tools.validate(tool, args).map_err(|e| match e {
+            crate::tools::ToolError::UnknownTool(t) => format!(
+                "unknown tool \"{t}\" (known tools: {}, {})",
+                crate::tools::Tools::names().join(", "),
+                worker::TOOLS
+                    .iter()
+                    .map(|(t, _)| *t)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            other => other.to_string(),
+        })
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -45,11 +45,10 @@ pub async fn plan(llm: &Llm, tools: &Tools, description: &str) -> Result<Vec<Ste
     let reply = llm.complete(request).await?;
     let steps = parse(&reply.text)?;
     let mut errors: Vec<FieldError> = Vec::new();
-    validate_plan(
-        &steps,
-        &|tool, args| tools.validate(tool, args).map_err(|e| e.to_string()),
-        &mut errors,
-    );
+    let check = |tool: &str, args: &serde_json::Value| {
+        crate::roles::validate_step_tool(tools, llm.is_configured(), tool, args)
+    };
+    validate_plan(&steps, &check, &mut errors);
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(PlanError::Invalid(list.join("; ")));
