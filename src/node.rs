@@ -83,6 +83,7 @@ pub async fn run(
     ctx.provide(Services {
         tools,
         llm,
+        memory: Arc::new(tasks.clone()),
         store: Arc::new(tasks),
         scheduler: settings.scheduler_settings(),
     });

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Who an agent is. `instance_id` is new for every incarnation; `name` is stable across
 /// restarts (it is the supervisor's child id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentIdentity {
     pub instance_id: String,
     pub name: String,
@@ -30,7 +30,19 @@ pub struct AgentIdentity {
 }
 
 /// Agent lifecycle (seed 001): `Registering → Active → Draining → Suspended → Terminated`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     Registering,
@@ -172,8 +184,8 @@ impl AgentState {
         reply: RpcReplyPort<Result<ToolOutput, ToolError>>,
     ) {
         let services = match (self.identity.role, self.ctx.services()) {
-            (Role::Executor | Role::Worker, Some(services)) => services.clone(),
-            (Role::Executor | Role::Worker, None) => {
+            (Role::Executor | Role::Worker | Role::Memory, Some(services)) => services.clone(),
+            (Role::Executor | Role::Worker | Role::Memory, None) => {
                 let _ = reply.send(Err(ToolError::Failed(
                     "tools are not configured on this node".into(),
                 )));
@@ -197,7 +209,19 @@ impl AgentState {
         let me = myself.clone();
         let role = self.identity.role;
         tokio::spawn(async move {
-            let result = if role == Role::Worker {
+            let result = if role == Role::Memory {
+                let store = services.memory.as_ref();
+                let job = crate::roles::memory::run(
+                    store,
+                    &work.task_id,
+                    &work.step.args,
+                    work.input.as_deref(),
+                );
+                tokio::select! {
+                    r = job => r,
+                    () = work.cancel.cancelled() => Err(ToolError::Cancelled),
+                }
+            } else if role == Role::Worker {
                 let step = &work.step;
                 let job = crate::roles::worker::run(
                     &step.tool,

@@ -20,6 +20,8 @@ pub struct Services {
     pub tools: Tools,
     /// The LLM provider the Planner (and LLM judgements) use; may be `none`.
     pub llm: crate::llm::Llm,
+    /// Where the Memory role keeps entries.
+    pub memory: Arc<dyn crate::roles::memory::MemoryStore>,
     pub store: Arc<dyn TaskStore>,
     pub scheduler: SchedulerSettings,
 }

@@ -24,7 +24,7 @@ use crate::events::Event;
 const TERMINATED_KEPT: usize = 1024;
 
 /// What the registry knows of one agent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AgentRecord {
     #[serde(flatten)]
     pub identity: AgentIdentity,
@@ -34,6 +34,7 @@ pub struct AgentRecord {
     pub healthy: bool,
     pub load: u32,
     #[serde(serialize_with = "crate::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub registered_at: SystemTime,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_reason: Option<String>,

@@ -32,7 +32,7 @@ pub enum SubmitError {
 }
 
 /// What a cancel request found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CancelOutcome {
     pub task_id: String,
     pub status: TaskStatus,

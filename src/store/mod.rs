@@ -5,6 +5,7 @@
 //! binary and run at start).
 
 mod batch;
+mod memory;
 pub mod tasks;
 pub mod writer;
 

@@ -21,40 +21,55 @@ pub struct TaskFilter {
 }
 
 /// A task as `GET /api/v1/tasks/{id}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     pub task_id: String,
+    #[schema(value_type = TaskStatus)]
     pub status: String,
+    #[schema(value_type = Priority)]
     pub priority: String,
+    #[schema(required)]
     pub description: Option<String>,
+    #[schema(required)]
     pub owner: Option<String>,
     pub lease_epoch: i64,
+    #[schema(required)]
     pub error: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    #[schema(required, format = DateTime)]
     pub finished_at: Option<String>,
     pub steps: Vec<StepView>,
     pub events: Vec<TaskEvent>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepView {
     pub id: String,
     pub tool: String,
     pub depends_on: Vec<String>,
+    #[schema(value_type = StepStatus)]
     pub status: String,
     pub attempts: Vec<Attempt>,
+    #[schema(required)]
     pub output: Option<Value>,
 }
 
 /// A task in a listing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskSummary {
     pub task_id: String,
+    #[schema(value_type = TaskStatus)]
     pub status: String,
+    #[schema(value_type = Priority)]
     pub priority: String,
+    #[schema(required)]
     pub description: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(required, format = DateTime)]
     pub finished_at: Option<String>,
 }
 

@@ -1,5 +1,174 @@
-//! Memory: knowledge store and blackboard: key/value with tags and text search, scoped per
-//! task, session or global, persisted, with TTL.
+//! Memory: knowledge store and blackboard — key/value entries with tags and text search,
+//! scoped to a task or global, persisted, with a time to live.
+//!
+//! Steps reach it with the `memory` tool (routed to memory agents): `put` stores a value
+//! (given, or the output of the step's `input_from`), `get` reads one (its output feeds the
+//! next step), `search` finds entries by tags and text, `delete` removes one. Storage is a
+//! port ([`MemoryStore`]) the node implements over SQL.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::task::store::{BoxFuture, StoreError, now_ms};
+use crate::tools::{ToolError, ToolOutput};
 
 /// Capabilities the registry indexes this role under.
 pub const CAPABILITIES: &[&str] = &["memory.kv", "memory.search", "memory.blackboard"];
+
+/// Most entries a search returns.
+pub const SEARCH_LIMIT: i64 = 100;
+
+/// One stored entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryEntry {
+    pub scope: String,
+    pub scope_id: String,
+    pub key: String,
+    pub value: String,
+    pub tags: Vec<String>,
+    /// Milliseconds since the epoch after which the entry is gone; `None`: kept.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Where memory lives; implemented by the node's store.
+pub trait MemoryStore: Send + Sync + 'static {
+    fn put(&self, entry: MemoryEntry) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn get(
+        &self,
+        scope: String,
+        scope_id: String,
+        key: String,
+    ) -> BoxFuture<'_, Result<Option<MemoryEntry>, StoreError>>;
+    /// Entries of the scope having every tag in `tags` and containing `text` (in key or
+    /// value, case-insensitive) when given.
+    fn search(
+        &self,
+        scope: String,
+        scope_id: String,
+        tags: Vec<String>,
+        text: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<MemoryEntry>, StoreError>>;
+    fn delete(
+        &self,
+        scope: String,
+        scope_id: String,
+        key: String,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryArgs {
+    op: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    value: Option<Value>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    ttl_secs: Option<f64>,
+}
+
+fn parse(args: &Value) -> Result<MemoryArgs, String> {
+    let a: MemoryArgs = serde_json::from_value(args.clone()).map_err(|e| format!("args: {e}"))?;
+    match a.op.as_str() {
+        "put" | "get" | "delete" if a.key.as_deref().is_none_or(str::is_empty) => {
+            return Err(format!("args.key: required for `{}`", a.op));
+        }
+        "put" | "get" | "delete" | "search" => {}
+        other => {
+            return Err(format!(
+                "args.op: `{other}` is not one of put, get, search, delete"
+            ));
+        }
+    }
+    if let Some(scope) = &a.scope
+        && scope != "task"
+        && scope != "global"
+    {
+        return Err(format!("args.scope: `{scope}` is not one of task, global"));
+    }
+    if let Some(ttl) = a.ttl_secs
+        && !(ttl.is_finite() && ttl > 0.0)
+    {
+        return Err("args.ttl_secs: must be a positive number".into());
+    }
+    Ok(a)
+}
+
+/// Checks a `memory` step's arguments at submission.
+pub fn validate(args: &Value) -> Result<(), String> {
+    parse(args).map(drop)
+}
+
+/// Runs a `memory` step for task `task_id`.
+pub async fn run(
+    store: &dyn MemoryStore,
+    task_id: &str,
+    args: &Value,
+    input: Option<&str>,
+) -> Result<ToolOutput, ToolError> {
+    let a = parse(args).map_err(ToolError::InvalidArgs)?;
+    let scope = a.scope.clone().unwrap_or_else(|| "task".into());
+    let scope_id = if scope == "task" {
+        task_id.to_string()
+    } else {
+        String::new()
+    };
+    let key = a.key.clone().unwrap_or_default();
+    let failed = |e: StoreError| ToolError::Failed(e.to_string());
+    let text = match a.op.as_str() {
+        "put" => {
+            let value = match (&a.value, input) {
+                (Some(Value::String(s)), _) => s.clone(),
+                (Some(other), _) => other.to_string(),
+                (None, Some(input)) => input.to_string(),
+                (None, None) => {
+                    return Err(ToolError::InvalidArgs(
+                        "args.value: give a value or an input_from step".into(),
+                    ));
+                }
+            };
+            let expires_at_ms = a.ttl_secs.map(|t| now_ms() + (t * 1000.0) as i64);
+            let entry = MemoryEntry {
+                scope,
+                scope_id,
+                key,
+                value,
+                tags: a.tags,
+                expires_at_ms,
+            };
+            store.put(entry.clone()).await.map_err(failed)?;
+            json!({"stored": entry.key}).to_string()
+        }
+        "get" => match store
+            .get(scope, scope_id, key.clone())
+            .await
+            .map_err(failed)?
+        {
+            Some(entry) => entry.value,
+            None => return Err(ToolError::Failed(format!("no memory entry `{key}`"))),
+        },
+        "delete" => json!({"deleted": store.delete(scope, scope_id, key).await.map_err(failed)?})
+            .to_string(),
+        _ => {
+            let found = store
+                .search(scope, scope_id, a.tags, a.query)
+                .await
+                .map_err(failed)?;
+            serde_json::to_string(&found).unwrap_or_default()
+        }
+    };
+    Ok(ToolOutput {
+        bytes: text.len() as u64,
+        json: serde_json::from_str(&text).ok(),
+        exit_code: Some(0),
+        text,
+        ..Default::default()
+    })
+}

@@ -17,7 +17,19 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Role {
     Coordinator,
@@ -81,6 +93,9 @@ crate::supervisor::spec::parse_from_string!(Role, "role");
 /// The capability a step's tool is routed by: worker tools by their worker capability,
 /// the Executor's tools as `tool.<name>`.
 pub fn capability_for(tool: &str) -> String {
+    if tool == "memory" {
+        return "memory.kv".into();
+    }
     match worker::TOOLS.iter().find(|(t, _)| *t == tool) {
         Some((_, capability)) => capability.to_string(),
         None => format!("tool.{tool}"),
@@ -94,12 +109,14 @@ pub fn validate_step_tool(
     tool: &str,
     args: &serde_json::Value,
 ) -> Result<(), String> {
-    if worker::is_worker_tool(tool) {
+    if tool == "memory" {
+        memory::validate(args)
+    } else if worker::is_worker_tool(tool) {
         worker::validate(tool, args, llm_configured)
     } else {
         tools.validate(tool, args).map_err(|e| match e {
             crate::tools::ToolError::UnknownTool(t) => format!(
-                "unknown tool \"{t}\" (known tools: {}, {})",
+                "unknown tool \"{t}\" (known tools: {}, {}, memory)",
                 crate::tools::Tools::names().join(", "),
                 worker::TOOLS
                     .iter()

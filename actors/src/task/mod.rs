@@ -12,7 +12,7 @@ use serde_json::Value;
 pub use spec::{Expectation, FieldError, Priority, StepSpec, TaskSpec};
 
 /// `queued → planning → running → succeeded | failed | cancelled | timed_out`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
@@ -25,7 +25,7 @@ pub enum TaskStatus {
 }
 
 /// A step's state; `pending` until its dependencies have succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,
@@ -97,7 +97,7 @@ impl StepStatus {
 }
 
 /// The Critic's judgement of one attempt.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Verdict {
     pub passed: bool,
     /// Why, in words a person reads (which check failed and what was seen).
@@ -105,14 +105,22 @@ pub struct Verdict {
 }
 
 /// One attempt at a step, as recorded.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Attempt {
     pub attempt: u32,
+    #[schema(required)]
     pub agent: Option<String>,
+    #[schema(required)]
     pub node: Option<String>,
+    /// The tool's output (any JSON value).
+    #[schema(required)]
     pub output: Option<Value>,
+    #[schema(required)]
     pub error: Option<String>,
+    #[schema(required)]
     pub verdict: Option<Verdict>,
+    #[schema(required, format = DateTime)]
     pub started_at: Option<String>,
+    #[schema(required, format = DateTime)]
     pub finished_at: Option<String>,
 }

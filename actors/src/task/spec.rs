@@ -18,7 +18,18 @@ pub const MAX_STEPS: usize = 1000;
 pub const MAX_ATTEMPTS: u32 = 100;
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Priority {
@@ -73,20 +84,23 @@ impl fmt::Display for Priority {
 }
 
 /// A submitted task.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(default = "normal")]
     pub priority: Priority,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub idempotency_key: Option<String>,
     /// The whole task must finish within this; `None`: no limit.
     #[serde(default)]
     pub timeout_secs: Option<f64>,
     /// Attempts per step unless the step says otherwise.
     #[serde(default = "default_attempts")]
+    #[schema(default = 3, minimum = 1, maximum = 100)]
     pub max_attempts: u32,
     /// The plan; when absent the Planner makes one from the description.
     #[serde(default)]
@@ -98,12 +112,13 @@ fn default_attempts() -> u32 {
 }
 
 /// One step of a plan.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub id: String,
     pub tool: String,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub args: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expectation>,
@@ -123,7 +138,7 @@ fn empty_object() -> Value {
 }
 
 /// What a step's output must satisfy (all given checks must hold).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expectation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,7 +157,7 @@ pub struct Expectation {
     pub judge: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonExpectation {
     pub path: String,
@@ -150,7 +165,7 @@ pub struct JsonExpectation {
 }
 
 /// One problem with a submission, and the field it is about.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -51,11 +51,12 @@ pub struct StepState {
 }
 
 /// One entry of a task's append-only trace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskEvent {
     pub seq: i64,
     pub at_ms: i64,
     pub kind: String,
+    /// Any JSON value (what happened, in detail).
     pub data: Value,
 }
 

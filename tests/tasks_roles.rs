@@ -1,0 +1,166 @@
+//! The Worker's data steps and the Memory role's steps, through the whole pipeline on both
+//! backends: the router sends each step to an agent of the right role, its output feeds the
+//! next step, and memory entries outlive the task that wrote them (or expire with a TTL).
+
+mod common;
+
+use common::tasks::{step, submit, submit_ok, wait_final};
+use common::{TestNode, postgres_database};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn output_text<'a>(task: &'a Value, id: &str) -> &'a str {
+    step(task, id)["output"]["text"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn agent_of<'a>(task: &'a Value, id: &str) -> &'a str {
+    step(task, id)["attempts"][0]["agent"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+async fn data_and_memory_steps(node: &TestNode) {
+    let id = submit_ok(
+        node,
+        &json!({"steps": [
+            {"id": "doc", "tool": "echo", "args": {"text": "{\"user\": {\"name\": \"Ada\"}}"}},
+            {"id": "name", "tool": "json", "input_from": "doc", "args": {"pointer": "/user/name"}},
+            {"id": "greet", "tool": "template", "input_from": "name",
+             "args": {"template": "{{salute}}, {{input}}!", "vars": {"salute": "Hello"}}},
+            {"id": "digest", "tool": "hash", "input_from": "greet"},
+            {"id": "keep", "tool": "memory", "input_from": "greet",
+             "args": {"op": "put", "key": "greeting", "tags": ["people"], "scope": "global"}},
+        ]}),
+    )
+    .await;
+    let task = wait_final(node, &id).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(output_text(&task, "name"), "Ada");
+    assert_eq!(output_text(&task, "greet"), "Hello, Ada!");
+    // sha256("Hello, Ada!")
+    assert_eq!(
+        output_text(&task, "digest"),
+        "fc80a614993089e736b5321633d88401ea4fecdeddecaff5cf05d619bd941a90"
+    );
+    for s in ["name", "greet", "digest"] {
+        assert!(agent_of(&task, s).starts_with("worker-"), "{s}: {task:#}");
+    }
+    assert!(agent_of(&task, "keep").starts_with("memory-"), "{task:#}");
+
+    // A later task reads what the first one wrote (global scope), and finds it by tag and text.
+    let id = submit_ok(
+        node,
+        &json!({"steps": [
+            {"id": "recall", "tool": "memory", "args": {"op": "get", "key": "greeting", "scope": "global"}},
+            {"id": "find", "tool": "memory",
+             "args": {"op": "search", "tags": ["people"], "query": "ADA", "scope": "global"}},
+            {"id": "miss", "tool": "memory",
+             "args": {"op": "search", "tags": ["animals"], "scope": "global"}},
+            {"id": "mine", "tool": "memory", "args": {"op": "search", "scope": "task"}},
+        ]}),
+    )
+    .await;
+    let task = wait_final(node, &id).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(output_text(&task, "recall"), "Hello, Ada!");
+    let found = &step(&task, "find")["output"]["json"];
+    assert_eq!(found[0]["key"], "greeting", "{task:#}");
+    assert_eq!(step(&task, "miss")["output"]["json"], json!([]), "{task:#}");
+    // Task scope is the task's own: this task wrote nothing there.
+    assert_eq!(step(&task, "mine")["output"]["json"], json!([]), "{task:#}");
+}
+
+#[tokio::test]
+async fn worker_and_memory_steps_on_sqlite() {
+    let node = TestNode::start(&[], &[]).await;
+    data_and_memory_steps(&node).await;
+}
+
+#[tokio::test]
+async fn worker_and_memory_steps_on_postgres() {
+    let db = postgres_database().await;
+    let node = TestNode::start(&["--database", &db.url], &[]).await;
+    data_and_memory_steps(&node).await;
+}
+
+#[tokio::test]
+async fn memory_entries_expire_after_their_ttl() {
+    let node = TestNode::start(&[], &[]).await;
+    let put = submit_ok(
+        &node,
+        &json!({"steps": [{"id": "put", "tool": "memory",
+            "args": {"op": "put", "key": "brief", "value": "soon gone", "ttl_secs": 0.2}}]}),
+    )
+    .await;
+    assert_eq!(wait_final(&node, &put).await["status"], "succeeded");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let get = submit_ok(
+        &node,
+        &json!({"max_attempts": 1, "steps": [{"id": "get", "tool": "memory",
+            "args": {"op": "get", "key": "brief"}}]}),
+    )
+    .await;
+    let task = wait_final(&node, &get).await;
+    // Task scope: a different task never sees another task's entry, expired or not.
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let global = submit_ok(
+        &node,
+        &json!({"steps": [
+            {"id": "put", "tool": "memory",
+             "args": {"op": "put", "key": "brief", "value": "soon gone", "ttl_secs": 0.2, "scope": "global"}},
+            {"id": "now", "tool": "memory", "depends_on": ["put"],
+             "args": {"op": "get", "key": "brief", "scope": "global"}},
+        ]}),
+    )
+    .await;
+    let task = wait_final(&node, &global).await;
+    assert_eq!(output_text(&task, "now"), "soon gone", "{task:#}");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let later = submit_ok(
+        &node,
+        &json!({"max_attempts": 1, "steps": [{"id": "later", "tool": "memory",
+            "args": {"op": "get", "key": "brief", "scope": "global"}}]}),
+    )
+    .await;
+    let task = wait_final(&node, &later).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let reason = step(&task, "later")["attempts"][0]["verdict"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("no memory entry"), "{task:#}");
+}
+
+#[tokio::test]
+async fn bad_worker_and_memory_arguments_are_refused_at_submission() {
+    let node = TestNode::start(&[], &[]).await;
+    let cases = [
+        (
+            json!({"id": "h", "tool": "hash", "args": {"algorithm": "md5"}}),
+            "algorithm",
+        ),
+        (
+            json!({"id": "j", "tool": "json", "args": {"pointer": "no-slash"}}),
+            "pointer",
+        ),
+        (
+            json!({"id": "m", "tool": "memory", "args": {"op": "fly"}}),
+            "args.op",
+        ),
+        (
+            json!({"id": "m", "tool": "memory", "args": {"op": "get"}}),
+            "args.key",
+        ),
+        (
+            json!({"id": "l", "tool": "llm", "args": {"prompt": "hi"}}),
+            "llm.provider",
+        ),
+    ];
+    for (bad, named) in cases {
+        let (status, body) = submit(&node, &json!({"steps": [bad]})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(named), "{named}: {body}");
+    }
+}
