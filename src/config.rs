@@ -40,9 +40,18 @@ pub struct Settings {
     pub log: LogSettings,
     pub supervision: SupervisionSettings,
     pub scheduler: SchedulerConfig,
+    pub monitor: MonitorConfig,
     pub tools: ToolsConfig,
     pub llm: LlmConfig,
     pub domains: Vec<DomainSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    pub heartbeat_ms: u64,
+    pub timeout_ms: u64,
+    pub kill_after: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,9 +283,23 @@ impl Settings {
             );
         }
         positive("scheduler.aging_secs", q.aging_secs)?;
+        let m = &self.monitor;
+        if m.heartbeat_ms == 0 || m.timeout_ms == 0 || m.kill_after == 0 {
+            return fail(
+                "monitor: heartbeat_ms, timeout_ms and kill_after must be at least 1".into(),
+            );
+        }
         self.tools.validate().map_err(ConfigError)?;
         self.llm.validate().map_err(ConfigError)?;
         self.validate_domains()
+    }
+
+    pub fn monitor_settings(&self) -> actors::roles::monitor::MonitorSettings {
+        actors::roles::monitor::MonitorSettings {
+            heartbeat: Duration::from_millis(self.monitor.heartbeat_ms),
+            timeout: Duration::from_millis(self.monitor.timeout_ms),
+            kill_after: self.monitor.kill_after,
+        }
     }
 
     pub fn scheduler_settings(&self) -> SchedulerSettings {

@@ -46,6 +46,7 @@ pub async fn run(
     started: Instant,
 ) -> anyhow::Result<Outcome> {
     let ctx = NodeContext::new(settings.node.name.clone());
+    ctx.set_monitor_settings(settings.monitor_settings());
     let state = NodeState::new(ctx.clone(), metrics);
     let (stop_tx, stop_rx) = watch::channel(false);
 

@@ -104,6 +104,13 @@ pub enum AgentMsg {
     Execute(Box<Work>, RpcReplyPort<Result<ToolOutput, ToolError>>),
     /// Internal: a piece of work finished.
     WorkDone,
+    /// Internal (monitors): time for a heartbeat round.
+    Tick,
+    /// Internal (monitors): a heartbeat round's answers.
+    Beats(Vec<crate::roles::monitor::Beat>),
+    /// Fault injection: the agent's mailbox stops moving for this long, as a stuck agent's
+    /// would (what the Monitor exists to catch).
+    Hang(Duration),
 }
 
 /// One step attempt handed to an executor.
@@ -137,6 +144,8 @@ pub struct AgentState {
     started_at: SystemTime,
     /// Work in flight (what the Router balances on).
     load: u32,
+    /// Monitors only: what they remember between heartbeat rounds.
+    watch: Option<crate::roles::monitor::Watch>,
 }
 
 pub struct Agent;
@@ -309,6 +318,7 @@ impl Actor for Agent {
             stats,
             started_at: SystemTime::now(),
             load: 0,
+            watch: None,
         };
         state.register(&myself);
         Ok(state)
@@ -316,10 +326,15 @@ impl Actor for Agent {
 
     async fn post_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.set_state(Lifecycle::Active);
+        if state.identity.role == Role::Monitor {
+            state.watch = Some(Default::default());
+            let every = state.ctx.monitor_settings().heartbeat;
+            myself.send_interval(every, || AgentMsg::Tick);
+        }
         Ok(())
     }
 
@@ -370,6 +385,26 @@ impl Actor for Agent {
                 state.load = state.load.saturating_sub(1);
                 state.report_load();
             }
+            AgentMsg::Tick => {
+                if let Some(watch) = state.watch.as_mut().filter(|w| !w.in_flight) {
+                    watch.in_flight = true;
+                    let (ctx, me) = (state.ctx.clone(), myself.clone());
+                    let timeout = ctx.monitor_settings().timeout;
+                    tokio::spawn(async move {
+                        let pid = me.get_id().pid();
+                        let beats = crate::roles::monitor::round(&ctx, pid, timeout).await;
+                        let _ = me.cast(AgentMsg::Beats(beats));
+                    });
+                }
+            }
+            AgentMsg::Beats(beats) => {
+                let settings = state.ctx.monitor_settings();
+                if let Some(watch) = state.watch.as_mut() {
+                    watch.in_flight = false;
+                    watch.judge(&state.ctx, &settings, beats);
+                }
+            }
+            AgentMsg::Hang(how_long) => tokio::time::sleep(how_long).await,
         }
         Ok(())
     }

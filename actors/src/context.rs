@@ -46,6 +46,8 @@ pub struct NodeContext {
     registry: RwLock<Option<ActorRef<RegistryMsg>>>,
     scheduler: RwLock<Option<ActorRef<SchedulerMsg>>>,
     services: OnceLock<Arc<Services>>,
+    /// How the Monitor watches agents (set by the node from `[monitor]`).
+    monitor: RwLock<crate::roles::monitor::MonitorSettings>,
     /// Supervisors by name (`runs`, domain names), for actors that must reach one.
     supervisors: RwLock<HashMap<String, ActorRef<SupervisorMsg>>>,
 }
@@ -60,6 +62,7 @@ impl NodeContext {
             scheduler: RwLock::new(None),
             services: OnceLock::new(),
             supervisors: RwLock::new(HashMap::new()),
+            monitor: RwLock::new(Default::default()),
         })
     }
 
@@ -100,6 +103,14 @@ impl NodeContext {
                 map.remove(name);
             }
         }
+    }
+
+    pub fn monitor_settings(&self) -> crate::roles::monitor::MonitorSettings {
+        *self.monitor.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_monitor_settings(&self, settings: crate::roles::monitor::MonitorSettings) {
+        *self.monitor.write().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
     /// Provides tools and storage; only the first call has an effect.

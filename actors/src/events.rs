@@ -48,6 +48,12 @@ pub enum Event {
         role: String,
         state: String,
     },
+    /// The Monitor's judgement of an agent changed (`events.supervision.health`).
+    Health {
+        agent: String,
+        healthy: bool,
+        missed: u32,
+    },
     /// An entry of a task's trace, published once it is committed (`events.task.*`).
     Task {
         task_id: String,
@@ -68,6 +74,7 @@ impl Event {
             Event::Escalated { .. } => "supervision.escalation",
             Event::AgentState { .. } => "agent.state",
             Event::Task { .. } => "task.trace",
+            Event::Health { .. } => "supervision.health",
         }
     }
 }

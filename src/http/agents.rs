@@ -15,15 +15,35 @@ use crate::state::AppState;
 
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AgentQuery {
+    /// Only agents of this role.
+    #[param(value_type = Option<Role>)]
     role: Option<String>,
+    /// Only agents offering this capability (e.g. `tool.shell`).
     capability: Option<String>,
+    /// Only agents of this domain.
     domain: Option<String>,
+    /// Only agents in this lifecycle state.
+    #[param(value_type = Option<Lifecycle>)]
     state: Option<String>,
 }
 
+/// Lists the agents of the registry, optionally filtered.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    operation_id = "list_agents",
+    tag = "agents",
+    params(AgentQuery),
+    responses(
+        (status = 200, description = "The agents that match", body = crate::http::openapi::AgentList),
+        (status = 400, description = "`bad_request`: an unknown role or state, or an unknown or malformed query parameter", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the registry is not running or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn list(
     State(node): State<AppState>,
     query: Result<Query<AgentQuery>, axum::extract::rejection::QueryRejection>,

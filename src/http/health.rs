@@ -12,10 +12,27 @@ use crate::state::AppState;
 /// How long readiness waits for the database before calling it down.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    operation_id = "health_live",
+    tag = "health",
+    responses((status = 200, description = "The process is up", body = crate::http::openapi::Live)),
+)]
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "live"}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    operation_id = "health_ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Storage answers and the supervision tree is up", body = crate::http::openapi::Ready),
+        (status = 503, description = "Not ready; `checks` says what is not up", body = crate::http::openapi::Ready),
+    ),
+)]
 pub async fn ready(State(node): State<AppState>) -> (StatusCode, Json<Value>) {
     let storage = match node.store.get() {
         None => "starting".to_string(),

@@ -9,6 +9,16 @@ use axum::response::{IntoResponse, Response};
 
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format (0.0.4)", body = String, content_type = "text/plain"),
+        (status = 404, description = "Metrics are not enabled in this process (a plain-text line, not the JSON error shape)", body = String, content_type = "text/plain"),
+    ),
+)]
 pub async fn render(State(node): State<AppState>) -> Response {
     let Some(handle) = &node.metrics else {
         return (

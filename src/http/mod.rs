@@ -5,6 +5,7 @@ pub mod agents;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod task_events;
 pub mod tasks;
 
@@ -24,6 +25,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/tasks/{id}", get(tasks::get))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}/events", get(task_events::stream))
+        .route("/api/v1/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(metrics::track))

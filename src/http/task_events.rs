@@ -30,6 +30,21 @@ struct Follow {
     finished: bool,
 }
 
+/// A task's event trace as Server-Sent Events: what is stored first, then live entries;
+/// the stream ends after the task's final entry.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/events",
+    operation_id = "task_events",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "An SSE stream. Each event has `event: <kind>`, `id: <seq>` and `data:` one `TaskEvent` as JSON (`{\"seq\", \"at_ms\", \"kind\", \"data\"}`); comments keep the connection alive every 15 s", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`bad_request`: the id cannot be decoded", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: no such task", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn stream(
     State(node): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -23,6 +23,25 @@ const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 1000;
 
+/// Submits a task. The answer comes after the task is durably stored.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks",
+    operation_id = "submit_task",
+    tag = "tasks",
+    request_body(content = TaskSpec, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted and stored: a new task", body = crate::http::openapi::Submission),
+        (status = 200, description = "An earlier task with the same `idempotency_key`; nothing new stored", body = crate::http::openapi::Submission),
+        (status = 400, description = "`malformed_json`: the body is not JSON; `bad_request`: the body could not be read", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`too_large`: the body is larger than `http.body_limit_bytes`", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_task`: unknown fields, wrong types, or a task that does not validate (then `fields` lists every problem)", body = crate::http::openapi::InvalidTaskBody),
+        (status = 429, description = "`queue_full`: the task queue is full; retry later", body = crate::http::openapi::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "`unavailable`: the node is not ready, or the scheduler or storage did not answer; nothing was stored", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn submit(
     State(node): State<AppState>,
     body: Result<Json<TaskSpec>, JsonRejection>,
@@ -99,6 +118,20 @@ pub async fn submit(
     }
 }
 
+/// A task: its status, every step with its attempts, and its event trace.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task", body = crate::store::tasks::TaskView),
+        (status = 400, description = "`bad_request`: the id cannot be decoded", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: no such task", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn get(
     State(node): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -116,15 +149,36 @@ pub async fn get(
     Ok(Json(serde_json::to_value(view).unwrap_or_default()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only tasks in this status.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
+    /// Only tasks of this priority.
+    #[param(value_type = Option<Priority>)]
     priority: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000, default = 50)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// Lists tasks, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of tasks", body = crate::http::openapi::TaskList),
+        (status = 400, description = "`bad_request`: an unknown status or priority, a limit out of range, or an unknown or malformed query parameter", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn list(
     State(node): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -174,6 +228,21 @@ pub async fn list(
     Ok(Json(json!({"tasks": page, "next_cursor": next})))
 }
 
+/// Cancels a task that has not finished.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/cancel",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 202, description = "Cancelled, now or earlier (`status` is `cancelled`)", body = actors::scheduler::CancelOutcome),
+        (status = 400, description = "`bad_request`: the id cannot be decoded", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: no such task", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`not_cancellable`: the task has already succeeded, failed or timed out", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the scheduler is not running or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn cancel(
     State(node): State<AppState>,
     path: Result<Path<String>, PathRejection>,

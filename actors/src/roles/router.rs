@@ -1,5 +1,7 @@
 //! Router: picks the agent for each step: capability match, healthy, least loaded; never
-//! an agent that is not active. (Remote agents over NATS come with clustering.)
+//! an agent that is not active. When every agent of a capability is marked unhealthy, the
+//! least loaded active one is used rather than failing the step. (Remote agents over NATS
+//! come with clustering.)
 
 use ractor::ActorRef;
 
@@ -34,7 +36,22 @@ pub async fn route(
         capability.to_string()
     )
     .map_err(|_| RouteError::NoRegistry)?;
-    let record = found.ok_or_else(|| RouteError::NoAgent(capability.to_string()))?;
+    let record = match found {
+        Some(record) => record,
+        // No healthy agent: rather than fail the step, use the least loaded active one. A
+        // heartbeat missed on a starved machine must not stop all work.
+        None => ractor::call_t!(
+            registry,
+            RegistryMsg::Discover,
+            REGISTRY_TIMEOUT_MS,
+            capability.to_string()
+        )
+        .map_err(|_| RouteError::NoRegistry)?
+        .into_iter()
+        .filter(|r| r.state == crate::agent::Lifecycle::Active)
+        .min_by_key(|r| r.load)
+        .ok_or_else(|| RouteError::NoAgent(capability.to_string()))?,
+    };
     let agent = record
         .agent
         .clone()

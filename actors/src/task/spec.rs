@@ -97,6 +97,7 @@ pub struct TaskSpec {
     pub idempotency_key: Option<String>,
     /// The whole task must finish within this; `None`: no limit.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0)]
     pub timeout_secs: Option<f64>,
     /// Attempts per step unless the step says otherwise.
     #[serde(default = "default_attempts")]
@@ -115,6 +116,7 @@ fn default_attempts() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub id: String,
     pub tool: String,
     #[serde(default = "empty_object")]
@@ -128,8 +130,10 @@ pub struct StepSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
     pub timeout_secs: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
 }
 
