@@ -164,3 +164,69 @@ async fn bad_worker_and_memory_arguments_are_refused_at_submission() {
         assert!(message.contains(named), "{named}: {body}");
     }
 }
+
+#[tokio::test]
+async fn the_critic_asks_the_llm_judge_when_a_step_wants_one() {
+    let dir = common::temp_dir();
+    std::fs::write(
+        dir.path().join("script.json"),
+        r#"{"replies": [
+            {"match": "Criterion: is it polite", "reply": "PASS it says please"},
+            {"match": "Criterion: is it rude", "reply": "FAIL it is perfectly polite"}
+        ]}"#,
+    )
+    .expect("script");
+    std::fs::write(
+        dir.path().join("llm.toml"),
+        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
+    )
+    .expect("config");
+    let node = common::Launch::new()
+        .args(&["--config", "llm.toml"])
+        .in_dir(dir)
+        .start()
+        .await;
+    let id = submit_ok(
+        &node,
+        &json!({"max_attempts": 1, "steps": [
+            {"id": "ask", "tool": "echo", "args": {"text": "please pass the salt"},
+             "expect": {"contains": "please", "judge": "is it polite"}},
+            {"id": "insult", "tool": "echo", "args": {"text": "please pass the salt"},
+             "expect": {"judge": "is it rude"}},
+        ]}),
+    )
+    .await;
+    let task = wait_final(&node, &id).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let verdict = |s: &str| step(&task, s)["attempts"][0]["verdict"].clone();
+    assert_eq!(verdict("ask")["passed"], true, "{task:#}");
+    assert!(
+        verdict("ask")["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("says please")
+    );
+    assert_eq!(verdict("insult")["passed"], false, "{task:#}");
+    assert!(
+        verdict("insult")["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("LLM judge")
+    );
+}
+
+#[tokio::test]
+async fn an_llm_judgement_without_a_provider_is_refused() {
+    let node = TestNode::start(&[], &[]).await;
+    let (status, body) = submit(
+        &node,
+        &json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"},
+                           "expect": {"judge": "is it good"}}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["error"]["fields"][0]["field"], "steps[0].expect.judge",
+        "{body}"
+    );
+}

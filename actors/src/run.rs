@@ -37,6 +37,8 @@ pub enum RunMsg {
         index: usize,
         agent: Option<(String, String)>,
         result: Result<ToolOutput, ToolError>,
+        /// The LLM judge's verdict, when the step's expectation asks for one.
+        judged: Option<crate::task::Verdict>,
     },
     /// Internal: a retry's backoff has passed.
     Retry(usize),
@@ -154,7 +156,8 @@ impl Actor for Run {
                 index,
                 agent,
                 result,
-            } => state.step_done(&myself, index, agent, result).await,
+                judged,
+            } => state.step_done(&myself, index, agent, result, judged).await,
             RunMsg::Retry(index) => {
                 // A cancel or deadline during the backoff has already settled the step.
                 if state
@@ -515,6 +518,7 @@ impl RunState {
             timeout,
             cancel,
         };
+        let question = work.step.expect.as_ref().and_then(|e| e.judge.clone());
         let ctx = self.ctx.clone();
         let me = myself.clone();
         tokio::spawn(async move {
@@ -540,10 +544,18 @@ impl RunState {
                     (Some(who), result)
                 }
             };
+            // An LLM judgement (when asked for) is made here, off the run's mailbox.
+            let judged = match (question, &result, ctx.services()) {
+                (Some(question), Ok(output), Some(services)) => {
+                    Some(critic::judge_by_llm(&services.llm, &question, output).await)
+                }
+                _ => None,
+            };
             let _ = me.cast(RunMsg::StepDone {
                 index: i,
                 agent,
                 result,
+                judged,
             });
         });
     }
@@ -554,6 +566,7 @@ impl RunState {
         i: usize,
         agent: Option<(String, String)>,
         result: Result<ToolOutput, ToolError>,
+        judged: Option<crate::task::Verdict>,
     ) -> Result<(), StoreError> {
         let Some(step) = self.steps.get_mut(i) else {
             return Ok(());
@@ -562,7 +575,10 @@ impl RunState {
             return Ok(()); // cancelled or timed out meanwhile
         }
         step.cancel = None;
-        let verdict = critic::judge(step.spec.expect.as_ref(), &result);
+        let verdict = match critic::judge(step.spec.expect.as_ref(), &result) {
+            rules if rules.passed => judged.unwrap_or(rules),
+            failed => failed,
+        };
         let max_attempts = step.spec.max_attempts.unwrap_or(self.spec.max_attempts);
         if let Some(attempt) = step.state.attempts.last_mut() {
             attempt.agent = agent.as_ref().map(|a| a.0.clone());

@@ -55,7 +55,30 @@ pub async fn submit(
     let check = |tool: &str, args: &Value| {
         actors::roles::validate_step_tool(&services.tools, llm_configured, tool, args)
     };
-    if let Err(errors) = spec.validate(check) {
+    let mut result = spec.validate(check);
+    // An LLM judgement cannot be honoured without a provider: refuse rather than skip it.
+    if !llm_configured {
+        let judged = spec
+            .steps
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, st)| st.expect.as_ref().is_some_and(|e| e.judge.is_some()));
+        for (i, _) in judged {
+            let error = actors::task::FieldError {
+                field: format!("steps[{i}].expect.judge"),
+                message: format!(
+                    "an LLM judgement needs a provider: {}",
+                    actors::llm::NOT_CONFIGURED
+                ),
+            };
+            match &mut result {
+                Ok(()) => result = Err(vec![error]),
+                Err(errors) => errors.push(error),
+            }
+        }
+    }
+    if let Err(errors) = result {
         let message = errors
             .iter()
             .map(ToString::to_string)

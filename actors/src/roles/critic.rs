@@ -5,6 +5,7 @@
 //! itself: a round trip to a critic agent would add a mailbox hop per step for a
 //! computation of microseconds. Only LLM judgements need the critic agent's provider.
 
+use crate::llm::{CompletionRequest, Llm};
 use crate::task::{Expectation, Verdict};
 use crate::tools::{ToolError, ToolOutput};
 
@@ -61,6 +62,36 @@ pub fn judge(expect: Option<&Expectation>, result: &Result<ToolOutput, ToolError
     Verdict {
         passed: true,
         reason: "all checks passed".into(),
+    }
+}
+
+/// Asks the LLM whether `output` satisfies `question`; the answer must start with PASS or
+/// FAIL. A provider error is a failed verdict naming it (the step is retried as usual).
+pub async fn judge_by_llm(llm: &Llm, question: &str, output: &ToolOutput) -> Verdict {
+    let prompt = format!(
+        "Criterion: {question}\n\nOutput to judge:\n{}\n\nAnswer PASS or FAIL, then one sentence why.",
+        output.text
+    );
+    let request = CompletionRequest {
+        system: Some("You are a strict reviewer of a task step's output.".into()),
+        ..CompletionRequest::user(prompt)
+    };
+    match llm.complete(request).await {
+        Err(e) => fail(format!("LLM judgement unavailable: {e}")),
+        Ok(answer) => {
+            let text = answer.text.trim();
+            let upper = text.to_uppercase();
+            if upper.starts_with("PASS") {
+                Verdict {
+                    passed: true,
+                    reason: format!("LLM judge: {text}"),
+                }
+            } else if upper.starts_with("FAIL") {
+                fail(format!("LLM judge: {text}"))
+            } else {
+                fail(format!("LLM judge gave no PASS/FAIL: {text}"))
+            }
+        }
     }
 }
 
