@@ -118,6 +118,18 @@ if [ "${MS_TEST_SETUP_ONLY:-0}" = "1" ]; then
     exit 0
 fi
 
-# Not --all-targets: that would also run the criterion benches as tests.
-say "running: cargo test --workspace --locked $*"
-exec cargo test --workspace --locked "$@"
+# Libraries, binaries and integration tests (not --all-targets: that would also run the
+# criterion benches as tests; there are no doc tests). The totals go on one last line,
+# `tests: N passed, N failed`, also kept in target/test-summary.txt for .ci/run.
+say "running: cargo test --workspace --locked --lib --bins --tests $*"
+log=$(mktemp)
+set +e
+cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
+rm -f "$log"
+mkdir -p target
+echo "tests: $passed passed, $failed failed" | tee target/test-summary.txt
+exit "$status"
