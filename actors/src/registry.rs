@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
@@ -19,6 +19,7 @@ use crate::agent::{AgentIdentity, AgentMsg, Lifecycle};
 use crate::context::NodeContext;
 use crate::directory::{ActorKind, ActorMeta, ActorStats};
 use crate::events::Event;
+use crate::llm::{BreakerConfig, BreakerState, CircuitBreaker, Outcome};
 
 /// How many terminated agents are remembered (for listing and post-mortems).
 const TERMINATED_KEPT: usize = 1024;
@@ -33,6 +34,8 @@ pub struct AgentRecord {
     pub state: Lifecycle,
     pub healthy: bool,
     pub load: u32,
+    /// The agent's circuit: `open` after too many failed hand-offs; the Router skips it.
+    pub circuit: BreakerState,
     #[serde(serialize_with = "crate::time::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub registered_at: SystemTime,
@@ -87,6 +90,11 @@ pub enum RegistryMsg {
         instance_id: String,
         load: u32,
     },
+    /// Whether handing work to the agent worked (it answered), for its circuit breaker.
+    ReportOutcome {
+        instance_id: String,
+        ok: bool,
+    },
     /// An agent by instance id (live or recently terminated).
     Resolve(String, RpcReplyPort<Option<AgentRecord>>),
     /// Live agents offering a capability.
@@ -106,6 +114,8 @@ pub struct RegistryState {
     by_pid: HashMap<u64, String>,
     by_capability: HashMap<String, BTreeSet<String>>,
     terminated: VecDeque<AgentRecord>,
+    /// One circuit breaker per live agent.
+    breakers: HashMap<String, CircuitBreaker>,
     /// Agents per lifecycle state (live ones; `Terminated` counts those remembered).
     counts: BTreeMap<Lifecycle, usize>,
     ctx: Option<Arc<NodeContext>>,
@@ -205,19 +215,36 @@ impl Actor for Registry {
                             .iter()
                             .find(|r| r.identity.instance_id == id)
                     })
-                    .cloned();
+                    .map(|r| state.snapshot(r, Instant::now()));
                 let _ = reply.send(found);
             }
             RegistryMsg::Discover(capability, reply) => {
                 let _ = reply.send(state.with_capability(&capability).cloned().collect());
             }
             RegistryMsg::FindHealthy(capability, reply) => {
+                let now = Instant::now();
                 let best = state
                     .with_capability(&capability)
                     .filter(|r| r.healthy && r.state == Lifecycle::Active)
+                    .filter(|r| state.circuit(&r.identity.instance_id, now) != BreakerState::Open)
                     .min_by_key(|r| r.load)
-                    .cloned();
+                    .map(|r| state.snapshot(r, now));
                 let _ = reply.send(best);
+            }
+            RegistryMsg::ReportOutcome { instance_id, ok } => {
+                let now = Instant::now();
+                if let Some(breaker) = state.breakers.get(&instance_id)
+                    && let Ok(permit) = breaker.try_acquire(now)
+                {
+                    permit.record(
+                        if ok {
+                            Outcome::Success
+                        } else {
+                            Outcome::Failure
+                        },
+                        now,
+                    );
+                }
             }
             RegistryMsg::List(filter, reply) => {
                 let mut out: Vec<AgentRecord> = state
@@ -225,7 +252,7 @@ impl Actor for Registry {
                     .values()
                     .chain(state.terminated.iter())
                     .filter(|r| filter.matches(r))
-                    .cloned()
+                    .map(|r| state.snapshot(r, Instant::now()))
                     .collect();
                 out.sort_by(|a, b| {
                     (&a.identity.domain, &a.identity.name, a.registered_at).cmp(&(
@@ -285,6 +312,8 @@ impl RegistryState {
                 .insert(id.clone());
         }
         self.by_pid.insert(pid, id.clone());
+        self.breakers
+            .insert(id.clone(), CircuitBreaker::new(&BreakerConfig::default()));
         let record = AgentRecord {
             identity,
             actor_id: pid,
@@ -292,6 +321,7 @@ impl RegistryState {
             state: lifecycle,
             healthy: true,
             load: 0,
+            circuit: BreakerState::Closed,
             registered_at: SystemTime::now(),
             exit_reason: None,
             agent: Some(agent.clone()),
@@ -326,6 +356,7 @@ impl RegistryState {
         let Some(mut record) = self.live.remove(&id) else {
             return;
         };
+        self.breakers.remove(&id);
         for capability in &record.capabilities {
             if let Some(ids) = self.by_capability.get_mut(capability) {
                 ids.remove(&id);
@@ -343,6 +374,21 @@ impl RegistryState {
             self.count(Some(Lifecycle::Terminated), None);
         }
         self.terminated.push_back(record);
+    }
+
+    fn circuit(&self, instance_id: &str, now: Instant) -> BreakerState {
+        self.breakers
+            .get(instance_id)
+            .map_or(BreakerState::Closed, |b| b.state(now))
+    }
+
+    /// A copy of the record with its circuit as of `now`.
+    fn snapshot(&self, record: &AgentRecord, now: Instant) -> AgentRecord {
+        let mut record = record.clone();
+        if record.state != Lifecycle::Terminated {
+            record.circuit = self.circuit(&record.identity.instance_id, now);
+        }
+        record
     }
 
     fn with_capability<'a>(&'a self, capability: &str) -> impl Iterator<Item = &'a AgentRecord> {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentMsg, Work};
 use crate::context::{NodeContext, Services};
+use crate::registry::RegistryMsg;
 use crate::roles::{critic, router};
 use crate::scheduler::SchedulerMsg;
 use crate::task::store::{Progress, StepState, StoreError, TaskEvent, now_ms};
@@ -531,6 +532,14 @@ impl RunState {
                     let reply = executor
                         .call(|r| AgentMsg::Execute(Box::new(work), r), Some(wait))
                         .await;
+                    // The agent's circuit counts whether it answered, not what the tool did.
+                    let answered = matches!(reply, Ok(ractor::rpc::CallResult::Success(_)));
+                    if let Some(registry) = ctx.registry() {
+                        let _ = registry.cast(RegistryMsg::ReportOutcome {
+                            instance_id: record.identity.instance_id.clone(),
+                            ok: answered,
+                        });
+                    }
                     let result = match reply {
                         Ok(ractor::rpc::CallResult::Success(r)) => r,
                         Ok(ractor::rpc::CallResult::Timeout) => Err(ToolError::TimedOut(wait)),

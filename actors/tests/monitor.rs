@@ -170,3 +170,71 @@ async fn an_agent_that_answers_again_is_healthy_again() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_circuit_opens_is_not_routed_to() {
+    let ctx = start(MonitorSettings {
+        heartbeat: Duration::from_secs(3600),
+        timeout: Duration::from_secs(1),
+        kill_after: u32::MAX,
+    })
+    .await;
+    let victim = one_active_executor(&ctx).await;
+    let id = victim.identity.instance_id.clone();
+    let registry = ctx.registry().expect("registry");
+    // Five hand-offs that got no answer (the breaker's minimum sample size).
+    for _ in 0..5 {
+        registry
+            .cast(RegistryMsg::ReportOutcome {
+                instance_id: id.clone(),
+                ok: false,
+            })
+            .expect("cast");
+    }
+    let resolved = call_t!(registry, RegistryMsg::Resolve, 5_000, id.clone())
+        .expect("resolve")
+        .expect("known agent");
+    assert_eq!(resolved.circuit, actors::llm::BreakerState::Open);
+    for _ in 0..20 {
+        let pick = call_t!(
+            registry,
+            RegistryMsg::FindHealthy,
+            5_000,
+            "tool.echo".to_string()
+        )
+        .expect("find")
+        .expect("another executor");
+        assert_ne!(
+            pick.identity.instance_id, id,
+            "routed to an agent whose circuit is open"
+        );
+        // Load the pick so least-loaded selection would otherwise reach the victim.
+        registry
+            .cast(RegistryMsg::SetLoad {
+                instance_id: pick.identity.instance_id.clone(),
+                load: 100,
+            })
+            .expect("cast");
+    }
+    // Another agent's successes leave its circuit closed.
+    let other = executors(&ctx)
+        .await
+        .into_iter()
+        .find(|a| a.identity.instance_id != id)
+        .expect("another executor");
+    registry
+        .cast(RegistryMsg::ReportOutcome {
+            instance_id: other.identity.instance_id.clone(),
+            ok: true,
+        })
+        .expect("cast");
+    let other = call_t!(
+        registry,
+        RegistryMsg::Resolve,
+        5_000,
+        other.identity.instance_id.clone()
+    )
+    .expect("resolve")
+    .expect("known");
+    assert_eq!(other.circuit, actors::llm::BreakerState::Closed);
+}

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::config::BreakerConfig;
 
 /// The breaker's state, for introspection.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
