@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Map, Value, json};
 
 use crate::cli::{TaskArgs, TaskCommand, TaskIdArgs, TaskListArgs, TaskSubmitArgs};
-use crate::client::ClientError;
+use crate::client::{ClientError, pretty, root_cause, text};
 
 /// Done; for `submit --wait` and `watch`: the task succeeded.
 pub const EXIT_OK: u8 = 0;
@@ -864,29 +864,8 @@ impl Api {
     }
 }
 
-/// reqwest's top-level message is generic; the innermost cause says what happened.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
 // ---------------------------------------------------------------------------------------
 // Text.
-
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
 
 /// `s` with every run of whitespace made one space, cut to `max` characters.
 fn one_line(s: &str, max: usize) -> String {
