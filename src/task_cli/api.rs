@@ -1,0 +1,152 @@
+//! The node's task API as the `task` commands use it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use serde_json::Value;
+
+use super::{READ_TIMEOUT, TaskError};
+use crate::client::{ClientError, root_cause, text};
+
+// ---------------------------------------------------------------------------------------
+// HTTP.
+
+/// A node's task API.
+pub(super) struct Api {
+    pub(super) base: Url,
+    pub(super) client: reqwest::Client,
+}
+
+/// What the node answered.
+pub(super) struct Answer {
+    pub(super) url: String,
+    pub(super) status: StatusCode,
+    pub(super) retry_after: Option<String>,
+    pub(super) body: Value,
+}
+
+impl Answer {
+    pub(super) fn message(&self) -> String {
+        self.body["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string()
+    }
+
+    pub(super) fn refused(&self) -> ClientError {
+        let mut message = self.message();
+        if let Some(after) = &self.retry_after {
+            let _ = write!(message, " (Retry-After: {after} s)");
+        }
+        ClientError::Refused {
+            url: self.url.clone(),
+            status: self.status.as_u16(),
+            message,
+        }
+    }
+
+    pub(super) fn rejected(&self) -> TaskError {
+        let fields = self.body["error"]["fields"]
+            .as_array()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|f| (text(&f["field"]), text(&f["message"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        TaskError::Rejected {
+            url: self.url.clone(),
+            message: self.message(),
+            fields,
+        }
+    }
+}
+
+impl Api {
+    pub(super) fn new(addr: &str) -> Result<Api, ClientError> {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let bad = |reason: String| ClientError::Unreachable {
+            url: base.clone(),
+            reason,
+        };
+        let base = Url::parse(&base).map_err(|e| bad(format!("not an address: {e}")))?;
+        if base.cannot_be_a_base() {
+            return Err(bad("not an address".into()));
+        }
+        // A node is addressed directly; a proxy from the environment would only get in
+        // the way.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Api { base, client })
+    }
+
+    /// The URL of `segments` (each one escaped, so an id cannot change the route).
+    pub(super) fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClientError::Unreachable {
+                url: self.base.to_string(),
+                reason: "not an address".into(),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    pub(super) async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Answer, ClientError> {
+        let shown = url.to_string();
+        let mut request = self
+            .client
+            .request(method, url)
+            .query(query)
+            .timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: shown.clone(),
+            reason: root_cause(&e),
+        })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body: Value = response.json().await.map_err(|e| ClientError::BadAnswer {
+            url: shown.clone(),
+            reason: format!("{status}: {}", root_cause(&e)),
+        })?;
+        Ok(Answer {
+            url: shown,
+            status,
+            retry_after,
+            body,
+        })
+    }
+
+    /// `GET /api/v1/tasks/{id}`.
+    pub(super) async fn task(&self, id: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["api", "v1", "tasks", id])?;
+        let answer = self.send(Method::GET, url, &[], None, READ_TIMEOUT).await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.refused());
+        }
+        Ok(answer.body)
+    }
+}
