@@ -88,9 +88,9 @@ pub struct ApiDoc;
 pub fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .expect("the OpenAPI document serializes")
+        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
+            serde_json::json!({"error": {"code": "openapi", "message": e.to_string()}}).to_string()
+        })
     })
 }
 
