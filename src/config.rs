@@ -291,6 +291,11 @@ impl Settings {
         }
         self.tools.validate().map_err(ConfigError)?;
         self.llm.validate().map_err(ConfigError)?;
+        if let Some(script) = &self.llm.script
+            && !script.is_file()
+        {
+            return fail(format!("llm.script: no such file {}", script.display()));
+        }
         self.validate_domains()
     }
 

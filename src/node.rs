@@ -5,6 +5,7 @@
 //! says 503 (with the reason) until storage is migrated and the tree is running.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::NodeContext;
@@ -14,7 +15,6 @@ use actors::supervisor::{Escalation, Supervisor};
 use actors::tools::Tools;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
