@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ask};
 use crate::state::AppState;
 
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,15 +76,13 @@ pub async fn list(
         .ctx
         .registry()
         .ok_or_else(|| ApiError::unavailable("the agent registry is not running"))?;
-    let agents: Vec<AgentRecord> = registry
-        .call(
-            |reply| RegistryMsg::List(filter, reply),
-            Some(REGISTRY_TIMEOUT),
-        )
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| ApiError::unavailable("the agent registry did not answer"))?;
+    let agents: Vec<AgentRecord> = ask(
+        &registry,
+        |reply| RegistryMsg::List(filter, reply),
+        REGISTRY_TIMEOUT,
+        "the agent registry",
+    )
+    .await?;
     Ok(Json(
         json!({"node": node.ctx.node, "count": agents.len(), "agents": agents}),
     ))

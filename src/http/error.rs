@@ -66,3 +66,23 @@ pub async fn method_not_allowed() -> ApiError {
         "method not allowed on this route",
     )
 }
+
+/// Asks an actor and waits for its answer; no answer in time (or the actor gone) is a 503
+/// naming `who`. The one way handlers talk to actors.
+pub async fn ask<M, T>(
+    actor: &ractor::ActorRef<M>,
+    message: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+    timeout: std::time::Duration,
+    who: &str,
+) -> Result<T, ApiError>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    actor
+        .call(message, Some(timeout))
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| ApiError::unavailable(format!("{who} did not answer")))
+}

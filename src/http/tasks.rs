@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ask};
 use crate::state::AppState;
 use crate::store::tasks::TaskFilter;
 
@@ -96,21 +96,19 @@ pub async fn submit(
         let body = json!({"error": {"code": "invalid_task", "message": message, "fields": fields}});
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
     }
-    let scheduler = node
-        .ctx
-        .scheduler()
-        .ok_or_else(|| ApiError::unavailable("the task scheduler is not running"))?;
+    let scheduler = scheduler(&node)?;
     let task = NewTask {
         id: uuid::Uuid::now_v7().to_string(),
         spec,
         created_at_ms: now_ms(),
     };
-    let reply = scheduler
-        .call(|r| SchedulerMsg::Submit(task, r), Some(SUBMIT_TIMEOUT))
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| ApiError::unavailable("the task scheduler did not answer"))?;
+    let reply = ask(
+        &scheduler,
+        |r| SchedulerMsg::Submit(task, r),
+        SUBMIT_TIMEOUT,
+        "the task scheduler",
+    )
+    .await?;
     match reply {
         Ok(submitted) => {
             let status = if submitted.created {
@@ -271,19 +269,14 @@ pub async fn cancel(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Path(id) = path?;
-    let scheduler = node
-        .ctx
-        .scheduler()
-        .ok_or_else(|| ApiError::unavailable("the task scheduler is not running"))?;
-    let reply = scheduler
-        .call(
-            |r| SchedulerMsg::Cancel(id.clone(), r),
-            Some(SUBMIT_TIMEOUT),
-        )
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| ApiError::unavailable("the task scheduler did not answer"))?;
+    let scheduler = scheduler(&node)?;
+    let reply = ask(
+        &scheduler,
+        |r| SchedulerMsg::Cancel(id.clone(), r),
+        SUBMIT_TIMEOUT,
+        "the task scheduler",
+    )
+    .await?;
     match reply {
         Ok(outcome) if outcome.status == TaskStatus::Cancelled => {
             Ok((StatusCode::ACCEPTED, Json(json!(outcome))))
@@ -322,4 +315,10 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         ),
         other => ApiError::new(other.status(), "bad_request", message),
     }
+}
+
+fn scheduler(node: &AppState) -> Result<ractor::ActorRef<SchedulerMsg>, ApiError> {
+    node.ctx
+        .scheduler()
+        .ok_or_else(|| ApiError::unavailable("the task scheduler is not running"))
 }
