@@ -12,6 +12,12 @@ use mister_smith::node::{self, Outcome};
 use mister_smith::store::{Store, StoreOptions, redact};
 use mister_smith::{client, task_cli, telemetry};
 
+/// glibc's allocator spent a quarter of a loaded node's CPU in malloc/free (many small,
+/// short-lived allocations across threads: messages, JSON, SQL arguments); mimalloc's
+/// thread-local heaps cut that (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
