@@ -4,7 +4,7 @@
 //! Metrics are recorded through the `metrics` facade into a Prometheus recorder whose
 //! handle renders `GET /metrics`.
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -30,6 +30,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
+        .set_buckets_for_metric(
+            Matcher::Full("ms_store_batch_size".into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+        )?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -52,6 +56,14 @@ fn describe() {
     describe_gauge!("ms_agents", "Agents per lifecycle state");
     describe_gauge!("ms_uptime_seconds", "Seconds since this node started");
     describe_gauge!("ms_actors", "Live actors in this node's directory");
+    describe_histogram!(
+        "ms_store_batch_size",
+        "Writes per group-commit transaction"
+    );
+    describe_histogram!(
+        "ms_store_batch_seconds",
+        "Time to apply and commit one group-commit transaction"
+    );
     describe_histogram!(
         "ms_http_request_duration_seconds",
         "HTTP request latency, per route and status"

@@ -39,7 +39,22 @@ impl Writer {
     /// for room beyond that: backpressure, not unbounded memory).
     pub fn start(store: Store, capacity: usize) -> Writer {
         let (tx, rx) = mpsc::channel(capacity);
-        tokio::spawn(run(store, rx));
+        // Its own thread: the writer is the node's one serial stage, so it must not wait
+        // in the runtime's queues behind HTTP connections and actors between statements.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(rt) => {
+                let spawned = std::thread::Builder::new()
+                    .name("ms-store-writer".into())
+                    .spawn(move || rt.block_on(run(store, rx)));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start the store writer thread");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the store writer's runtime"),
+        }
         Writer { tx }
     }
 
@@ -100,7 +115,10 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Op, Reply)>) {
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.drain(..).unzip();
         metrics::histogram!("ms_store_batch_size").record(ops.len() as f64);
-        let results = match apply(&store, &ops).await {
+        let started = std::time::Instant::now();
+        let applied = apply(&store, &ops).await;
+        metrics::histogram!("ms_store_batch_seconds").record(started.elapsed().as_secs_f64());
+        let results = match applied {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) if ops.len() == 1 => vec![Err(unavailable(e))],
             Err(_) => {
