@@ -56,10 +56,7 @@ fn describe() {
     describe_gauge!("ms_agents", "Agents per lifecycle state");
     describe_gauge!("ms_uptime_seconds", "Seconds since this node started");
     describe_gauge!("ms_actors", "Live actors in this node's directory");
-    describe_histogram!(
-        "ms_store_batch_size",
-        "Writes per group-commit transaction"
-    );
+    describe_histogram!("ms_store_batch_size", "Writes per group-commit transaction");
     describe_histogram!(
         "ms_store_batch_seconds",
         "Time to apply and commit one group-commit transaction"

@@ -22,7 +22,7 @@ const TASKS: usize = 4;
 
 /// Checks what every finished task must satisfy whatever happened on the way: each step
 /// succeeded once (final output = the last attempt's, which passed; earlier attempts
-/// failed; one `step.succeeded` event), and a trace with dense, unique seq numbers that
+/// failed or were interrupted; one `step.succeeded` event), and a trace with dense, unique seq numbers that
 /// starts with `submitted` and ends with `succeeded`.
 fn assert_recorded_once(task: &Value) {
     assert_eq!(task["status"], "succeeded", "{}", summary(task));
@@ -35,8 +35,15 @@ fn assert_recorded_once(task: &Value) {
         assert_eq!(last["verdict"]["passed"], true, "step {id}: {s:#}");
         assert!(s["output"].is_object(), "step {id}: {s:#}");
         assert_eq!(s["output"], last["output"], "step {id}: one final output");
+        // An earlier attempt failed, or was in flight when its node was killed.
         for a in earlier {
-            assert_eq!(a["verdict"]["passed"], false, "step {id}: {s:#}");
+            let interrupted = a["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("interrupted"));
+            assert!(
+                a["verdict"]["passed"] == false || (interrupted && a["verdict"].is_null()),
+                "step {id}: {s:#}"
+            );
         }
         for (n, a) in tries.iter().enumerate() {
             assert_eq!(a["attempt"], n as u64 + 1, "step {id}: {s:#}");
@@ -488,4 +495,114 @@ async fn task_cancelled_while_queued_never_starts() {
         ["submitted", "cancelled"],
         "the trace records the cancellation like any other end: {task:#}"
     );
+}
+
+/// Whether process `pid` still runs (a zombie waiting for a reaper does not).
+fn running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name in parentheses.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The pids the shell step appended to `file`, once one more than `known` is there and
+/// has become `sleep`.
+async fn shell_pids(file: &std::path::Path, known: usize) -> Vec<u32> {
+    eventually_within(TASK_DEADLINE, "the shell step's pid", || async {
+        let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+        let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let Some(&last) = pids.get(known) else {
+            return Err(format!("pids so far: {pids:?}"));
+        };
+        let cmdline = std::fs::read(format!("/proc/{last}/cmdline")).unwrap_or_default();
+        if cmdline.starts_with(b"sleep\0") {
+            Ok(pids)
+        } else {
+            Err(format!(
+                "{last}: cmdline {:?}",
+                String::from_utf8_lossy(&cmdline)
+            ))
+        }
+    })
+    .await
+}
+
+/// A node SIGKILLed while a shell step runs leaves no child behind (the kernel kills it),
+/// the step shows as running while it runs, and the node that takes the task over runs
+/// the step in flight again as a second attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_no_shell_child_and_the_step_runs_again() {
+    let dir = temp_dir();
+    let config = write_config(dir.path(), "tasks.toml", SHELL_ON);
+    let args = ["--config", config.to_str().expect("utf-8 path")];
+    let mut first = Launch::new()
+        .args(&args)
+        .args(&["--node", "first"])
+        .in_dir(dir)
+        .start()
+        .await;
+    let id = submit_ok(
+        &first,
+        &json!({"steps": [{"id": "proc", "tool": "shell", "timeout_secs": 3600,
+            "args": {"argv": ["sh", "-c", "echo $$ >> proc.pids; exec sleep 1000"]}}]}),
+    )
+    .await;
+    let pid_file = workspace(&first).join("proc.pids");
+    let pid = shell_pids(&pid_file, 0).await[0];
+    let task = wait_task(&first, &id, "step `proc` shown running", |t| {
+        t["steps"][0]["status"] == "running"
+    })
+    .await;
+    assert_eq!(task["status"], "running", "{task:#}");
+    assert_eq!(attempts(&task, "proc").len(), 1, "{task:#}");
+
+    first.signal(Signal::SIGKILL);
+    first.wait_exit().await;
+    eventually_within(
+        TASK_DEADLINE,
+        "the killed node's shell child to be gone",
+        || async {
+            if running(pid) {
+                Err(format!("{pid} still runs"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+
+    let second = Launch::new()
+        .args(&args)
+        .args(&["--node", "second"])
+        .in_dir(first.into_dir())
+        .start()
+        .await;
+    let pids = shell_pids(&pid_file, 1).await;
+    assert_ne!(pids[1], pid, "a new child for the retried step");
+    let task = wait_task(&second, &id, "the retried attempt shown", |t| {
+        t["steps"][0]["attempts"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    let tries = attempts(&task, "proc");
+    let interrupted = tries[0]["error"].as_str().unwrap_or_default();
+    assert!(interrupted.contains("interrupted"), "{task:#}");
+    assert!(tries[1]["error"].is_null(), "{task:#}");
+    assert_eq!(task["owner"], "second", "{task:#}");
+
+    let cancel = format!("{}/api/v1/tasks/{id}/cancel", second.http_url());
+    let (status, body) = second.post(&cancel).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    eventually_within(
+        TASK_DEADLINE,
+        "the cancelled step's child to be gone",
+        || async {
+            if running(pids[1]) {
+                Err(format!("{} still runs", pids[1]))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
 }

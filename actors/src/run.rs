@@ -7,6 +7,12 @@
 //! and rebuilds itself from what is stored (recorded steps are not re-run; the step that
 //! was in flight is retried). Every write is fenced by the lease epoch, so a run that lost
 //! its task to another owner stops instead of overwriting the new owner's results.
+//!
+//! Writes per task are what bound throughput (one group-commit writer), so a run writes
+//! as little as it can without weakening a promise: the first run of a task this node
+//! just accepted needs no claim (the task was stored with its lease, [`Warm`]), and what
+//! only marks work as started (`started`, running states) waits up to [`LAUNCH_FLUSH`]
+//! to share the write of its result. Results, verdicts and outcomes are written at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,19 +22,29 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Spawn
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{AgentMsg, Work};
+use crate::agent::Work;
 use crate::context::{NodeContext, Services};
-use crate::registry::RegistryMsg;
-use crate::roles::{critic, router};
+use crate::roles::{coordinator, critic};
 use crate::scheduler::SchedulerMsg;
-use crate::task::store::{Progress, StepState, StoreError, TaskEvent, now_ms};
+use crate::task::store::{Claim, FIRST_EPOCH, Progress, StepState, StoreError, TaskEvent, now_ms};
 use crate::task::{Attempt, StepSpec, StepStatus, TaskSpec, TaskStatus};
 use crate::tools::{ToolError, ToolOutput};
 
 /// A run that crashes this many times fails its task instead of looping.
 const MAX_INCARNATIONS: u32 = 5;
-/// Extra time an executor gets beyond the step timeout before the run gives up on it.
-const EXECUTOR_GRACE: Duration = Duration::from_secs(5);
+/// What an attempt that was in flight when its run stopped (node killed, run crashed) reads.
+const INTERRUPTED: &str = "interrupted: the run making this attempt stopped before it finished";
+
+/// How long a write that only marks work as started may wait for the write of its result.
+pub const LAUNCH_FLUSH: Duration = Duration::from_millis(20);
+
+/// A task this node has just accepted: its spec is in memory and it was stored with the
+/// lease ([`FIRST_EPOCH`]) its first run holds, so that run skips the claim.
+#[derive(Debug, Clone)]
+pub struct Warm {
+    pub spec: Arc<TaskSpec>,
+    pub created_at_ms: i64,
+}
 
 pub enum RunMsg {
     /// Internal: claim the task and begin (sent by the run to itself after start).
@@ -45,6 +61,8 @@ pub enum RunMsg {
     Retry(usize),
     /// Internal: the task's deadline has passed.
     Deadline,
+    /// Internal: time to write what waited to share a later write.
+    Flush,
     /// Internal: the Planner answered.
     Planned(Result<Vec<StepSpec>, crate::roles::planner::PlanError>),
     /// Stop running steps and record the task cancelled; replies with the final status.
@@ -55,6 +73,7 @@ pub struct RunArgs {
     ctx: Arc<NodeContext>,
     task_id: String,
     incarnation: u32,
+    warm: Option<Warm>,
 }
 
 struct StepRun {
@@ -68,14 +87,21 @@ pub struct RunState {
     services: Option<Arc<Services>>,
     task_id: String,
     incarnation: u32,
+    warm: Option<Warm>,
     epoch: i64,
-    spec: TaskSpec,
+    spec: Arc<TaskSpec>,
     steps: Vec<StepRun>,
     index: HashMap<String, usize>,
     next_seq: i64,
     done: bool,
-    /// What this message's handling has changed, written in one go when it ends.
+    /// How the task ended, once it has.
+    outcome: Option<TaskStatus>,
+    /// What has changed and is not written yet (one record, one transaction).
     pending: Option<Progress>,
+    /// `pending` holds a result: write it when this message's handling ends.
+    flush_now: bool,
+    /// A [`RunMsg::Flush`] is on its way.
+    flush_armed: bool,
 }
 
 pub struct Run;
@@ -85,12 +111,14 @@ impl Run {
         ctx: Arc<NodeContext>,
         task_id: String,
         incarnation: u32,
+        warm: Option<Warm>,
         supervisor: ActorCell,
     ) -> Result<ActorCell, SpawnErr> {
         let args = RunArgs {
             ctx,
             task_id,
             incarnation,
+            warm,
         };
         Actor::spawn_linked(None, Run, args, supervisor)
             .await
@@ -115,13 +143,17 @@ impl Actor for Run {
             ctx: args.ctx,
             task_id: args.task_id,
             incarnation: args.incarnation,
+            warm: args.warm,
             epoch: 0,
-            spec: TaskSpec::default(),
+            spec: Arc::default(),
             steps: Vec::new(),
             index: HashMap::new(),
             next_seq: 0,
             done: false,
+            outcome: None,
             pending: None,
+            flush_now: false,
+            flush_armed: false,
         })
     }
 
@@ -146,7 +178,7 @@ impl Actor for Run {
     ) -> Result<(), ActorProcessingErr> {
         if state.done {
             if let RunMsg::Cancel(reply) = msg {
-                let _ = reply.send(TaskStatus::Cancelled);
+                let _ = reply.send(state.outcome.unwrap_or(TaskStatus::Cancelled));
             }
             return Ok(());
         }
@@ -158,7 +190,7 @@ impl Actor for Run {
                 agent,
                 result,
                 judged,
-            } => state.step_done(&myself, index, agent, result, judged).await,
+            } => state.step_done(&myself, index, agent, result, judged),
             RunMsg::Retry(index) => {
                 // A cancel or deadline during the backoff has already settled the step.
                 if state
@@ -170,32 +202,29 @@ impl Actor for Run {
                 }
                 Ok(())
             }
-            RunMsg::Deadline => {
-                state
-                    .stop_all(TaskStatus::TimedOut, "the task's timeout passed")
-                    .await
+            RunMsg::Flush => {
+                state.flush_armed = false;
+                state.flush_now = true;
+                Ok(())
             }
-            RunMsg::Planned(Ok(plan)) => state.planned(&myself, plan).await,
-            RunMsg::Planned(Err(e)) => state.finish(TaskStatus::Failed, Some(e.to_string())).await,
+            RunMsg::Deadline => state.stop_all(TaskStatus::TimedOut, "the task's timeout passed"),
+            RunMsg::Planned(Ok(plan)) => state.planned(&myself, plan),
+            RunMsg::Planned(Err(e)) => state.finish(TaskStatus::Failed, Some(e.to_string())),
             RunMsg::Cancel(reply) => {
                 cancelled = Some(reply);
-                state
-                    .stop_all(TaskStatus::Cancelled, "cancelled on request")
-                    .await
+                state.stop_all(TaskStatus::Cancelled, "cancelled on request")
             }
         };
         let result = match result {
-            Ok(()) => state.flush().await,
+            Ok(()) => state.flush(&myself).await,
             Err(e) => Err(e),
         };
-        // The canceller hears back only once the cancellation is committed.
-        if let Some(reply) = cancelled {
-            let status = if result.is_ok() {
-                TaskStatus::Cancelled
-            } else {
-                TaskStatus::Running
-            };
-            let _ = reply.send(status);
+        // The canceller hears back only once the cancellation is committed; if it could
+        // not be, the dropped reply tells the canceller so (503, not a wrong status).
+        if let Some(reply) = cancelled
+            && result.is_ok()
+        {
+            let _ = reply.send(TaskStatus::Cancelled);
         }
         match result {
             Ok(()) => {}
@@ -235,28 +264,35 @@ impl RunState {
         }
     }
 
-    /// Adds changes to what this message will record (later changes win).
-    async fn record(&mut self, progress: Progress) -> Result<(), StoreError> {
-        let Some(pending) = &mut self.pending else {
-            self.pending = Some(progress);
-            return Ok(());
-        };
-        pending.status = progress.status.or(pending.status);
-        pending.plan = progress.plan.or(pending.plan.take());
-        pending.error = progress.error.or(pending.error.take());
-        for step in progress.steps {
-            match pending.steps.iter_mut().find(|s| s.step_id == step.step_id) {
-                Some(old) => *old = step,
-                None => pending.steps.push(step),
-            }
-        }
-        pending.events.extend(progress.events);
-        Ok(())
+    /// Adds a result to what will be written when this message's handling ends.
+    fn record(&mut self, progress: Progress) {
+        self.flush_now = true;
+        self.note(progress);
     }
 
-    /// Writes what this message changed, in one fenced transaction, then publishes its
-    /// trace entries (so live watchers only ever see what is committed).
-    async fn flush(&mut self) -> Result<(), StoreError> {
+    /// Adds changes that may wait (up to [`LAUNCH_FLUSH`]) to share a later write.
+    fn note(&mut self, progress: Progress) {
+        match &mut self.pending {
+            Some(pending) => pending.merge(progress),
+            None => self.pending = Some(progress),
+        }
+    }
+
+    /// Writes what is pending in one fenced transaction — now if it holds a result, else
+    /// after [`LAUNCH_FLUSH`] — then publishes its trace entries (so live watchers only
+    /// ever see what is committed).
+    async fn flush(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
+        if self.pending.is_none() {
+            return Ok(());
+        }
+        if !self.flush_now {
+            if !self.flush_armed {
+                self.flush_armed = true;
+                myself.send_after(LAUNCH_FLUSH, || RunMsg::Flush);
+            }
+            return Ok(());
+        }
+        self.flush_now = false;
         let Some(progress) = self.pending.take() else {
             return Ok(());
         };
@@ -288,14 +324,31 @@ impl RunState {
 
     async fn start(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
         let services = self.services()?.clone();
-        let node = self.ctx.node.clone();
-        let Some(claim) = services
-            .store
-            .claim(self.task_id.clone(), node.clone())
-            .await?
-        else {
-            self.done = true; // already final
-            return Ok(());
+        let (claim, created_at_ms) = match self.warm.take() {
+            Some(warm) => (
+                Claim {
+                    epoch: FIRST_EPOCH,
+                    spec: warm.spec,
+                    status: TaskStatus::Queued,
+                    plan: None,
+                    steps: Vec::new(),
+                    next_seq: 1, // after `submitted`
+                    created_at_ms: warm.created_at_ms,
+                },
+                warm.created_at_ms,
+            ),
+            None => {
+                let claimed = services
+                    .store
+                    .claim(self.task_id.clone(), self.ctx.node.clone())
+                    .await?;
+                let Some(claim) = claimed else {
+                    self.done = true; // already final
+                    return Ok(());
+                };
+                let created = claim.created_at_ms;
+                (claim, created)
+            }
         };
         if let Some(scheduler) = self.ctx.scheduler() {
             let _ = scheduler.cast(SchedulerMsg::RunStarted {
@@ -305,37 +358,38 @@ impl RunState {
         }
         self.epoch = claim.epoch;
         self.next_seq = claim.next_seq;
-        // The claim recorded `started` as the entry before `next_seq`.
-        self.publish(TaskEvent {
-            seq: claim.next_seq - 1,
-            at_ms: now_ms(),
-            kind: "started".into(),
-            data: json!({"node": self.ctx.node, "epoch": claim.epoch}),
-        });
         self.spec = claim.spec;
+        let started = self.event(
+            "started",
+            json!({"node": self.ctx.node, "epoch": claim.epoch}),
+        );
+        let mut progress = self.progress();
+        progress.status = Some(TaskStatus::Running);
+        progress.events.push(started);
+        self.note(progress);
         if self.incarnation > MAX_INCARNATIONS {
             let reason = format!(
                 "the task's run crashed {} times; giving up",
                 self.incarnation
             );
-            return self.finish(TaskStatus::Failed, Some(reason)).await;
+            return self.finish(TaskStatus::Failed, Some(reason));
         }
         if let Some(timeout) = self.spec.timeout_secs {
-            let deadline = claim.created_at_ms + (timeout * 1000.0) as i64;
+            let deadline = created_at_ms + (timeout * 1000.0) as i64;
             let left = Duration::from_millis((deadline - now_ms()).max(0) as u64);
             myself.send_after(left, || RunMsg::Deadline);
         }
         match claim.plan.or_else(|| self.spec.steps.clone()) {
             Some(plan) => {
                 self.install(plan, claim.steps);
-                self.advance(myself).await
+                self.advance(myself)
             }
-            None => self.ask_planner(myself).await,
+            None => self.ask_planner(myself),
         }
     }
 
     /// Hands the description to the Planner; its answer comes back as `Planned`.
-    async fn ask_planner(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
+    fn ask_planner(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
         let services = self.services()?.clone();
         let description = self.spec.description.clone().unwrap_or_default();
         if !services.llm.is_configured() {
@@ -343,11 +397,11 @@ impl RunState {
                 "this task has no steps and needs the Planner: {}; or submit explicit `steps`",
                 crate::llm::NOT_CONFIGURED
             );
-            return self.finish(TaskStatus::Failed, Some(reason)).await;
+            return self.finish(TaskStatus::Failed, Some(reason));
         }
         let mut progress = self.progress();
         progress.status = Some(TaskStatus::Planning);
-        self.record(progress).await?;
+        self.record(progress);
         let me = myself.clone();
         tokio::spawn(async move {
             let plan =
@@ -358,7 +412,7 @@ impl RunState {
     }
 
     /// Stores the Planner's plan and starts running it.
-    async fn planned(
+    fn planned(
         &mut self,
         myself: &ActorRef<RunMsg>,
         plan: Vec<StepSpec>,
@@ -369,9 +423,9 @@ impl RunState {
         progress
             .events
             .push(self.event("planned", json!({"steps": plan.len()})));
-        self.record(progress).await?;
+        self.record(progress);
         self.install(plan, Vec::new());
-        self.advance(myself).await
+        self.advance(myself)
     }
 
     /// Sets up the steps of `plan`, with what was recorded of them.
@@ -397,6 +451,12 @@ impl RunState {
                 // The attempt in flight when the last owner stopped is retried.
                 if state.status == StepStatus::Running {
                     state.status = StepStatus::Pending;
+                    if let Some(last) = state.attempts.last_mut()
+                        && last.finished_at.is_none()
+                    {
+                        last.error = Some(INTERRUPTED.to_string());
+                        last.finished_at = Some(crate::time::now_rfc3339());
+                    }
                 }
                 StepRun {
                     spec,
@@ -409,7 +469,7 @@ impl RunState {
 
     /// Launches every step whose prerequisites succeeded, skips those whose prerequisites
     /// failed, and finishes the task when nothing is left to run.
-    async fn advance(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
+    fn advance(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
         let mut skipped = Vec::new();
         loop {
             let mut changed = false;
@@ -443,7 +503,7 @@ impl RunState {
         if !skipped.is_empty() {
             let mut progress = self.progress();
             progress.steps = skipped;
-            self.record(progress).await?;
+            self.record(progress);
         }
         if self.steps.iter().all(|s| s.state.status.is_final()) {
             let failed = self
@@ -473,7 +533,7 @@ impl RunState {
                     )
                 }
             };
-            return self.finish(status, error).await;
+            return self.finish(status, error);
         }
         Ok(())
     }
@@ -519,57 +579,24 @@ impl RunState {
             timeout,
             cancel,
         };
-        let question = work.step.expect.as_ref().and_then(|e| e.judge.clone());
+        let running = step.state.clone();
+        let mut progress = self.progress();
+        progress.steps.push(running);
+        self.note(progress);
         let ctx = self.ctx.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let capability = crate::roles::capability_for(&work.step.tool);
-            let wait = timeout.unwrap_or(Duration::from_secs(3600)) + EXECUTOR_GRACE;
-            let (agent, result) = match router::route(&ctx, &capability).await {
-                Err(e) => (None, Err(ToolError::Failed(e.to_string()))),
-                Ok((record, executor)) => {
-                    let who = (record.identity.name.clone(), record.identity.node.clone());
-                    let reply = executor
-                        .call(|r| AgentMsg::Execute(Box::new(work), r), Some(wait))
-                        .await;
-                    // The agent's circuit counts whether it answered, not what the tool did.
-                    let answered = matches!(reply, Ok(ractor::rpc::CallResult::Success(_)));
-                    if let Some(registry) = ctx.registry() {
-                        let _ = registry.cast(RegistryMsg::ReportOutcome {
-                            instance_id: record.identity.instance_id.clone(),
-                            ok: answered,
-                        });
-                    }
-                    let result = match reply {
-                        Ok(ractor::rpc::CallResult::Success(r)) => r,
-                        Ok(ractor::rpc::CallResult::Timeout) => Err(ToolError::TimedOut(wait)),
-                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                            Err(ToolError::Failed(format!(
-                                "executor {} stopped before answering",
-                                who.0
-                            )))
-                        }
-                    };
-                    (Some(who), result)
-                }
-            };
-            // An LLM judgement (when asked for) is made here, off the run's mailbox.
-            let judged = match (question, &result, ctx.services()) {
-                (Some(question), Ok(output), Some(services)) => {
-                    Some(critic::judge_by_llm(&services.llm, &question, output).await)
-                }
-                _ => None,
-            };
+            let done = coordinator::attempt(&ctx, work).await;
             let _ = me.cast(RunMsg::StepDone {
                 index: i,
-                agent,
-                result,
-                judged,
+                agent: done.agent,
+                result: done.result,
+                judged: done.judged,
             });
         });
     }
 
-    async fn step_done(
+    fn step_done(
         &mut self,
         myself: &ActorRef<RunMsg>,
         i: usize,
@@ -625,12 +652,12 @@ impl RunState {
         let mut progress = self.progress();
         progress.steps.push(state);
         progress.events.push(event);
-        self.record(progress).await?;
-        self.advance(myself).await
+        self.record(progress);
+        self.advance(myself)
     }
 
     /// Cancels or times out the task: stops running steps and records the outcome.
-    async fn stop_all(&mut self, status: TaskStatus, reason: &str) -> Result<(), StoreError> {
+    fn stop_all(&mut self, status: TaskStatus, reason: &str) -> Result<(), StoreError> {
         let mut touched = Vec::new();
         for step in &mut self.steps {
             if let Some(cancel) = step.cancel.take() {
@@ -643,23 +670,20 @@ impl RunState {
         }
         let mut progress = self.progress();
         progress.steps = touched;
-        self.record(progress).await?;
-        self.finish(status, Some(reason.to_string())).await
+        self.record(progress);
+        self.finish(status, Some(reason.to_string()))
     }
 
-    async fn finish(
-        &mut self,
-        status: TaskStatus,
-        error: Option<String>,
-    ) -> Result<(), StoreError> {
+    fn finish(&mut self, status: TaskStatus, error: Option<String>) -> Result<(), StoreError> {
         let event = self.event(status.as_str(), json!({"error": error}));
         let mut progress = self.progress();
         progress.status = Some(status);
         progress.error = error;
         progress.events.push(event);
-        self.record(progress).await?;
+        self.record(progress);
         metrics::counter!("ms_tasks_finished_total", "status" => status.as_str()).increment(1);
         self.done = true;
+        self.outcome = Some(status);
         Ok(())
     }
 }

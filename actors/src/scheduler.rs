@@ -5,6 +5,11 @@
 //! Storing happens off the mailbox (a spawned task awaits the group commit), so the
 //! scheduler keeps admitting while commits are in flight. At start it resumes every
 //! unfinished task from the store.
+//!
+//! A task accepted here is stored with this node's lease; while few are waiting, the
+//! scheduler keeps its spec in memory ([`Warm`]) so its run starts without a claim (one
+//! write and one read fewer per task). Beyond [`WARM_MAX`] waiting tasks only ids are kept
+//! and those runs claim from the store, so a deep queue costs little memory.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -15,10 +20,13 @@ use serde::Serialize;
 
 use crate::context::{NodeContext, SchedulerSettings};
 use crate::directory::{ActorKind, ActorMeta, ActorStats};
-use crate::run::{Run, RunMsg};
+use crate::run::{Run, RunMsg, Warm};
 use crate::supervisor::{ChildSpec, Restart, SupervisorMsg};
 use crate::task::store::{NewTask, StoreError, Submitted, now_ms};
 use crate::task::{Priority, TaskStatus};
+
+/// Most queued tasks whose specs are kept in memory for a claim-free start.
+pub const WARM_MAX: usize = 4096;
 
 /// Why a submission was not accepted.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,6 +61,8 @@ pub enum SchedulerMsg {
         task_id: String,
         priority: Priority,
         enqueued_ms: i64,
+        /// Set for a task this node has just stored.
+        warm: Option<Warm>,
     },
     /// Internal: a submission's store write finished (accepted or not).
     Stored,
@@ -77,6 +87,8 @@ pub struct SchedulerState {
     /// Ordered by `enqueued_ms + rank * aging_ms`: older tasks climb above newer urgent ones.
     queue: BinaryHeap<Reverse<(i64, u64, String)>>,
     queued: HashSet<String>,
+    /// Specs of queued tasks this node accepted, while there are few (see [`WARM_MAX`]).
+    warm: HashMap<String, Warm>,
     seq: u64,
     running: HashMap<String, Option<ActorRef<RunMsg>>>,
     submitting: usize,
@@ -132,6 +144,7 @@ impl Actor for Scheduler {
                             task_id,
                             priority,
                             enqueued_ms: 0,
+                            warm: None,
                         });
                     }
                 }
@@ -143,6 +156,7 @@ impl Actor for Scheduler {
             settings,
             queue: BinaryHeap::new(),
             queued: HashSet::new(),
+            warm: HashMap::new(),
             seq: 0,
             running: HashMap::new(),
             submitting: 0,
@@ -174,8 +188,14 @@ impl Actor for Scheduler {
                 task_id,
                 priority,
                 enqueued_ms,
+                warm,
             } => {
                 if !state.running.contains_key(&task_id) && state.queued.insert(task_id.clone()) {
+                    if let Some(warm) = warm
+                        && state.warm.len() < WARM_MAX
+                    {
+                        state.warm.insert(task_id.clone(), warm);
+                    }
                     let key = enqueued_ms + priority.rank() * state.settings.aging_ms as i64;
                     state.seq += 1;
                     state.queue.push(Reverse((key, state.seq, task_id)));
@@ -207,7 +227,7 @@ impl SchedulerState {
     fn submit(
         &mut self,
         myself: &ActorRef<SchedulerMsg>,
-        task: NewTask,
+        mut task: NewTask,
         reply: RpcReplyPort<Result<Submitted, SubmitError>>,
     ) {
         let waiting = self.queued.len() + self.submitting;
@@ -220,10 +240,15 @@ impl SchedulerState {
             return;
         };
         self.submitting += 1;
+        task.owner.clone_from(&self.ctx.node);
         let store = services.store.clone();
         let me = myself.clone();
         tokio::spawn(async move {
             let enqueued_ms = task.created_at_ms;
+            let warm = Warm {
+                spec: task.spec.clone(),
+                created_at_ms: task.created_at_ms,
+            };
             let result = store.submit(task).await.map_err(SubmitError::from);
             if let Ok(s) = &result
                 && !s.status.is_final()
@@ -232,6 +257,8 @@ impl SchedulerState {
                     task_id: s.task_id.clone(),
                     priority: s.priority,
                     enqueued_ms,
+                    // An earlier task found by its idempotency key may have any history.
+                    warm: s.created.then_some(warm),
                 });
             }
             let _ = me.cast(SchedulerMsg::Stored);
@@ -254,8 +281,11 @@ impl SchedulerState {
             self.running.insert(task_id.clone(), None);
             let ctx = self.ctx.clone();
             let id = task_id.clone();
+            let warm = self.warm.remove(&task_id);
             let spec = ChildSpec::new(task_id.clone(), move |sup, incarnation| {
-                Run::spawn_linked(ctx.clone(), id.clone(), incarnation, sup)
+                // A restarted run rebuilds itself from the store.
+                let warm = if incarnation == 0 { warm.clone() } else { None };
+                Run::spawn_linked(ctx.clone(), id.clone(), incarnation, warm, sup)
             })
             .restart(Restart::Transient);
             let me = myself.clone();
@@ -291,6 +321,7 @@ impl SchedulerState {
             return;
         }
         self.queued.remove(&task_id);
+        self.warm.remove(&task_id);
         let Some(services) = self.ctx.services() else {
             let _ = reply.send(Err(StoreError::Unavailable("storage not open".into())));
             return;

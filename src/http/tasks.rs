@@ -99,8 +99,9 @@ pub async fn submit(
     let scheduler = scheduler(&node)?;
     let task = NewTask {
         id: uuid::Uuid::now_v7().to_string(),
-        spec,
+        spec: std::sync::Arc::new(spec),
         created_at_ms: now_ms(),
+        owner: node.ctx.node.clone(),
     };
     let reply = ask(
         &scheduler,

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use actors::task::store::{Claim, NewTask, Progress, Submitted};
+use actors::task::store::{Claim, FIRST_EPOCH, NewTask, Progress, Submitted};
 use actors::task::{Priority, TaskSpec, TaskStatus};
 use serde::Serialize;
 
@@ -36,7 +36,7 @@ macro_rules! batch_backend {
                 for chunk in tasks.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(
                         "INSERT INTO tasks (id, idempotency_key, priority, status, description, spec, \
-                         created_at, updated_at) ",
+                         owner, lease_epoch, created_at, updated_at) ",
                     );
                     q.push_values(chunk, |mut row, task| {
                         row.push_bind(task.id.clone())
@@ -44,7 +44,9 @@ macro_rules! batch_backend {
                             .push_bind(task.spec.priority.rank())
                             .push_bind("queued")
                             .push_bind(task.spec.description.clone())
-                            .push_bind(json(&task.spec))
+                            .push_bind(json(&*task.spec))
+                            .push_bind(task.owner.clone())
+                            .push_bind(FIRST_EPOCH)
                             .push_bind(task.created_at_ms)
                             .push_bind(task.created_at_ms);
                     });
@@ -92,8 +94,8 @@ macro_rules! batch_backend {
                 Ok(out)
             }
 
-            /// Claims tasks for `node`: bumps their epochs, marks them running and appends
-            /// their `started` entries.
+            /// Claims tasks for `node`: bumps their epochs (fencing earlier owners) and reads
+            /// back what is recorded. The run records `started` itself.
             pub async fn claim(
                 tx: &mut Tx<'_>,
                 ids: &[&str],
@@ -106,10 +108,7 @@ macro_rules! batch_backend {
                     q.push_bind(node.to_string())
                         .push(", updated_at = ")
                         .push_bind(now)
-                        .push(
-                            ", status = CASE WHEN status = 'queued' THEN 'running' ELSE status END \
-                             WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') AND id IN (",
-                        );
+                        .push(" WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') AND id IN (");
                     let mut list = q.separated(", ");
                     for id in chunk {
                         list.push_bind(id.to_string());
@@ -122,14 +121,15 @@ macro_rules! batch_backend {
                     }
                 }
                 let mut out = Vec::with_capacity(ids.len());
-                let mut started = Vec::new();
                 for id in ids {
                     let Some((epoch, status, spec, plan, created_at_ms)) = claimed.remove(*id) else {
                         out.push(None);
                         continue;
                     };
-                    // A first claim has nothing recorded but `submitted` (seq 0).
-                    let (steps, next_seq) = if epoch == 1 {
+                    let status = status_of(&status);
+                    // A run's first record marks its task running, so a task still queued
+                    // has nothing recorded but `submitted` (seq 0).
+                    let (steps, next_seq) = if status == TaskStatus::Queued {
                         (Vec::new(), 1)
                     } else {
                         let steps: Vec<StepRow> = sqlx::query_as(
@@ -147,28 +147,15 @@ macro_rules! batch_backend {
                         (steps, next)
                     };
                     let spec: TaskSpec = serde_json::from_str(&spec).map_err(|e| sqlx::Error::Decode(e.into()))?;
-                    started.push((id.to_string(), next_seq, json(&serde_json::json!({"node": node, "epoch": epoch}))));
                     out.push(Some(Claim {
                         epoch,
-                        spec,
-                        status: status_of(&status),
+                        spec: std::sync::Arc::new(spec),
+                        status,
                         plan: plan.as_deref().and_then(|p| serde_json::from_str(p).ok()),
                         steps: steps.into_iter().map(step_state).collect(),
-                        next_seq: next_seq + 1,
+                        next_seq,
                         created_at_ms,
                     }));
-                }
-                for chunk in started.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new("INSERT INTO task_events (task_id, seq, at, kind, data) ");
-                    q.push_values(chunk, |mut row, (id, seq, data)| {
-                        row.push_bind(id.clone())
-                            .push_bind(*seq)
-                            .push_bind(now)
-                            .push_bind("started")
-                            .push_bind(data.clone());
-                    });
-                    q.push(" ON CONFLICT DO NOTHING");
-                    q.build().execute(&mut **tx).await?;
                 }
                 Ok(out)
             }

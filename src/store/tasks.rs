@@ -206,7 +206,8 @@ macro_rules! backend {
             pub async fn cancel_queued(tx: &mut Tx<'_>, task_id: &str, now: i64) -> Result<Option<TaskStatus>, sqlx::Error> {
                 let cancelled = sqlx::query(
                     "UPDATE tasks SET status = 'cancelled', updated_at = $2, finished_at = $2, \
-                     error = 'cancelled before it started' WHERE id = $1 AND status = 'queued' AND owner IS NULL",
+                     lease_epoch = lease_epoch + 1, error = 'cancelled before it started' \
+                     WHERE id = $1 AND status = 'queued'",
                 )
                 .bind(task_id)
                 .bind(now)

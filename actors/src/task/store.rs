@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -24,13 +25,18 @@ pub enum StoreError {
     NotFound(String),
 }
 
-/// A task to store, already validated.
+/// A task to store, already validated. It is stored owned by `owner` (the node that
+/// accepted it) with lease epoch 1, so that node's first run of it needs no claim.
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub id: String,
-    pub spec: TaskSpec,
+    pub spec: Arc<TaskSpec>,
     pub created_at_ms: i64,
+    pub owner: String,
 }
+
+/// The lease epoch a task is stored with: its accepting node's first run holds it.
+pub const FIRST_EPOCH: i64 = 1;
 
 /// What a submission got: the task's id (an earlier one for a repeated idempotency key).
 #[derive(Debug, Clone, Serialize)]
@@ -61,10 +67,11 @@ pub struct TaskEvent {
 }
 
 /// A task taken over by a run: the new lease epoch and everything recorded so far.
+/// A claim only fences: the run records `started` and the running status itself.
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub epoch: i64,
-    pub spec: TaskSpec,
+    pub spec: Arc<TaskSpec>,
     pub status: TaskStatus,
     pub plan: Option<Vec<StepSpec>>,
     pub steps: Vec<StepState>,
@@ -84,13 +91,31 @@ pub struct Progress {
     pub events: Vec<TaskEvent>,
 }
 
+impl Progress {
+    /// Folds `later` into these changes: later values win, steps are replaced by id,
+    /// events are appended. Several changes of one task become one record.
+    pub fn merge(&mut self, later: Progress) {
+        self.epoch = later.epoch;
+        self.status = later.status.or(self.status);
+        self.plan = later.plan.or(self.plan.take());
+        self.error = later.error.or(self.error.take());
+        for step in later.steps {
+            match self.steps.iter_mut().find(|s| s.step_id == step.step_id) {
+                Some(old) => *old = step,
+                None => self.steps.push(step),
+            }
+        }
+        self.events.extend(later.events);
+    }
+}
+
 pub trait TaskStore: Send + Sync + 'static {
     /// Stores a new task (or finds the one with the same idempotency key). Resolves only
     /// after the commit.
     fn submit(&self, task: NewTask) -> BoxFuture<'_, Result<Submitted, StoreError>>;
 
-    /// Takes a task over for `node`: bumps its lease epoch and returns what is recorded.
-    /// `None` when the task is already final.
+    /// Takes a task over for `node`: bumps its lease epoch (fencing any earlier owner)
+    /// and returns what is recorded. `None` when the task is already final.
     fn claim(
         &self,
         task_id: String,
@@ -100,7 +125,8 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Records a run's progress, unless its lease epoch is stale.
     fn record(&self, progress: Progress) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Cancels a task nobody has claimed yet; returns its status after the attempt.
+    /// Cancels a task that is still queued (no run has recorded anything of it), bumping
+    /// its lease epoch so a run that holds it is fenced; returns its status after the attempt.
     fn cancel_queued(
         &self,
         task_id: String,

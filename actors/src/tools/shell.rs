@@ -8,7 +8,8 @@
 //! The child leads a process group of its own. On timeout or cancellation the whole group is
 //! killed (so `sh -c "sleep 100 & sleep 100"` leaves nothing behind) and the child is reaped
 //! before the error is returned; when the child exits by itself, whatever it left running in
-//! its group is killed too, so a step never leaves processes behind. stdout and stderr are
+//! its group is killed too, so a step never leaves processes behind; if the node itself dies,
+//! the kernel kills the child (`PR_SET_PDEATHSIG`). stdout and stderr are
 //! read concurrently and capped; a non-zero exit is a normal result for the Critic to judge.
 
 use std::collections::BTreeMap;
@@ -191,6 +192,15 @@ pub(super) async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // If the node dies (SIGKILL included), the kernel kills the child: its run will be
+    // resumed and the step retried, so a leftover would only duplicate the work.
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe prctl(2) call.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
     let mut child = command
         .spawn()
         .map_err(|e| ToolError::Failed(format!("shell: cannot start {:?}: {e}", plan.program)))?;
