@@ -130,6 +130,9 @@ pub async fn run(
         );
         root.kill();
     }
+    if let Some(tasks) = state.tasks.get() {
+        tasks.close().await;
+    }
     finish(&stop_tx, servers, Some(store)).await;
     Ok(outcome)
 }

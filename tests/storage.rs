@@ -257,3 +257,91 @@ async fn node_without_its_database_is_live_but_not_ready() {
     node.sigterm();
     assert_eq!(node.wait_exit().await.code(), Some(0), "{}", node.log());
 }
+
+/// A database outage while the node runs (its connections cut, new ones refused): a
+/// submission gets 503 naming storage, readiness turns 503, nothing of the refused
+/// submissions is stored; when the database is back the node serves again without a
+/// restart.
+#[tokio::test]
+async fn database_outage_refuses_submissions_with_503_and_stores_nothing_half_written() {
+    let db = postgres_database().await;
+    let node = Launch::new()
+        .args(&["--database", &db.url])
+        .env("MISTER_SMITH__DATABASE__CONNECT_TIMEOUT_SECS", "1")
+        .start()
+        .await;
+    let tasks = format!("{}/api/v1/tasks", node.http_url());
+    let ready = format!("{}/health/ready", node.http_url());
+    let task = serde_json::json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]});
+    let client = common::http_client();
+    let submit = || async {
+        let response = client
+            .post(&tasks)
+            .json(&task)
+            .send()
+            .await
+            .expect("the node answers");
+        let status = response.status();
+        (
+            status,
+            response
+                .json::<serde_json::Value>()
+                .await
+                .unwrap_or_default(),
+        )
+    };
+    let (status, body) = submit().await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    db.set_reachable(false).await;
+    for _ in 0..3 {
+        let (status, body) = submit().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let (code, message) = common::assert_error_shape(&body, "a submission during the outage");
+        assert_eq!(code, "unavailable", "{body}");
+        assert!(message.contains("storage"), "names storage: {body}");
+    }
+    let (status, health) = node.get_json(&ready).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{health}");
+    assert_ne!(health["checks"]["storage"], "up", "{health}");
+
+    db.set_reachable(true).await;
+    let mut conn = db.connect().await;
+    let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM tasks")
+        .fetch_one(&mut conn)
+        .await
+        .expect("counting tasks");
+    assert_eq!(
+        stored, 1,
+        "only the task accepted before the outage is stored"
+    );
+    let (events,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM task_events WHERE task_id NOT IN (SELECT id FROM tasks)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("counting trace entries");
+    assert_eq!(events, 0, "no trace entry without its task");
+
+    // Back without a restart: accepted again, and the task runs to the end.
+    let id = eventually("a submission accepted after the outage", || async {
+        match submit().await {
+            (StatusCode::ACCEPTED, body) => {
+                Ok(body["task_id"].as_str().unwrap_or_default().to_string())
+            }
+            (status, body) => Err(format!("{status}: {body}")),
+        }
+    })
+    .await;
+    eventually("the task after the outage to succeed", || async {
+        let (_, task) = node.get_json(&format!("{tasks}/{id}")).await;
+        match task["status"].as_str() {
+            Some("succeeded") => Ok(()),
+            _ => Err(format!("{task}")),
+        }
+    })
+    .await;
+    let (status, health) = node.get_json(&ready).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    let _ = conn.close().await;
+}

@@ -397,8 +397,13 @@ async fn cancel_stops_running_steps_and_kills_the_shell_child() {
         work.iter().all(|w| w.contains("nap") || w.contains("proc")),
         "{work:?}"
     );
-    let before = get_task(&node, &id).await;
-    assert_eq!(before["status"], "running", "{before:#}");
+    // Launches are recorded within `run::LAUNCH_FLUSH` (sharing a result's write if one
+    // comes first), so the task reads running shortly after its work starts.
+    let before = wait_task(&node, &id, "the task shown running", |t| {
+        t["status"] == "running"
+    })
+    .await;
+    assert_eq!(step(&before, "proc")["status"], "running", "{before:#}");
 
     let cancel = format!("{}/api/v1/tasks/{id}/cancel", node.http_url());
     let (status, body) = node.post(&cancel).await;

@@ -22,6 +22,73 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
+/// A new task as its `tasks` row. Encoded by the submitter's task, so JSON encoding
+/// happens in parallel and not in the writer, the node's one serial stage.
+pub struct TaskRow {
+    id: String,
+    idempotency_key: Option<String>,
+    priority: Priority,
+    description: Option<String>,
+    spec: String,
+    owner: String,
+    created_at_ms: i64,
+}
+
+impl From<NewTask> for TaskRow {
+    fn from(task: NewTask) -> TaskRow {
+        TaskRow {
+            spec: json(&*task.spec),
+            idempotency_key: task.spec.idempotency_key.clone(),
+            priority: task.spec.priority,
+            description: task.spec.description.clone(),
+            id: task.id,
+            owner: task.owner,
+            created_at_ms: task.created_at_ms,
+        }
+    }
+}
+
+/// One trace entry as a row: task id, seq, at (ms), kind, data (JSON).
+pub type EventRow = (String, i64, i64, String, String);
+
+/// A run's progress as rows, encoded by the run's task (see [`TaskRow`]).
+pub struct ProgressRows {
+    pub task_id: String,
+    epoch: i64,
+    status: Option<&'static str>,
+    finished: bool,
+    plan: Option<String>,
+    error: Option<String>,
+    steps: Vec<(String, &'static str, String, Option<String>)>,
+    events: Vec<(i64, i64, String, String)>,
+}
+
+impl From<Progress> for ProgressRows {
+    fn from(p: Progress) -> ProgressRows {
+        ProgressRows {
+            epoch: p.epoch,
+            status: p.status.map(|s| s.as_str()),
+            finished: p.status.is_some_and(|s| s.is_final()),
+            plan: p.plan.as_ref().map(json),
+            error: p.error,
+            steps: p
+                .steps
+                .into_iter()
+                .map(|s| {
+                    let output = s.output.as_ref().map(json);
+                    (s.step_id, s.status.as_str(), json(&s.attempts), output)
+                })
+                .collect(),
+            events: p
+                .events
+                .into_iter()
+                .map(|e| (e.seq, e.at_ms, e.kind, json(&e.data)))
+                .collect(),
+            task_id: p.task_id,
+        }
+    }
+}
+
 macro_rules! batch_backend {
     ($module:ident, $db:ty) => {
         pub mod $module {
@@ -30,8 +97,17 @@ macro_rules! batch_backend {
 
             type Tx<'a> = Transaction<'a, $db>;
 
-            /// Inserts new tasks; a repeated idempotency key finds the earlier task.
-            pub async fn submit(tx: &mut Tx<'_>, tasks: &[&NewTask]) -> Result<Vec<Submitted>, sqlx::Error> {
+            /// Inserts new tasks; a repeated idempotency key finds the earlier task. Their
+            /// `submitted` entries go into `events`, written by [`insert_events`].
+            pub async fn submit(
+                tx: &mut Tx<'_>,
+                tasks: &[&TaskRow],
+                events: &mut Vec<EventRow>,
+            ) -> Result<Vec<Submitted>, sqlx::Error> {
+                // Without idempotency keys nothing can conflict (ids are fresh UUIDv7s), so
+                // the common case needs no RETURNING rows (each is a message from SQLite's
+                // worker thread in sqlx).
+                let keyed = tasks.iter().any(|t| t.idempotency_key.is_some());
                 let mut inserted = std::collections::HashSet::new();
                 for chunk in tasks.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(
@@ -40,32 +116,28 @@ macro_rules! batch_backend {
                     );
                     q.push_values(chunk, |mut row, task| {
                         row.push_bind(task.id.clone())
-                            .push_bind(task.spec.idempotency_key.clone())
-                            .push_bind(task.spec.priority.rank())
+                            .push_bind(task.idempotency_key.clone())
+                            .push_bind(task.priority.rank())
                             .push_bind("queued")
-                            .push_bind(task.spec.description.clone())
-                            .push_bind(json(&*task.spec))
+                            .push_bind(task.description.clone())
+                            .push_bind(task.spec.clone())
                             .push_bind(task.owner.clone())
                             .push_bind(FIRST_EPOCH)
                             .push_bind(task.created_at_ms)
                             .push_bind(task.created_at_ms);
                     });
-                    q.push(" ON CONFLICT DO NOTHING RETURNING id");
-                    let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
-                    inserted.extend(ids.into_iter().map(|(id,)| id));
+                    if keyed {
+                        q.push(" ON CONFLICT DO NOTHING RETURNING id");
+                        let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                        inserted.extend(ids.into_iter().map(|(id,)| id));
+                    } else {
+                        q.build().execute(&mut **tx).await?;
+                        inserted.extend(chunk.iter().map(|t| t.id.clone()));
+                    }
                 }
-                let fresh: Vec<&&NewTask> = tasks.iter().filter(|t| inserted.contains(&t.id)).collect();
-                for chunk in fresh.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new("INSERT INTO task_events (task_id, seq, at, kind, data) ");
-                    q.push_values(chunk, |mut row, task| {
-                        row.push_bind(task.id.clone())
-                            .push_bind(0i64)
-                            .push_bind(task.created_at_ms)
-                            .push_bind("submitted")
-                            .push_bind("{}");
-                    });
-                    q.build().execute(&mut **tx).await?;
-                }
+                events.extend(tasks.iter().filter(|t| inserted.contains(&t.id)).map(|t| {
+                    (t.id.clone(), 0, t.created_at_ms, "submitted".to_string(), "{}".to_string())
+                }));
                 let mut out = Vec::with_capacity(tasks.len());
                 for task in tasks {
                     if inserted.contains(&task.id) {
@@ -73,14 +145,14 @@ macro_rules! batch_backend {
                             task_id: task.id.clone(),
                             created: true,
                             status: TaskStatus::Queued,
-                            priority: task.spec.priority,
+                            priority: task.priority,
                         });
                     } else {
                         // Rare: an idempotency key seen before (or earlier in this batch).
                         let (id, status, priority): (String, String, i64) = sqlx::query_as(
                             "SELECT id, status, priority FROM tasks WHERE idempotency_key = $1",
                         )
-                        .bind(&task.spec.idempotency_key)
+                        .bind(&task.idempotency_key)
                         .fetch_one(&mut **tx)
                         .await?;
                         out.push(Submitted {
@@ -161,13 +233,15 @@ macro_rules! batch_backend {
             }
 
             /// Records runs' progress; each is fenced by its lease epoch. `Err(epoch)` for a
-            /// record whose epoch is stale (with the current one).
+            /// record whose epoch is stale (with the current one). The live records' trace
+            /// entries go into `events`, written by [`insert_events`].
             pub async fn record(
                 tx: &mut Tx<'_>,
-                records: &[&Progress],
+                records: &[&ProgressRows],
                 now: i64,
+                events: &mut Vec<EventRow>,
             ) -> Result<Vec<Result<(), i64>>, sqlx::Error> {
-                let mut current = std::collections::HashSet::new();
+                let mut updated = 0;
                 for chunk in records.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(
                         "UPDATE tasks SET updated_at = v.column3, status = COALESCE(v.column4, tasks.status), \
@@ -175,32 +249,46 @@ macro_rules! batch_backend {
                          finished_at = COALESCE(v.column7, tasks.finished_at) FROM (",
                     );
                     q.push_values(chunk, |mut row, p| {
-                        let finished = p.status.filter(|s| s.is_final()).map(|_| now);
+                        let finished = p.finished.then_some(now);
                         row.push_bind(p.task_id.clone())
                             .push_bind(p.epoch)
                             .push_bind(now)
-                            .push_bind(p.status.map(|s| s.as_str()))
-                            .push_bind(p.plan.as_ref().map(json))
+                            .push_bind(p.status)
+                            .push_bind(p.plan.clone())
                             .push_bind(p.error.clone())
                             .push_bind(finished);
                     });
-                    q.push(") AS v WHERE tasks.id = v.column1 AND tasks.lease_epoch = v.column2 RETURNING tasks.id");
-                    let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
-                    current.extend(ids.into_iter().map(|(id,)| id));
+                    q.push(") AS v WHERE tasks.id = v.column1 AND tasks.lease_epoch = v.column2");
+                    let n = q.build().execute(&mut **tx).await?.rows_affected();
+                    updated += n;
                 }
-                let live: Vec<&&Progress> = records.iter().filter(|p| current.contains(&p.task_id)).collect();
-                let steps: Vec<(&Progress, &actors::task::store::StepState)> =
+                // Usually every record holds its lease; only otherwise find out whose is stale.
+                let mut stale = HashMap::new();
+                if updated != records.len() as u64 {
+                    for p in records {
+                        let epoch: Option<(i64,)> = sqlx::query_as("SELECT lease_epoch FROM tasks WHERE id = $1")
+                            .bind(&p.task_id)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        let epoch = epoch.map_or(-1, |e| e.0);
+                        if epoch != p.epoch {
+                            stale.insert(p.task_id.as_str(), epoch);
+                        }
+                    }
+                }
+                let live: Vec<&&ProgressRows> = records.iter().filter(|p| !stale.contains_key(p.task_id.as_str())).collect();
+                let steps: Vec<(&ProgressRows, &(String, &'static str, String, Option<String>))> =
                     live.iter().flat_map(|p| p.steps.iter().map(move |s| (**p, s))).collect();
                 for chunk in steps.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(
                         "INSERT INTO steps (task_id, step_id, status, attempts, output, epoch, updated_at) ",
                     );
-                    q.push_values(chunk, |mut row, (p, step)| {
+                    q.push_values(chunk, |mut row, (p, (step_id, status, attempts, output))| {
                         row.push_bind(p.task_id.clone())
-                            .push_bind(step.step_id.clone())
-                            .push_bind(step.status.as_str())
-                            .push_bind(json(&step.attempts))
-                            .push_bind(step.output.as_ref().map(json))
+                            .push_bind(step_id.clone())
+                            .push_bind(*status)
+                            .push_bind(attempts.clone())
+                            .push_bind(output.clone())
                             .push_bind(p.epoch)
                             .push_bind(now);
                     });
@@ -213,33 +301,36 @@ macro_rules! batch_backend {
                     );
                     q.build().execute(&mut **tx).await?;
                 }
-                let events: Vec<(&Progress, &actors::task::store::TaskEvent)> =
-                    live.iter().flat_map(|p| p.events.iter().map(move |e| (**p, e))).collect();
+                for p in &live {
+                    events.extend(p.events.iter().map(|(seq, at, kind, data)| {
+                        (p.task_id.clone(), *seq, *at, kind.clone(), data.clone())
+                    }));
+                }
+                Ok(records
+                    .iter()
+                    .map(|p| match stale.get(p.task_id.as_str()) {
+                        Some(epoch) => Err(*epoch),
+                        None => Ok(()),
+                    })
+                    .collect())
+            }
+
+            /// Appends trace entries (of every write in the batch: one statement per chunk).
+            /// An entry already there (a retried write) is kept as it was.
+            pub async fn insert_events(tx: &mut Tx<'_>, events: &[EventRow]) -> Result<(), sqlx::Error> {
                 for chunk in events.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new("INSERT INTO task_events (task_id, seq, at, kind, data) ");
-                    q.push_values(chunk, |mut row, (p, e)| {
-                        row.push_bind(p.task_id.clone())
-                            .push_bind(e.seq)
-                            .push_bind(e.at_ms)
-                            .push_bind(e.kind.clone())
-                            .push_bind(json(&e.data));
+                    q.push_values(chunk, |mut row, (task_id, seq, at, kind, data)| {
+                        row.push_bind(task_id.clone())
+                            .push_bind(*seq)
+                            .push_bind(*at)
+                            .push_bind(kind.clone())
+                            .push_bind(data.clone());
                     });
                     q.push(" ON CONFLICT DO NOTHING");
                     q.build().execute(&mut **tx).await?;
                 }
-                let mut out = Vec::with_capacity(records.len());
-                for p in records {
-                    if current.contains(&p.task_id) {
-                        out.push(Ok(()));
-                    } else {
-                        let epoch: Option<(i64,)> = sqlx::query_as("SELECT lease_epoch FROM tasks WHERE id = $1")
-                            .bind(&p.task_id)
-                            .fetch_optional(&mut **tx)
-                            .await?;
-                        out.push(Err(epoch.map_or(-1, |e| e.0)));
-                    }
-                }
-                Ok(out)
+                Ok(())
             }
         }
     };

@@ -77,7 +77,11 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // The task tables outgrow SQLite's 2 MiB default page cache within
+                // seconds under load; reads then become syscalls on the writer's path.
+                .pragma("cache_size", "-65536")
+                .pragma("mmap_size", "268435456");
             if let Some(dir) = Path::new(opts.get_filename()).parent()
                 && !dir.as_os_str().is_empty()
             {
@@ -208,6 +212,11 @@ impl Tasks {
     pub fn new(store: Store, queue: usize) -> Tasks {
         let writer = writer::Writer::start(store.clone(), queue);
         Tasks { store, writer }
+    }
+
+    /// Stops the group-commit writer (before the pool closes: it holds a connection).
+    pub async fn close(&self) {
+        self.writer.close().await;
     }
 
     pub async fn get(&self, task_id: &str) -> Result<Option<tasks::TaskView>, StoreError> {

@@ -196,7 +196,7 @@ pub enum Outcome {
 }
 
 macro_rules! backend {
-    ($module:ident, $db:ty) => {
+    ($module:ident, $db:ty, $snapshot:literal) => {
         pub mod $module {
             use super::*;
             use sqlx::{Pool, Transaction};
@@ -234,9 +234,10 @@ macro_rules! backend {
             }
 
             pub async fn get(pool: &Pool<$db>, task_id: &str) -> Result<Option<TaskView>, sqlx::Error> {
+                let mut tx = pool.begin_with($snapshot).await?;
                 let row: Option<TaskRow> = sqlx::query_as(SELECT_TASK)
                     .bind(task_id)
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else {
                     return Ok(None);
@@ -244,14 +245,15 @@ macro_rules! backend {
                 let steps: Vec<StepRow> =
                     sqlx::query_as("SELECT step_id, status, attempts, output FROM steps WHERE task_id = $1")
                         .bind(task_id)
-                        .fetch_all(pool)
+                        .fetch_all(&mut *tx)
                         .await?;
                 let events = sqlx::query_as(
                     "SELECT seq, at, kind, data FROM task_events WHERE task_id = $1 ORDER BY seq",
                 )
                 .bind(task_id)
-                .fetch_all(pool)
+                .fetch_all(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(Some(view(row, steps, events)))
             }
 
@@ -293,5 +295,11 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::Sqlite);
-backend!(postgres, sqlx::Postgres);
+// A task is read in one snapshot: its row, steps and trace are written in one
+// transaction, and separate reads could show a step recorded on a task still `queued`.
+backend!(sqlite, sqlx::Sqlite, "BEGIN");
+backend!(
+    postgres,
+    sqlx::Postgres,
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+);

@@ -9,9 +9,15 @@
 
 use actors::task::TaskStatus;
 use actors::task::store::{Claim, NewTask, Progress, StoreError, Submitted, now_ms};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use super::tasks::{self, Outcome};
 use super::{Store, batch};
@@ -20,9 +26,9 @@ use super::{Store, batch};
 pub const MAX_BATCH: usize = 512;
 
 pub enum Op {
-    Submit(NewTask),
+    Submit(batch::TaskRow),
     Claim { task_id: String, node: String },
-    Record(Progress),
+    Record(batch::ProgressRows),
     CancelQueued { task_id: String, at_ms: i64 },
 }
 
@@ -32,6 +38,13 @@ type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<(Op, Reply)>,
+    control: Arc<Control>,
+}
+
+/// How the node stops the writer (it holds a connection the pool waits for at close).
+struct Control {
+    stop: Notify,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Writer {
@@ -44,18 +57,34 @@ impl Writer {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
+        let control = Arc::new(Control {
+            stop: Notify::new(),
+            thread: Mutex::new(None),
+        });
         match runtime {
             Ok(rt) => {
+                let stop = control.clone();
                 let spawned = std::thread::Builder::new()
                     .name("ms-store-writer".into())
-                    .spawn(move || rt.block_on(run(store, rx)));
-                if let Err(e) = spawned {
-                    tracing::error!(error = %e, "cannot start the store writer thread");
+                    .spawn(move || rt.block_on(run(store, rx, stop)));
+                match spawned {
+                    Ok(thread) => *lock(&control.thread) = Some(thread),
+                    Err(e) => tracing::error!(error = %e, "cannot start the store writer thread"),
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot start the store writer's runtime"),
         }
-        Writer { tx }
+        Writer { tx, control }
+    }
+
+    /// Stops the writer after the batch in flight and waits until it has let go of its
+    /// connection. Writes after this fail as unavailable.
+    pub async fn close(&self) {
+        self.control.stop.notify_one();
+        let thread = lock(&self.control.thread).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     async fn send(&self, op: Op) -> Result<Outcome, StoreError> {
@@ -70,7 +99,7 @@ impl Writer {
     }
 
     pub async fn submit(&self, task: NewTask) -> Result<Submitted, StoreError> {
-        match self.send(Op::Submit(task)).await? {
+        match self.send(Op::Submit(task.into())).await? {
             Outcome::Submitted(s) => Ok(s),
             _ => Err(unexpected()),
         }
@@ -85,7 +114,7 @@ impl Writer {
 
     pub async fn record(&self, progress: Progress) -> Result<(), StoreError> {
         let task_id = progress.task_id.clone();
-        match self.send(Op::Record(progress)).await? {
+        match self.send(Op::Record(progress.into())).await? {
             Outcome::Recorded(Ok(())) => Ok(()),
             Outcome::Recorded(Err(epoch)) => Err(StoreError::Fenced { task_id, epoch }),
             _ => Err(unexpected()),
@@ -110,13 +139,59 @@ fn unexpected() -> StoreError {
     StoreError::Unavailable("the store writer answered the wrong kind of write".into())
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<(Op, Reply)>) {
+/// The writer's own connection, kept from batch to batch (a pool checkout pings the
+/// database: a round trip per batch on the serial path); dropped after an error so the
+/// next batch starts on a fresh one.
+#[derive(Default)]
+enum Held {
+    #[default]
+    None,
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl Held {
+    async fn sqlite(&mut self, pool: &SqlitePool) -> Result<&mut SqliteConnection, sqlx::Error> {
+        if !matches!(self, Held::Sqlite(_)) {
+            *self = Held::Sqlite(pool.acquire().await?);
+        }
+        match self {
+            Held::Sqlite(conn) => Ok(conn),
+            _ => Err(sqlx::Error::PoolClosed),
+        }
+    }
+
+    async fn postgres(&mut self, pool: &PgPool) -> Result<&mut PgConnection, sqlx::Error> {
+        if !matches!(self, Held::Postgres(_)) {
+            *self = Held::Postgres(pool.acquire().await?);
+        }
+        match self {
+            Held::Postgres(conn) => Ok(conn),
+            _ => Err(sqlx::Error::PoolClosed),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<(Op, Reply)>, control: Arc<Control>) {
+    let mut held = Held::None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = control.stop.notified() => 0,
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+        };
+        if received == 0 {
+            break;
+        }
         let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.drain(..).unzip();
         metrics::histogram!("ms_store_batch_size").record(ops.len() as f64);
         let started = std::time::Instant::now();
-        let applied = apply(&store, &ops).await;
+        let applied = apply(&store, &mut held, &ops).await;
         metrics::histogram!("ms_store_batch_seconds").record(started.elapsed().as_secs_f64());
         let results = match applied {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
@@ -125,7 +200,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Op, Reply)>) {
                 let mut results = Vec::with_capacity(ops.len());
                 for op in ops.chunks(1) {
                     results.push(
-                        apply(&store, op)
+                        apply(&store, &mut held, op)
                             .await
                             .map(|mut o| o.remove(0))
                             .map_err(unavailable),
@@ -146,7 +221,15 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 
 /// Applies the writes in one transaction; all or nothing. Writes of a kind go together
 /// into multi-row statements (`batch`); within a batch, writes concern different tasks.
-async fn apply(store: &Store, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
+async fn apply(store: &Store, held: &mut Held, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let applied = apply_on(store, held, ops).await;
+    if applied.is_err() {
+        *held = Held::None;
+    }
+    applied
+}
+
+async fn apply_on(store: &Store, held: &mut Held, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
     let now = now_ms();
     let mut submits = Vec::new();
     let mut claims: HashMap<&str, Vec<(usize, &str)>> = HashMap::new();
@@ -163,13 +246,14 @@ async fn apply(store: &Store, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
     }
     let mut out: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
     macro_rules! in_transaction {
-        ($pool:expr, $backend:ident) => {{
-            let mut tx = $pool.begin().await?;
+        ($conn:expr, $backend:ident) => {{
+            let mut tx = sqlx::Connection::begin($conn).await?;
+            let mut events = Vec::new();
             if !submits.is_empty() {
-                let tasks: Vec<&NewTask> = submits.iter().map(|(_, t)| *t).collect();
+                let tasks: Vec<&batch::TaskRow> = submits.iter().map(|(_, t)| *t).collect();
                 for ((i, _), s) in submits
                     .iter()
-                    .zip(batch::$backend::submit(&mut tx, &tasks).await?)
+                    .zip(batch::$backend::submit(&mut tx, &tasks, &mut events).await?)
                 {
                     out[*i] = Some(Outcome::Submitted(s));
                 }
@@ -184,14 +268,15 @@ async fn apply(store: &Store, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
                 }
             }
             if !records.is_empty() {
-                let list: Vec<&Progress> = records.iter().map(|(_, p)| *p).collect();
+                let list: Vec<&batch::ProgressRows> = records.iter().map(|(_, p)| *p).collect();
                 for ((i, _), r) in records
                     .iter()
-                    .zip(batch::$backend::record(&mut tx, &list, now).await?)
+                    .zip(batch::$backend::record(&mut tx, &list, now, &mut events).await?)
                 {
                     out[*i] = Some(Outcome::Recorded(r));
                 }
             }
+            batch::$backend::insert_events(&mut tx, &events).await?;
             for (i, op) in ops.iter().enumerate() {
                 if let Op::CancelQueued { task_id, at_ms } = op {
                     out[i] = Some(
@@ -206,8 +291,8 @@ async fn apply(store: &Store, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
         }};
     }
     match store {
-        Store::Sqlite(pool) => in_transaction!(pool, sqlite),
-        Store::Postgres(pool) => in_transaction!(pool, postgres),
+        Store::Sqlite(pool) => in_transaction!(held.sqlite(pool).await?, sqlite),
+        Store::Postgres(pool) => in_transaction!(held.postgres(pool).await?, postgres),
     }
     Ok(out
         .into_iter()

@@ -625,6 +625,33 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
+    /// A real outage of this database and its end: while `reachable` is false it accepts
+    /// no connections and every open one is terminated (the server itself stays up).
+    pub async fn set_reachable(&self, reachable: bool) {
+        use sqlx::{Connection as _, Executor as _};
+        let mut conn = sqlx::PgConnection::connect(&self.server)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test server: {e}"));
+        let alter = format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS {reachable}",
+            self.name
+        );
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(alter)))
+            .await
+            .unwrap_or_else(|e| panic!("switching connections to {}: {e}", self.name));
+        if !reachable {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&self.name)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("terminating connections to {}: {e}", self.name));
+        }
+        let _ = conn.close().await;
+    }
+
     /// A connection to this database.
     pub async fn connect(&self) -> sqlx::PgConnection {
         use sqlx::Connection as _;

@@ -14,7 +14,6 @@
 //! only marks work as started (`started`, running states) waits up to [`LAUNCH_FLUSH`]
 //! to share the write of its result. Results, verdicts and outcomes are written at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,15 +25,15 @@ use crate::agent::Work;
 use crate::context::{NodeContext, Services};
 use crate::roles::{coordinator, critic};
 use crate::scheduler::SchedulerMsg;
-use crate::task::store::{Claim, FIRST_EPOCH, Progress, StepState, StoreError, TaskEvent, now_ms};
+use crate::task::store::{Claim, FIRST_EPOCH, Progress, StoreError, TaskEvent, now_ms};
 use crate::task::{Attempt, StepSpec, StepStatus, TaskSpec, TaskStatus};
 use crate::tools::{ToolError, ToolOutput};
+use plan::Plan;
+
+mod plan;
 
 /// A run that crashes this many times fails its task instead of looping.
 const MAX_INCARNATIONS: u32 = 5;
-/// What an attempt that was in flight when its run stopped (node killed, run crashed) reads.
-const INTERRUPTED: &str = "interrupted: the run making this attempt stopped before it finished";
-
 /// How long a write that only marks work as started may wait for the write of its result.
 pub const LAUNCH_FLUSH: Duration = Duration::from_millis(20);
 
@@ -76,12 +75,6 @@ pub struct RunArgs {
     warm: Option<Warm>,
 }
 
-struct StepRun {
-    spec: StepSpec,
-    state: StepState,
-    cancel: Option<CancellationToken>,
-}
-
 pub struct RunState {
     ctx: Arc<NodeContext>,
     services: Option<Arc<Services>>,
@@ -90,8 +83,7 @@ pub struct RunState {
     warm: Option<Warm>,
     epoch: i64,
     spec: Arc<TaskSpec>,
-    steps: Vec<StepRun>,
-    index: HashMap<String, usize>,
+    plan: Plan,
     next_seq: i64,
     done: bool,
     /// How the task ended, once it has.
@@ -146,8 +138,7 @@ impl Actor for Run {
             warm: args.warm,
             epoch: 0,
             spec: Arc::default(),
-            steps: Vec::new(),
-            index: HashMap::new(),
+            plan: Plan::default(),
             next_seq: 0,
             done: false,
             outcome: None,
@@ -162,7 +153,7 @@ impl Actor for Run {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for step in &state.steps {
+        for step in &state.plan.steps {
             if let Some(cancel) = &step.cancel {
                 cancel.cancel();
             }
@@ -194,6 +185,7 @@ impl Actor for Run {
             RunMsg::Retry(index) => {
                 // A cancel or deadline during the backoff has already settled the step.
                 if state
+                    .plan
                     .steps
                     .get(index)
                     .is_some_and(|s| s.state.status == StepStatus::Pending)
@@ -381,7 +373,7 @@ impl RunState {
         }
         match claim.plan.or_else(|| self.spec.steps.clone()) {
             Some(plan) => {
-                self.install(plan, claim.steps);
+                self.plan = Plan::new(plan, claim.steps);
                 self.advance(myself)
             }
             None => self.ask_planner(myself),
@@ -424,132 +416,32 @@ impl RunState {
             .events
             .push(self.event("planned", json!({"steps": plan.len()})));
         self.record(progress);
-        self.install(plan, Vec::new());
+        self.plan = Plan::new(plan, Vec::new());
         self.advance(myself)
-    }
-
-    /// Sets up the steps of `plan`, with what was recorded of them.
-    fn install(&mut self, plan: Vec<StepSpec>, recorded: Vec<StepState>) {
-        let recorded: HashMap<String, StepState> = recorded
-            .into_iter()
-            .map(|s| (s.step_id.clone(), s))
-            .collect();
-        self.index = plan
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i))
-            .collect();
-        self.steps = plan
-            .into_iter()
-            .map(|spec| {
-                let mut state = recorded.get(&spec.id).cloned().unwrap_or(StepState {
-                    step_id: spec.id.clone(),
-                    status: StepStatus::Pending,
-                    attempts: Vec::new(),
-                    output: None,
-                });
-                // The attempt in flight when the last owner stopped is retried.
-                if state.status == StepStatus::Running {
-                    state.status = StepStatus::Pending;
-                    if let Some(last) = state.attempts.last_mut()
-                        && last.finished_at.is_none()
-                    {
-                        last.error = Some(INTERRUPTED.to_string());
-                        last.finished_at = Some(crate::time::now_rfc3339());
-                    }
-                }
-                StepRun {
-                    spec,
-                    state,
-                    cancel: None,
-                }
-            })
-            .collect();
     }
 
     /// Launches every step whose prerequisites succeeded, skips those whose prerequisites
     /// failed, and finishes the task when nothing is left to run.
     fn advance(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
-        let mut skipped = Vec::new();
-        loop {
-            let mut changed = false;
-            for i in 0..self.steps.len() {
-                if self.steps[i].state.status != StepStatus::Pending
-                    || self.steps[i].cancel.is_some()
-                {
-                    continue;
-                }
-                let prereqs: Vec<StepStatus> = self.steps[i]
-                    .spec
-                    .prerequisites()
-                    .filter_map(|p| self.index.get(p))
-                    .map(|&j| self.steps[j].state.status)
-                    .collect();
-                if prereqs
-                    .iter()
-                    .any(|s| s.is_final() && *s != StepStatus::Succeeded)
-                {
-                    self.steps[i].state.status = StepStatus::Skipped;
-                    skipped.push(self.steps[i].state.clone());
-                    changed = true;
-                } else if prereqs.iter().all(|s| *s == StepStatus::Succeeded) {
-                    self.launch(myself, i);
-                }
-            }
-            if !changed {
-                break;
-            }
+        let (ready, skipped) = self.plan.scan();
+        for i in ready {
+            self.launch(myself, i);
         }
         if !skipped.is_empty() {
             let mut progress = self.progress();
             progress.steps = skipped;
             self.record(progress);
         }
-        if self.steps.iter().all(|s| s.state.status.is_final()) {
-            let failed = self
-                .steps
-                .iter()
-                .find(|s| s.state.status != StepStatus::Succeeded);
-            let (status, error) = match failed {
-                None => (TaskStatus::Succeeded, None),
-                Some(step) => {
-                    let why = step
-                        .state
-                        .attempts
-                        .last()
-                        .and_then(|a| {
-                            a.verdict
-                                .as_ref()
-                                .map(|v| v.reason.clone())
-                                .or(a.error.clone())
-                        })
-                        .unwrap_or_else(|| step.state.status.to_string());
-                    (
-                        TaskStatus::Failed,
-                        Some(format!(
-                            "step `{}` {}: {why}",
-                            step.spec.id, step.state.status
-                        )),
-                    )
-                }
-            };
-            return self.finish(status, error);
+        match self.plan.outcome() {
+            Some((status, error)) => self.finish(status, error),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts an attempt of step `i` on an executor chosen by the Router.
     fn launch(&mut self, myself: &ActorRef<RunMsg>, i: usize) {
-        let input = self.steps[i]
-            .spec
-            .input_from
-            .as_ref()
-            .and_then(|from| self.index.get(from))
-            .and_then(|&j| self.steps[j].state.output.as_ref())
-            .and_then(|o| o.get("text"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let timeout = self.steps[i]
+        let input = self.plan.input_for(i);
+        let timeout = self.plan.steps[i]
             .spec
             .timeout_secs
             .map(Duration::from_secs_f64)
@@ -558,7 +450,7 @@ impl RunState {
                     .as_ref()
                     .map(|s| Duration::from_secs_f64(s.tools.config().default_timeout_secs))
             });
-        let step = &mut self.steps[i];
+        let step = &mut self.plan.steps[i];
         let cancel = CancellationToken::new();
         step.cancel = Some(cancel.clone());
         step.state.status = StepStatus::Running;
@@ -604,7 +496,7 @@ impl RunState {
         result: Result<ToolOutput, ToolError>,
         judged: Option<crate::task::Verdict>,
     ) -> Result<(), StoreError> {
-        let Some(step) = self.steps.get_mut(i) else {
+        let Some(step) = self.plan.steps.get_mut(i) else {
             return Ok(());
         };
         if step.state.status != StepStatus::Running {
@@ -659,7 +551,7 @@ impl RunState {
     /// Cancels or times out the task: stops running steps and records the outcome.
     fn stop_all(&mut self, status: TaskStatus, reason: &str) -> Result<(), StoreError> {
         let mut touched = Vec::new();
-        for step in &mut self.steps {
+        for step in &mut self.plan.steps {
             if let Some(cancel) = step.cancel.take() {
                 cancel.cancel();
             }

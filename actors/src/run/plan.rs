@@ -1,0 +1,152 @@
+//! A run's plan: its steps with what is known of each (state, attempts, output, the
+//! attempt in flight), and the DAG questions the run asks of it — which steps can start,
+//! which must be skipped, and how the task ends. No messaging and no storage here.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::task::store::StepState;
+use crate::task::{StepSpec, StepStatus, TaskStatus};
+
+/// What an attempt that was in flight when its run stopped (node killed, run crashed) reads.
+const INTERRUPTED: &str = "interrupted: the run making this attempt stopped before it finished";
+
+pub struct StepRun {
+    pub spec: StepSpec,
+    pub state: StepState,
+    /// Set while an attempt runs (or a retry waits): cancels it.
+    pub cancel: Option<CancellationToken>,
+}
+
+#[derive(Default)]
+pub struct Plan {
+    pub steps: Vec<StepRun>,
+    index: HashMap<String, usize>,
+}
+
+impl Plan {
+    /// The steps of `plan`, with what was recorded of them. An attempt recorded as running
+    /// was interrupted: it is marked so and the step runs again.
+    pub fn new(plan: Vec<StepSpec>, recorded: Vec<StepState>) -> Plan {
+        let mut recorded: HashMap<String, StepState> = recorded
+            .into_iter()
+            .map(|s| (s.step_id.clone(), s))
+            .collect();
+        let index = plan
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        let steps = plan
+            .into_iter()
+            .map(|spec| {
+                let mut state = recorded.remove(&spec.id).unwrap_or(StepState {
+                    step_id: spec.id.clone(),
+                    status: StepStatus::Pending,
+                    attempts: Vec::new(),
+                    output: None,
+                });
+                if state.status == StepStatus::Running {
+                    state.status = StepStatus::Pending;
+                    if let Some(last) = state.attempts.last_mut()
+                        && last.finished_at.is_none()
+                    {
+                        last.error = Some(INTERRUPTED.to_string());
+                        last.finished_at = Some(crate::time::now_rfc3339());
+                    }
+                }
+                StepRun {
+                    spec,
+                    state,
+                    cancel: None,
+                }
+            })
+            .collect();
+        Plan { steps, index }
+    }
+
+    /// Marks skipped every waiting step whose prerequisites cannot all succeed any more
+    /// (returning their states), and lists the steps that can start now.
+    pub fn scan(&mut self) -> (Vec<usize>, Vec<StepState>) {
+        let mut skipped = Vec::new();
+        loop {
+            let mut changed = false;
+            for i in 0..self.steps.len() {
+                if self.waiting(i)
+                    && self
+                        .prerequisites(i)
+                        .any(|s| s.is_final() && s != StepStatus::Succeeded)
+                {
+                    self.steps[i].state.status = StepStatus::Skipped;
+                    skipped.push(self.steps[i].state.clone());
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let ready = (0..self.steps.len())
+            .filter(|&i| {
+                self.waiting(i) && self.prerequisites(i).all(|s| s == StepStatus::Succeeded)
+            })
+            .collect();
+        (ready, skipped)
+    }
+
+    /// Pending and not already started (or holding its slot for a retry).
+    fn waiting(&self, i: usize) -> bool {
+        self.steps[i].state.status == StepStatus::Pending && self.steps[i].cancel.is_none()
+    }
+
+    fn prerequisites(&self, i: usize) -> impl Iterator<Item = StepStatus> + '_ {
+        self.steps[i]
+            .spec
+            .prerequisites()
+            .filter_map(|p| self.index.get(p))
+            .map(|&j| self.steps[j].state.status)
+    }
+
+    /// The text output of the step step `i` takes its input from.
+    pub fn input_for(&self, i: usize) -> Option<String> {
+        let from = self.steps[i].spec.input_from.as_ref()?;
+        let j = *self.index.get(from)?;
+        self.steps[j]
+            .state
+            .output
+            .as_ref()?
+            .get("text")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// How the task ends, once every step is final: succeeded, or failed naming the first
+    /// step that did not succeed and why.
+    pub fn outcome(&self) -> Option<(TaskStatus, Option<String>)> {
+        if !self.steps.iter().all(|s| s.state.status.is_final()) {
+            return None;
+        }
+        let Some(step) = self
+            .steps
+            .iter()
+            .find(|s| s.state.status != StepStatus::Succeeded)
+        else {
+            return Some((TaskStatus::Succeeded, None));
+        };
+        let why = step
+            .state
+            .attempts
+            .last()
+            .and_then(|a| {
+                a.verdict
+                    .as_ref()
+                    .map(|v| v.reason.clone())
+                    .or(a.error.clone())
+            })
+            .unwrap_or_else(|| step.state.status.to_string());
+        let error = format!("step `{}` {}: {why}", step.spec.id, step.state.status);
+        Some((TaskStatus::Failed, Some(error)))
+    }
+}
