@@ -78,10 +78,7 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
-                // The task tables outgrow SQLite's 2 MiB default page cache within
-                // seconds under load; reads then become syscalls on the writer's path.
-                .pragma("cache_size", "-65536")
-                .pragma("mmap_size", "268435456");
+                .statement_cache_capacity(1024);
             if let Some(dir) = Path::new(opts.get_filename()).parent()
                 && !dir.as_os_str().is_empty()
             {
