@@ -12,12 +12,10 @@ use actors::task::store::{Claim, NewTask, Progress, StoreError, Submitted, now_m
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-use tokio::sync::Notify;
 
 use super::tasks::{self, Outcome};
 use super::{Store, batch};
@@ -41,10 +39,21 @@ pub struct Writer {
     control: Arc<Control>,
 }
 
-/// How the node stops the writer (it holds a connection the pool waits for at close).
+/// How the node stops the writer (it holds connections the pool waits for at close).
 struct Control {
-    stop: Notify,
+    stop: watch::Sender<bool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Batches applied at once. SQLite has one writer, so one. PostgreSQL spends most of a
+/// batch waiting (round trips, the WAL flush of its commit), so several batches overlap,
+/// each on a connection of its own; their writes concern different tasks (a run waits for
+/// its write before the next, and a task's first write follows its submission's commit).
+fn pipelines(store: &Store) -> usize {
+    match store {
+        Store::Sqlite(_) => 1,
+        Store::Postgres(_) => 4,
+    }
 }
 
 impl Writer {
@@ -58,12 +67,12 @@ impl Writer {
             .enable_all()
             .build();
         let control = Arc::new(Control {
-            stop: Notify::new(),
+            stop: watch::channel(false).0,
             thread: Mutex::new(None),
         });
         match runtime {
             Ok(rt) => {
-                let stop = control.clone();
+                let stop = control.stop.subscribe();
                 let spawned = std::thread::Builder::new()
                     .name("ms-store-writer".into())
                     .spawn(move || rt.block_on(run(store, rx, stop)));
@@ -77,10 +86,10 @@ impl Writer {
         Writer { tx, control }
     }
 
-    /// Stops the writer after the batch in flight and waits until it has let go of its
-    /// connection. Writes after this fail as unavailable.
+    /// Stops the writer after the batches in flight and waits until it has let go of its
+    /// connections. Writes after this fail as unavailable.
     pub async fn close(&self) {
-        self.control.stop.notify_one();
+        let _ = self.control.stop.send(true);
         let thread = lock(&self.control.thread).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -176,14 +185,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<(Op, Reply)>, control: Arc<Control>) {
+async fn run(store: Store, rx: mpsc::Receiver<(Op, Reply)>, stop: watch::Receiver<bool>) {
+    let rx = tokio::sync::Mutex::new(rx);
+    let lanes = (0..pipelines(&store)).map(|_| pipeline(&store, &rx, stop.clone()));
+    futures::future::join_all(lanes).await;
+}
+
+/// Takes what is queued (up to [`MAX_BATCH`]), applies it in one transaction, answers each
+/// caller; again until stopped.
+async fn pipeline(
+    store: &Store,
+    rx: &tokio::sync::Mutex<mpsc::Receiver<(Op, Reply)>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut held = Held::None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = tokio::select! {
             biased;
-            () = control.stop.notified() => 0,
-            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            _ = stop.wait_for(|stopping| *stopping) => 0,
+            n = async { rx.lock().await.recv_many(&mut batch, MAX_BATCH).await } => n,
         };
         if received == 0 {
             break;
@@ -191,7 +212,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Op, Reply)>, control: Arc<Con
         let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.drain(..).unzip();
         metrics::histogram!("ms_store_batch_size").record(ops.len() as f64);
         let started = std::time::Instant::now();
-        let applied = apply(&store, &mut held, &ops).await;
+        let applied = apply(store, &mut held, &ops).await;
         metrics::histogram!("ms_store_batch_seconds").record(started.elapsed().as_secs_f64());
         let results = match applied {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
@@ -200,7 +221,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Op, Reply)>, control: Arc<Con
                 let mut results = Vec::with_capacity(ops.len());
                 for op in ops.chunks(1) {
                     results.push(
-                        apply(&store, &mut held, op)
+                        apply(store, &mut held, op)
                             .await
                             .map(|mut o| o.remove(0))
                             .map_err(unavailable),
