@@ -1,6 +1,7 @@
 //! The Worker's data steps and the Memory role's steps, through the whole pipeline on both
 //! backends: the router sends each step to an agent of the right role, its output feeds the
-//! next step, and memory entries outlive the task that wrote them (or expire with a TTL).
+//! next step, and memory entries outlive the task that wrote them (or expire with a TTL);
+//! session-scoped entries are shared by the tasks of one session only.
 
 mod common;
 
@@ -70,6 +71,23 @@ async fn data_and_memory_steps(node: &TestNode) {
     assert_eq!(step(&task, "miss")["output"]["json"], json!([]), "{task:#}");
     // Task scope is the task's own: this task wrote nothing there.
     assert_eq!(step(&task, "mine")["output"]["json"], json!([]), "{task:#}");
+
+    // Session scope: shared by the tasks of one session, invisible to another session's.
+    let note = |session: &str, op: Value| {
+        json!({"session": session, "max_attempts": 1,
+        "steps": [{"id": "m", "tool": "memory", "args": op}]})
+    };
+    let put = json!({"op": "put", "key": "topic", "value": "sails", "scope": "session"});
+    let get = json!({"op": "get", "key": "topic", "scope": "session"});
+    let wrote = wait_final(node, &submit_ok(node, &note("s-1", put)).await).await;
+    assert_eq!(wrote["status"], "succeeded", "{wrote:#}");
+    let same = wait_final(node, &submit_ok(node, &note("s-1", get.clone())).await).await;
+    assert_eq!(output_text(&same, "m"), "sails", "{same:#}");
+    let other = wait_final(node, &submit_ok(node, &note("s-2", get)).await).await;
+    assert_eq!(
+        other["status"], "failed",
+        "another session sees nothing: {other:#}"
+    );
 }
 
 #[tokio::test]
@@ -155,6 +173,14 @@ async fn bad_worker_and_memory_arguments_are_refused_at_submission() {
         (
             json!({"id": "l", "tool": "llm", "args": {"prompt": "hi"}}),
             "llm.provider",
+        ),
+        (
+            json!({"id": "m", "tool": "memory", "args": {"op": "get", "key": "k", "scope": "session"}}),
+            "steps[0].args.scope",
+        ),
+        (
+            json!({"id": "m", "tool": "memory", "args": {"op": "get", "key": "k", "scope": "team"}}),
+            "task, session, global",
         ),
     ];
     for (bad, named) in cases {

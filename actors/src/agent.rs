@@ -116,6 +116,8 @@ pub enum AgentMsg {
 /// One step attempt handed to an executor.
 pub struct Work {
     pub task_id: String,
+    /// The task's session, for `memory` steps scoped to it.
+    pub session: Option<String>,
     pub step: StepSpec,
     pub input: Option<String>,
     pub timeout: Option<Duration>,
@@ -223,6 +225,7 @@ impl AgentState {
                 let job = crate::roles::memory::run(
                     store,
                     &work.task_id,
+                    work.session.as_deref(),
                     &work.step.args,
                     work.input.as_deref(),
                 );

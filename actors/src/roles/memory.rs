@@ -88,10 +88,11 @@ fn parse(args: &Value) -> Result<MemoryArgs, String> {
         }
     }
     if let Some(scope) = &a.scope
-        && scope != "task"
-        && scope != "global"
+        && !["task", "session", "global"].contains(&scope.as_str())
     {
-        return Err(format!("args.scope: `{scope}` is not one of task, global"));
+        return Err(format!(
+            "args.scope: `{scope}` is not one of task, session, global"
+        ));
     }
     if let Some(ttl) = a.ttl_secs
         && !(ttl.is_finite() && ttl > 0.0)
@@ -106,19 +107,24 @@ pub fn validate(args: &Value) -> Result<(), String> {
     parse(args).map(drop)
 }
 
-/// Runs a `memory` step for task `task_id`.
+/// Runs a `memory` step for task `task_id` (of `session`, if it belongs to one).
 pub async fn run(
     store: &dyn MemoryStore,
     task_id: &str,
+    session: Option<&str>,
     args: &Value,
     input: Option<&str>,
 ) -> Result<ToolOutput, ToolError> {
     let a = parse(args).map_err(ToolError::InvalidArgs)?;
     let scope = a.scope.clone().unwrap_or_else(|| "task".into());
-    let scope_id = if scope == "task" {
-        task_id.to_string()
-    } else {
-        String::new()
+    let scope_id = match scope.as_str() {
+        "task" => task_id.to_string(),
+        "session" => session
+            .ok_or_else(|| {
+                ToolError::InvalidArgs("args.scope: `session` needs the task's `session`".into())
+            })?
+            .to_string(),
+        _ => String::new(),
     };
     let key = a.key.clone().unwrap_or_default();
     let failed = |e: StoreError| ToolError::Failed(e.to_string());

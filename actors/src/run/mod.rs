@@ -466,6 +466,7 @@ impl RunState {
         });
         let work = Work {
             task_id: self.task_id.clone(),
+            session: self.spec.session.clone(),
             step: step.spec.clone(),
             input,
             timeout,

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::supervisor::spec::parse_from_string;
 
@@ -106,6 +106,11 @@ pub struct TaskSpec {
     /// The plan; when absent the Planner makes one from the description.
     #[serde(default)]
     pub steps: Option<Vec<StepSpec>>,
+    /// A session this task belongs to: its `memory` steps with `scope: "session"` share
+    /// entries with the other tasks of the same session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 200)]
+    pub session: Option<String>,
 }
 
 fn default_attempts() -> u32 {
@@ -227,8 +232,23 @@ impl TaskSpec {
                 format!("must be between 1 and {MAX_ATTEMPTS}"),
             ));
         }
+        if let Some(session) = &self.session
+            && (session.is_empty() || session.len() > 200)
+        {
+            errors.push(FieldError::new("session", "must be 1-200 characters"));
+        }
         if let Some(steps) = &self.steps {
             validate_plan(steps, &check_tool, &mut errors);
+            if self.session.is_none() {
+                for (i, step) in steps.iter().enumerate() {
+                    if step.tool == "memory" && step.args.get("scope") == Some(&json!("session")) {
+                        errors.push(FieldError::new(
+                            format!("steps[{i}].args.scope"),
+                            "`session` scope needs the task's `session`",
+                        ));
+                    }
+                }
+            }
         }
         if errors.is_empty() {
             Ok(())
