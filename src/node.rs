@@ -78,7 +78,11 @@ pub async fn run(
     };
 
     let tools = Tools::new(settings.tools.clone()).map_err(|e| anyhow::anyhow!("tools: {e}"))?;
-    let tasks = Tasks::new(store.clone(), settings.scheduler.store_queue);
+    let tasks = Tasks::new(
+        store.clone(),
+        settings.scheduler.store_queue,
+        settings.database.max_connections,
+    );
     let _ = state.tasks.set(tasks.clone());
     let llm = actors::llm::Llm::new(&settings.llm).map_err(|e| anyhow::anyhow!("llm: {e}"))?;
     ctx.provide(Services {

@@ -206,8 +206,8 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    pub fn new(store: Store, queue: usize) -> Tasks {
-        let writer = writer::Writer::start(store.clone(), queue);
+    pub fn new(store: Store, queue: usize, max_connections: u32) -> Tasks {
+        let writer = writer::Writer::start(store.clone(), queue, max_connections);
         Tasks { store, writer }
     }
 

@@ -47,19 +47,22 @@ struct Control {
 
 /// Batches applied at once. SQLite has one writer, so one. PostgreSQL spends most of a
 /// batch waiting (round trips, the WAL flush of its commit), so several batches overlap,
-/// each on a connection of its own; their writes concern different tasks (a run waits for
-/// its write before the next, and a task's first write follows its submission's commit).
-fn pipelines(store: &Store) -> usize {
+/// each on a connection of its own — half of the pool's, so reads always have some. Their
+/// writes concern different tasks (a run waits for its write before the next, and a task's
+/// first write follows its submission's commit).
+fn pipelines(store: &Store, max_connections: u32) -> usize {
     match store {
         Store::Sqlite(_) => 1,
-        Store::Postgres(_) => 4,
+        Store::Postgres(_) => (max_connections as usize / 2).max(1),
     }
 }
 
 impl Writer {
     /// Starts the writer for `store`, with room for `capacity` queued writes (callers wait
-    /// for room beyond that: backpressure, not unbounded memory).
-    pub fn start(store: Store, capacity: usize) -> Writer {
+    /// for room beyond that: backpressure, not unbounded memory). `max_connections` is the
+    /// pool's size (see [`pipelines`]).
+    pub fn start(store: Store, capacity: usize, max_connections: u32) -> Writer {
+        let lanes = pipelines(&store, max_connections);
         let (tx, rx) = mpsc::channel(capacity);
         // Its own thread: the writer is the node's one serial stage, so it must not wait
         // in the runtime's queues behind HTTP connections and actors between statements.
@@ -75,7 +78,7 @@ impl Writer {
                 let stop = control.stop.subscribe();
                 let spawned = std::thread::Builder::new()
                     .name("ms-store-writer".into())
-                    .spawn(move || rt.block_on(run(store, rx, stop)));
+                    .spawn(move || rt.block_on(run(store, lanes, rx, stop)));
                 match spawned {
                     Ok(thread) => *lock(&control.thread) = Some(thread),
                     Err(e) => tracing::error!(error = %e, "cannot start the store writer thread"),
@@ -185,9 +188,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn run(store: Store, rx: mpsc::Receiver<(Op, Reply)>, stop: watch::Receiver<bool>) {
+async fn run(
+    store: Store,
+    lanes: usize,
+    rx: mpsc::Receiver<(Op, Reply)>,
+    stop: watch::Receiver<bool>,
+) {
     let rx = tokio::sync::Mutex::new(rx);
-    let lanes = (0..pipelines(&store)).map(|_| pipeline(&store, &rx, stop.clone()));
+    let lanes = (0..lanes).map(|_| pipeline(&store, &rx, stop.clone()));
     futures::future::join_all(lanes).await;
 }
 
