@@ -74,6 +74,17 @@ fn assert_recorded_once(task: &Value) {
     );
 }
 
+/// A node called `name` started with `args` in `dir` (a directory another node may have
+/// used: same SQLite file and workspace).
+async fn node_named(args: &[&str], name: &str, dir: tempfile::TempDir) -> TestNode {
+    Launch::new()
+        .args(args)
+        .args(&["--node", name])
+        .in_dir(dir)
+        .start()
+        .await
+}
+
 /// Tasks (shell side effect → 5 s sleep → echo of the first output) are submitted to node
 /// `first`; once every first step is recorded the process is SIGKILLed, and node `second`
 /// is started on the same directory and database.
@@ -84,12 +95,7 @@ async fn sigkill_and_resume(database: Option<&str>) {
     if let Some(url) = database {
         args.extend(["--database", url]);
     }
-    let mut first = Launch::new()
-        .args(&args)
-        .args(&["--node", "first"])
-        .in_dir(dir)
-        .start()
-        .await;
+    let mut first = node_named(&args, "first", dir).await;
     let mut ids = Vec::new();
     for i in 0..TASKS {
         let script = format!("echo ran >> ran-{i}.log; echo before-{i}");
@@ -114,12 +120,7 @@ async fn sigkill_and_resume(database: Option<&str>) {
     let status = first.wait_exit().await;
     assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
     let work = workspace(&first);
-    let second = Launch::new()
-        .args(&args)
-        .args(&["--node", "second"])
-        .in_dir(first.into_dir())
-        .start()
-        .await;
+    let second = node_named(&args, "second", first.into_dir()).await;
 
     for (i, id) in ids.iter().enumerate() {
         let task = wait_final(&second, id).await;
@@ -536,12 +537,7 @@ async fn a_killed_node_leaves_no_shell_child_and_the_step_runs_again() {
     let dir = temp_dir();
     let config = write_config(dir.path(), "tasks.toml", SHELL_ON);
     let args = ["--config", config.to_str().expect("utf-8 path")];
-    let mut first = Launch::new()
-        .args(&args)
-        .args(&["--node", "first"])
-        .in_dir(dir)
-        .start()
-        .await;
+    let mut first = node_named(&args, "first", dir).await;
     let id = submit_ok(
         &first,
         &json!({"steps": [{"id": "proc", "tool": "shell", "timeout_secs": 3600,
@@ -572,12 +568,7 @@ async fn a_killed_node_leaves_no_shell_child_and_the_step_runs_again() {
     )
     .await;
 
-    let second = Launch::new()
-        .args(&args)
-        .args(&["--node", "second"])
-        .in_dir(first.into_dir())
-        .start()
-        .await;
+    let second = node_named(&args, "second", first.into_dir()).await;
     let pids = shell_pids(&pid_file, 1).await;
     assert_ne!(pids[1], pid, "a new child for the retried step");
     let task = wait_task(&second, &id, "the retried attempt shown", |t| {
