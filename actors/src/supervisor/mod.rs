@@ -6,26 +6,23 @@
 //! shutdown. Every restart and escalation is an [`Event`] and a metric. ARCHITECTURE.md
 //! records why this is ours rather than the `ractor-supervisor` crate's.
 
+mod slot;
 pub mod spec;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ractor::{
-    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
-};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use tokio::sync::oneshot;
 
 use crate::context::NodeContext;
 use crate::directory::{ActorKind, ActorMeta, ActorStats, ChildView, SlotState, SupervisorView};
 use crate::events::Event;
+use slot::{Exit, Slot, shut_down, spawn_reason, trim};
 pub use spec::{
     Backoff, ChildKind, ChildSpec, Intensity, Restart, Shutdown, StartFn, Strategy, SupervisorSpec,
 };
-
-/// How long a child may take to die after a kill before we stop waiting for it.
-const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Errors a supervisor reports to callers and, on escalation, to its own supervisor.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -92,20 +89,6 @@ impl SupervisorArgs {
     }
 }
 
-struct Slot {
-    spec: ChildSpec,
-    cell: Option<ActorCell>,
-    state: SlotState,
-    /// The backoff timer this slot waits for, if any (a later schedule replaces it).
-    pending: Option<u64>,
-    restarts: u32,
-    last_error: Option<String>,
-    /// This slot's restart times within the intensity period; drives its backoff.
-    recent: VecDeque<Instant>,
-    /// Added at run time (`StartChild`): its slot goes once it will not be restarted.
-    dynamic: bool,
-}
-
 pub struct SupervisorState {
     name: String,
     strategy: Strategy,
@@ -121,30 +104,6 @@ pub struct SupervisorState {
     view: Arc<RwLock<SupervisorView>>,
     stats: Arc<ActorStats>,
     on_escalate: Option<oneshot::Sender<Escalation>>,
-}
-
-/// How a child ended, in OTP's terms.
-enum Exit {
-    Normal,
-    Abnormal(String),
-}
-
-impl Exit {
-    fn of(event: &SupervisionEvent) -> Option<(u64, Exit)> {
-        match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                Some((cell.get_id().pid(), Exit::Abnormal(err.to_string())))
-            }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let exit = match reason.as_deref() {
-                    Some(r @ ("killed" | "actor_task_cancelled")) => Exit::Abnormal(r.to_string()),
-                    _ => Exit::Normal,
-                };
-                Some((cell.get_id().pid(), exit))
-            }
-            _ => None,
-        }
-    }
 }
 
 pub struct Supervisor;
@@ -658,65 +617,5 @@ impl SupervisorState {
                 None => view.children.push(slot.view()),
             }
         }
-    }
-}
-
-impl Slot {
-    fn view(&self) -> ChildView {
-        ChildView {
-            id: self.spec.id.clone(),
-            pid: self.cell.as_ref().map(|c| c.get_id().pid()),
-            kind: self.spec.kind,
-            restart: self.spec.restart,
-            state: self.state,
-            restarts: self.restarts,
-            last_error: self.last_error.clone(),
-        }
-    }
-
-    /// Overwrites `child` with this slot's view, allocating only where a string grew.
-    fn update(&self, child: &mut ChildView) {
-        if child.id != self.spec.id {
-            child.id.clone_from(&self.spec.id);
-        }
-        if child.last_error != self.last_error {
-            child.last_error.clone_from(&self.last_error);
-        }
-        child.pid = self.cell.as_ref().map(|c| c.get_id().pid());
-        child.kind = self.spec.kind;
-        child.restart = self.spec.restart;
-        child.state = self.state;
-        child.restarts = self.restarts;
-    }
-}
-
-fn trim(times: &mut VecDeque<Instant>, now: Instant, within: Duration) {
-    while times
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > within)
-    {
-        times.pop_front();
-    }
-}
-
-fn spawn_reason(e: &SpawnErr) -> String {
-    match e {
-        SpawnErr::StartupFailed(inner) => inner.to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Graceful stop within the child's shutdown timeout, then kill.
-async fn shut_down(cell: ActorCell, shutdown: Shutdown) {
-    if let Shutdown::Timeout(timeout) = shutdown
-        && cell
-            .stop_and_wait(Some("shutdown".into()), Some(timeout))
-            .await
-            .is_ok()
-    {
-        return;
-    }
-    if cell.get_status() != ractor::ActorStatus::Stopped {
-        let _ = cell.kill_and_wait(Some(KILL_WAIT)).await;
     }
 }
