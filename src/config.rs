@@ -91,6 +91,28 @@ pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
     pub connect_timeout_secs: f64,
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// When a SQLite commit is on disk: `full` (the default) survives an OS crash or power
+/// loss (one fsync per group commit), `normal` only the process being killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SqliteSynchronous {
+    Normal,
+    Full,
+}
+
+impl TryFrom<String> for SqliteSynchronous {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "normal" => Ok(SqliteSynchronous::Normal),
+            "full" => Ok(SqliteSynchronous::Full),
+            other => Err(format!("unknown mode `{other}`; allowed: normal, full")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -64,6 +64,8 @@ async fn baseline(url: &str) -> anyhow::Result<f64> {
         url: url.to_string(),
         max_connections: 1,
         connect_timeout: Duration::from_secs(10),
+        // As durable as the node's default, so the two are compared like for like.
+        sqlite_fsync: true,
     })
     .await?;
     let payload =

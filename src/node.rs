@@ -171,6 +171,8 @@ async fn open_store(settings: &Settings, state: &AppState) -> anyhow::Result<Sto
         url: settings.database.url.clone(),
         max_connections: settings.database.max_connections,
         connect_timeout: Duration::from_secs_f64(settings.database.connect_timeout_secs),
+        sqlite_fsync: settings.database.sqlite_synchronous
+            == crate::config::SqliteSynchronous::Full,
     };
     let mut delay = Duration::from_millis(100);
     let store = loop {

@@ -180,6 +180,13 @@ async fn unknown_strategy_and_role_messages_say_what_is_allowed() {
             role.describe()
         );
     }
+    expect_config_error(
+        &[],
+        &["run"],
+        &[("MISTER_SMITH__DATABASE__SQLITE_SYNCHRONOUS", "sometimes")],
+        &["database.sqlite_synchronous", "sometimes", "normal, full"],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -42,6 +42,8 @@ pub struct StoreOptions {
     pub url: String,
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// SQLite: fsync every commit (`synchronous = FULL`), not only at checkpoints.
+    pub sqlite_fsync: bool,
 }
 
 /// A node as recorded in the `nodes` table.
@@ -75,7 +77,11 @@ impl Store {
                 .map_err(invalid)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(if options.sqlite_fsync {
+                    SqliteSynchronous::Full
+                } else {
+                    SqliteSynchronous::Normal
+                })
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
                 .statement_cache_capacity(1024);
