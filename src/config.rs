@@ -94,6 +94,18 @@ pub struct DatabaseSettings {
     pub sqlite_synchronous: SqliteSynchronous,
 }
 
+impl DatabaseSettings {
+    /// How to open the store these settings describe.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            url: self.url.clone(),
+            max_connections: self.max_connections,
+            connect_timeout: Duration::from_secs_f64(self.connect_timeout_secs),
+            sqlite_fsync: self.sqlite_synchronous == SqliteSynchronous::Full,
+        }
+    }
+}
+
 /// When a SQLite commit is on disk: `full` (the default) survives an OS crash or power
 /// loss (one fsync per group commit), `normal` only the process being killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -111,11 +111,8 @@ async fn migrate(flags: NodeFlags) -> u8 {
         Err(code) => return code,
     };
     let options = StoreOptions {
-        url: settings.database.url.clone(),
         max_connections: 1,
-        connect_timeout: Duration::from_secs_f64(settings.database.connect_timeout_secs),
-        sqlite_fsync: settings.database.sqlite_synchronous
-            == mister_smith::config::SqliteSynchronous::Full,
+        ..settings.database.store_options()
     };
     let result = async {
         let store = Store::connect(&options).await?;

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::state::{AppState, NodeState};
-use crate::store::{Store, StoreOptions, Tasks, redact};
+use crate::store::{Store, Tasks, redact};
 use crate::{admin, http};
 
 /// How long the listeners get to finish in-flight requests at shutdown.
@@ -167,13 +167,7 @@ fn serve(
 
 /// Connects (retrying while the database is unreachable), migrates and records this start.
 async fn open_store(settings: &Settings, state: &AppState) -> anyhow::Result<Store> {
-    let options = StoreOptions {
-        url: settings.database.url.clone(),
-        max_connections: settings.database.max_connections,
-        connect_timeout: Duration::from_secs_f64(settings.database.connect_timeout_secs),
-        sqlite_fsync: settings.database.sqlite_synchronous
-            == crate::config::SqliteSynchronous::Full,
-    };
+    let options = settings.database.store_options();
     let mut delay = Duration::from_millis(100);
     let store = loop {
         match Store::connect(&options).await {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use actors::scheduler::{SchedulerMsg, SubmitError};
-use actors::task::store::{NewTask, StoreError, now_ms};
+use actors::task::store::{NewTask, StoreError};
 use actors::task::{Priority, TaskSpec, TaskStatus};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -97,12 +97,7 @@ pub async fn submit(
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
     }
     let scheduler = scheduler(&node)?;
-    let task = NewTask {
-        id: uuid::Uuid::now_v7().to_string(),
-        spec: std::sync::Arc::new(spec),
-        created_at_ms: now_ms(),
-        owner: node.ctx.node.clone(),
-    };
+    let task = NewTask::new(spec);
     let reply = ask(
         &scheduler,
         |r| SchedulerMsg::Submit(task, r),

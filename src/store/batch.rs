@@ -3,7 +3,7 @@
 //! The group-commit writer already puts a batch in one transaction; this module also
 //! folds the batch's rows into one statement per table and kind (one `INSERT … VALUES
 //! (…), (…)` for all new tasks, one `UPDATE … RETURNING` for all claims, one fenced
-//! `UPDATE … FROM (VALUES …)` for all progress records). With SQLite every statement is a
+//! `UPDATE … FROM (VALUES …)` for all progress records, one insert of every trace entry). With SQLite every statement is a
 //! round trip to sqlx's connection thread, so statements per task, not commits, set the
 //! ceiling on throughput.
 
@@ -60,7 +60,7 @@ pub struct ProgressRows {
     plan: Option<String>,
     error: Option<String>,
     steps: Vec<(String, &'static str, String, Option<String>)>,
-    events: Vec<(i64, i64, String, String)>,
+    events: Vec<EventRow>,
 }
 
 impl From<Progress> for ProgressRows {
@@ -82,7 +82,7 @@ impl From<Progress> for ProgressRows {
             events: p
                 .events
                 .into_iter()
-                .map(|e| (e.seq, e.at_ms, e.kind, json(&e.data)))
+                .map(|e| (p.task_id.clone(), e.seq, e.at_ms, e.kind, json(&e.data)))
                 .collect(),
             task_id: p.task_id,
         }
@@ -302,9 +302,7 @@ macro_rules! batch_backend {
                     q.build().execute(&mut **tx).await?;
                 }
                 for p in &live {
-                    events.extend(p.events.iter().map(|(seq, at, kind, data)| {
-                        (p.task_id.clone(), *seq, *at, kind.clone(), data.clone())
-                    }));
+                    events.extend(p.events.iter().cloned());
                 }
                 Ok(records
                     .iter()

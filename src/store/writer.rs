@@ -9,9 +9,10 @@
 
 use actors::task::TaskStatus;
 use actors::task::store::{Claim, NewTask, Progress, StoreError, Submitted, now_ms};
+use sqlx::Pool;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgPool, Postgres};
-use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::postgres::Postgres;
+use sqlx::sqlite::Sqlite;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use std::collections::HashMap;
@@ -153,35 +154,21 @@ fn unexpected() -> StoreError {
 
 /// The writer's own connection, kept from batch to batch (a pool checkout pings the
 /// database: a round trip per batch on the serial path); dropped after an error so the
-/// next batch starts on a fresh one.
+/// next batch starts on a fresh one. One field is used, the store's backend's.
 #[derive(Default)]
-enum Held {
-    #[default]
-    None,
-    Sqlite(PoolConnection<Sqlite>),
-    Postgres(PoolConnection<Postgres>),
+struct Held {
+    sqlite: Option<PoolConnection<Sqlite>>,
+    postgres: Option<PoolConnection<Postgres>>,
 }
 
-impl Held {
-    async fn sqlite(&mut self, pool: &SqlitePool) -> Result<&mut SqliteConnection, sqlx::Error> {
-        if !matches!(self, Held::Sqlite(_)) {
-            *self = Held::Sqlite(pool.acquire().await?);
-        }
-        match self {
-            Held::Sqlite(conn) => Ok(conn),
-            _ => Err(sqlx::Error::PoolClosed),
-        }
+async fn connection<'a, DB: sqlx::Database>(
+    slot: &'a mut Option<PoolConnection<DB>>,
+    pool: &Pool<DB>,
+) -> Result<&'a mut DB::Connection, sqlx::Error> {
+    if slot.is_none() {
+        *slot = Some(pool.acquire().await?);
     }
-
-    async fn postgres(&mut self, pool: &PgPool) -> Result<&mut PgConnection, sqlx::Error> {
-        if !matches!(self, Held::Postgres(_)) {
-            *self = Held::Postgres(pool.acquire().await?);
-        }
-        match self {
-            Held::Postgres(conn) => Ok(conn),
-            _ => Err(sqlx::Error::PoolClosed),
-        }
-    }
+    slot.as_deref_mut().ok_or(sqlx::Error::PoolClosed)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -206,7 +193,7 @@ async fn pipeline(
     rx: &tokio::sync::Mutex<mpsc::Receiver<(Op, Reply)>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut held = Held::None;
+    let mut held = Held::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = tokio::select! {
@@ -253,7 +240,7 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 async fn apply(store: &Store, held: &mut Held, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
     let applied = apply_on(store, held, ops).await;
     if applied.is_err() {
-        *held = Held::None;
+        *held = Held::default();
     }
     applied
 }
@@ -320,8 +307,10 @@ async fn apply_on(store: &Store, held: &mut Held, ops: &[Op]) -> Result<Vec<Outc
         }};
     }
     match store {
-        Store::Sqlite(pool) => in_transaction!(held.sqlite(pool).await?, sqlite),
-        Store::Postgres(pool) => in_transaction!(held.postgres(pool).await?, postgres),
+        Store::Sqlite(pool) => in_transaction!(connection(&mut held.sqlite, pool).await?, sqlite),
+        Store::Postgres(pool) => {
+            in_transaction!(connection(&mut held.postgres, pool).await?, postgres)
+        }
     }
     Ok(out
         .into_iter()

@@ -1,5 +1,5 @@
-//! One task's run: the Coordinator's job (DESIGN §3). It claims the task (a new lease
-//! epoch), drives the plan's steps in dependency order — ready steps in parallel — asks
+//! One task's run: the Coordinator's job (DESIGN §3). It takes the task (holding the lease
+//! it was stored with, or claiming a new lease epoch), drives the plan's steps in dependency order — ready steps in parallel — asks
 //! the Router for an executor for each, has the Critic judge each attempt, retries with
 //! backoff up to the step's attempts, and records every step result and the outcome.
 //!
@@ -316,19 +316,16 @@ impl RunState {
 
     async fn start(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
         let services = self.services()?.clone();
-        let (claim, created_at_ms) = match self.warm.take() {
-            Some(warm) => (
-                Claim {
-                    epoch: FIRST_EPOCH,
-                    spec: warm.spec,
-                    status: TaskStatus::Queued,
-                    plan: None,
-                    steps: Vec::new(),
-                    next_seq: 1, // after `submitted`
-                    created_at_ms: warm.created_at_ms,
-                },
-                warm.created_at_ms,
-            ),
+        let claim = match self.warm.take() {
+            Some(warm) => Claim {
+                epoch: FIRST_EPOCH,
+                spec: warm.spec,
+                status: TaskStatus::Queued,
+                plan: None,
+                steps: Vec::new(),
+                next_seq: 1, // after `submitted`
+                created_at_ms: warm.created_at_ms,
+            },
             None => {
                 let claimed = services
                     .store
@@ -338,8 +335,7 @@ impl RunState {
                     self.done = true; // already final
                     return Ok(());
                 };
-                let created = claim.created_at_ms;
-                (claim, created)
+                claim
             }
         };
         if let Some(scheduler) = self.ctx.scheduler() {
@@ -367,7 +363,7 @@ impl RunState {
             return self.finish(TaskStatus::Failed, Some(reason));
         }
         if let Some(timeout) = self.spec.timeout_secs {
-            let deadline = created_at_ms + (timeout * 1000.0) as i64;
+            let deadline = claim.created_at_ms + (timeout * 1000.0) as i64;
             let left = Duration::from_millis((deadline - now_ms()).max(0) as u64);
             myself.send_after(left, || RunMsg::Deadline);
         }
@@ -509,13 +505,14 @@ impl RunState {
             failed => failed,
         };
         let max_attempts = step.spec.max_attempts.unwrap_or(self.spec.max_attempts);
+        let output = result
+            .as_ref()
+            .ok()
+            .and_then(|o| serde_json::to_value(o).ok());
         if let Some(attempt) = step.state.attempts.last_mut() {
             attempt.agent = agent.as_ref().map(|a| a.0.clone());
             attempt.node = agent.map(|a| a.1);
-            attempt.output = result
-                .as_ref()
-                .ok()
-                .and_then(|o| serde_json::to_value(o).ok());
+            attempt.output = output.clone();
             attempt.error = result.as_ref().err().map(ToString::to_string);
             attempt.verdict = Some(verdict.clone());
             attempt.finished_at = Some(crate::time::now_rfc3339());
@@ -523,10 +520,7 @@ impl RunState {
         let attempts = step.state.attempts.len() as u32;
         let kind = if verdict.passed {
             step.state.status = StepStatus::Succeeded;
-            step.state.output = result
-                .as_ref()
-                .ok()
-                .and_then(|o| serde_json::to_value(o).ok());
+            step.state.output = output;
             "step.succeeded"
         } else if attempts < max_attempts {
             step.state.status = StepStatus::Pending;

@@ -35,6 +35,19 @@ pub struct NewTask {
     pub owner: String,
 }
 
+impl NewTask {
+    /// A task to store under a fresh time-ordered id; the scheduler that stores it makes
+    /// its node the owner.
+    pub fn new(spec: TaskSpec) -> NewTask {
+        NewTask {
+            id: uuid::Uuid::now_v7().to_string(),
+            spec: Arc::new(spec),
+            created_at_ms: now_ms(),
+            owner: String::new(),
+        }
+    }
+}
+
 /// The lease epoch a task is stored with: its accepting node's first run holds it.
 pub const FIRST_EPOCH: i64 = 1;
 
