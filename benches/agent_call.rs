@@ -47,6 +47,7 @@ struct Pong {
 enum BareMsg {
     Ping(RpcReplyPort<Pong>),
 }
+impl ractor::Message for BareMsg {}
 
 impl Actor for Bare {
     type Msg = BareMsg;
@@ -117,7 +118,7 @@ async fn fixture() -> Fixture {
         backoff: Backoff::default(),
         agent_shutdown: Duration::from_secs(5),
     };
-    let (args, _escalation) = root_args(&ctx, policy, &[domain], defaults);
+    let (args, _escalation) = root_args(&ctx, policy, Vec::new(), &[domain], defaults);
     let (root, _) = Supervisor::start(args).await.expect("tree starts");
 
     // Wait until every executor is registered and active.

@@ -58,6 +58,7 @@ struct Bare;
 enum BareMsg {
     Ping(RpcReplyPort<u64>),
 }
+impl ractor::Message for BareMsg {}
 
 impl Actor for Bare {
     type Msg = BareMsg;
@@ -228,7 +229,7 @@ async fn sup_agent_setup(agents: u32) -> SupAgentSetup {
         agent_shutdown: Duration::from_secs(5),
     };
     let events = ctx.events.subscribe();
-    let (args, _escalation) = root_args(&ctx, policy, &[domain], defaults);
+    let (args, _escalation) = root_args(&ctx, policy, Vec::new(), &[domain], defaults);
     let (root, _) = Supervisor::start(args).await.expect("tree starts");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

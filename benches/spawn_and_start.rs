@@ -135,7 +135,7 @@ async fn spawn_agents(n: usize) -> (f64, u64, u64) {
         backoff: Backoff::default(),
         agent_shutdown: Duration::from_secs(5),
     };
-    let (args, _escalation) = root_args(&ctx, policy, &[domain], defaults);
+    let (args, _escalation) = root_args(&ctx, policy, Vec::new(), &[domain], defaults);
     let before = rss_bytes();
     let start = Instant::now();
     let (root, _) = Supervisor::start(args).await.expect("tree starts");

@@ -1,5 +1,5 @@
-//! The admin listener: the live supervision tree and guarded operations on actors
-//! (DESIGN §7). Loopback by default; with `admin.token` set, every request needs
+//! The admin listener: the live supervision tree, the cluster's members and guarded
+//! operations on actors (DESIGN §7). Loopback by default; with `admin.token` set, every request needs
 //! `Authorization: Bearer <token>`.
 
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use crate::state::AppState;
 pub fn router(state: AppState, token: Option<String>) -> Router {
     let token = Arc::new(token);
     Router::new()
+        .route("/admin/cluster", get(cluster))
         .route("/admin/actors", get(tree))
         .route("/admin/actors/{id}", get(actor))
         .route("/admin/actors/{id}/{op}", post(operate))
@@ -69,6 +70,19 @@ async fn tree(State(node): State<AppState>) -> Result<Json<Value>, ApiError> {
         .tree(root)
         .ok_or_else(|| ApiError::unavailable("the supervision tree is not running"))?;
     Ok(Json(json!({"node": node.ctx.node, "root": tree})))
+}
+
+/// Members of the cluster as this node sees them: status, last heartbeat, the failure
+/// detector's value, ractor_cluster link, load.
+async fn cluster(State(node): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let view = node.cluster.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_clustered",
+            "this node is not part of a cluster (nats.url is not set)",
+        )
+    })?;
+    Ok(Json(json!(view.get())))
 }
 
 fn parse_target(id: &str) -> Result<Target, ApiError> {

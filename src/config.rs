@@ -131,6 +131,12 @@ impl TryFrom<String> for SqliteSynchronous {
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
     pub url: Option<String>,
+    /// A NATS credentials file (JWT + nkey seed), passed through to the client.
+    pub credentials: Option<PathBuf>,
+    /// How long the JetStream event stream keeps events.
+    pub events_max_age_secs: f64,
+    /// Largest size of the event stream; the oldest events go first.
+    pub events_max_bytes: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +145,25 @@ pub struct ClusterSettings {
     pub name: String,
     pub listen: SocketAddr,
     pub cookie: Option<String>,
+    /// Host peers use to reach `listen`; empty: its IP, or the host name when unspecified.
+    pub advertise: String,
+    pub heartbeat_ms: u64,
+    pub detector: DetectorKind,
+    pub phi_threshold: f64,
+    pub acceptable_pause_ms: u64,
+    pub min_std_dev_ms: u64,
+    pub deadline_ms: u64,
+    pub takeover_batch: usize,
+}
+
+/// How a silent peer is judged down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    /// Phi accrual over the heartbeat intervals seen (adapts to jitter).
+    Phi,
+    /// A fixed silence: down after `deadline_ms` without a heartbeat.
+    Deadline,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +260,63 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The cluster's settings, which matter only when NATS is configured.
+    fn validate_cluster(&mut self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError(msg));
+        let n = &self.nats;
+        positive("nats.events_max_age_secs", n.events_max_age_secs)?;
+        if n.events_max_bytes == 0 || n.events_max_bytes < -1 {
+            return fail("nats.events_max_bytes: must be positive, or -1 for no limit".into());
+        }
+        if let Some(creds) = &n.credentials
+            && !creds.is_file()
+        {
+            return fail(format!(
+                "nats.credentials: no such file {}",
+                creds.display()
+            ));
+        }
+        let c = &mut self.cluster;
+        if c.heartbeat_ms == 0 || c.deadline_ms <= c.heartbeat_ms {
+            return fail(
+                "cluster: heartbeat_ms must be at least 1 and deadline_ms above it".into(),
+            );
+        }
+        positive("cluster.phi_threshold", c.phi_threshold)?;
+        if c.min_std_dev_ms == 0 || c.takeover_batch == 0 {
+            return fail("cluster: min_std_dev_ms and takeover_batch must be at least 1".into());
+        }
+        if c.advertise.is_empty() {
+            c.advertise = if c.listen.ip().is_unspecified() {
+                host_name()
+            } else {
+                c.listen.ip().to_string()
+            };
+        }
+        if self.nats.url.is_none() {
+            return Ok(());
+        }
+        match &self.cluster.cookie {
+            Some(cookie) if !cookie.trim().is_empty() => {}
+            _ => {
+                return fail(
+                    "cluster.cookie: required when nats.url is set (nodes of a cluster \
+                     authenticate each other with it); set MISTER_SMITH__CLUSTER__COOKIE \
+                     or cluster.cookie in --config"
+                        .into(),
+                );
+            }
+        }
+        if !self.database.url.starts_with("postgres") {
+            return fail(format!(
+                "database.url: a cluster (nats.url set) needs a database its nodes share; \
+                 use postgres://…, not `{}`",
+                self.database.url
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks what types cannot: impossible values and combinations.
     fn validate(&mut self) -> Result<(), ConfigError> {
         let fail = |msg: String| Err(ConfigError(msg));
@@ -296,6 +378,7 @@ impl Settings {
                 self.cluster.name
             ));
         }
+        self.validate_cluster()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return fail(format!("log.level: `{}`: {e}", self.log.level));
         }
@@ -346,6 +429,7 @@ impl Settings {
             max_running: self.scheduler.max_running,
             max_queued: self.scheduler.max_queued,
             aging_ms: (self.scheduler.aging_secs * 1000.0) as u64,
+            resume_own_only: self.nats.url.is_some(),
         }
     }
 

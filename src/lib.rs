@@ -2,8 +2,10 @@
 //! and admin adapters, telemetry, and the node's start/stop sequence. See ARCHITECTURE.md.
 
 pub mod admin;
+pub mod bridge;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod load;

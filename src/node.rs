@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actors::NodeContext;
 use actors::context::Services;
 use actors::root::root_args;
-use actors::supervisor::{Escalation, Supervisor};
+use actors::supervisor::{ChildSpec, Escalation, Supervisor};
 use actors::tools::Tools;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -19,6 +19,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::bridge::Bridge;
+use crate::bridge::forwarder::{Forwarder, ForwarderArgs, Retention};
+use crate::cluster::detector::DetectorSettings;
+use crate::cluster::membership::ClusterConfig;
+use crate::cluster::{ClusterView, Membership, MembershipArgs};
 use crate::config::Settings;
 use crate::state::{AppState, NodeState};
 use crate::store::{Store, Tasks, redact};
@@ -93,9 +98,14 @@ pub async fn run(
         scheduler: settings.scheduler_settings(),
     });
 
+    let services = match &settings.nats.url {
+        Some(url) => cluster_services(&settings, url, &state, &store).await?,
+        None => Vec::new(),
+    };
     let (args, escalation) = root_args(
         &ctx,
         settings.root_policy(),
+        services,
         &settings.domains,
         settings.domain_defaults(),
     );
@@ -139,6 +149,63 @@ pub async fn run(
     }
     finish(&stop_tx, servers, Some(store)).await;
     Ok(outcome)
+}
+
+/// The bridge and membership children of a clustered node (DESIGN §2's `bridge` and
+/// `cluster`), with the NATS connection they share (made in the background).
+async fn cluster_services(
+    settings: &Settings,
+    url: &str,
+    state: &AppState,
+    store: &Store,
+) -> anyhow::Result<Vec<ChildSpec>> {
+    let bridge = Bridge::connect(settings, url).await?;
+    let _ = state.bridge.set(bridge.clone());
+    let view = Arc::new(ClusterView::default());
+    let _ = state.cluster.set(view.clone());
+    let c = &settings.cluster;
+    let advertised = |addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            format!("{}:{}", c.advertise, addr.port())
+        } else {
+            addr.to_string()
+        }
+    };
+    let config = ClusterConfig {
+        name: c.name.clone(),
+        cookie: c.cookie.clone().unwrap_or_default(),
+        listen: c.listen,
+        advertise: c.advertise.clone(),
+        http: advertised(settings.http.listen),
+        admin: advertised(settings.admin.listen),
+        detector: DetectorSettings::from_settings(c),
+        takeover_batch: c.takeover_batch,
+    };
+    let retention = Retention {
+        max_age: Duration::from_secs_f64(settings.nats.events_max_age_secs),
+        max_bytes: settings.nats.events_max_bytes,
+    };
+    let (ctx, forwarder_bridge) = (state.ctx.clone(), bridge.clone());
+    let forwarder = ChildSpec::new("bridge", move |sup, _| {
+        let args = ForwarderArgs {
+            ctx: ctx.clone(),
+            bridge: forwarder_bridge.clone(),
+            retention,
+        };
+        Forwarder::spawn_linked(args, sup)
+    });
+    let (ctx, store) = (state.ctx.clone(), store.clone());
+    let membership = ChildSpec::new("cluster", move |sup, _| {
+        let args = MembershipArgs {
+            ctx: ctx.clone(),
+            bridge: bridge.clone(),
+            store: store.clone(),
+            config: config.clone(),
+            view: view.clone(),
+        };
+        Membership::spawn_linked(args, sup)
+    });
+    Ok(vec![forwarder, membership])
 }
 
 async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {

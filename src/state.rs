@@ -7,6 +7,8 @@ use std::time::Instant;
 use actors::NodeContext;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::bridge::Bridge;
+use crate::cluster::ClusterView;
 use crate::store::{Store, Tasks};
 
 pub struct NodeState {
@@ -20,6 +22,10 @@ pub struct NodeState {
     tree_up: AtomicBool,
     pub metrics: Option<PrometheusHandle>,
     pub started: Instant,
+    /// The NATS bridge, when `nats.url` is set.
+    pub bridge: OnceLock<Bridge>,
+    /// The cluster as the membership actor sees it, when clustered.
+    pub cluster: OnceLock<Arc<ClusterView>>,
 }
 
 impl NodeState {
@@ -32,6 +38,8 @@ impl NodeState {
             tree_up: AtomicBool::new(false),
             metrics,
             started: Instant::now(),
+            bridge: OnceLock::new(),
+            cluster: OnceLock::new(),
         })
     }
 

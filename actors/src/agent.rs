@@ -113,6 +113,9 @@ pub enum AgentMsg {
     Hang(Duration),
 }
 
+// ractor's `cluster` feature (for ractor_cluster) drops the blanket `Message` impl.
+impl ractor::Message for AgentMsg {}
+
 /// One step attempt handed to an executor.
 pub struct Work {
     pub task_id: String,

@@ -35,6 +35,9 @@ pub struct SchedulerSettings {
     pub max_queued: usize,
     /// Aging: a task waiting this long gains one priority level (no starvation).
     pub aging_ms: u64,
+    /// At start, resume only this node's own unfinished tasks (in a cluster) instead of
+    /// every unfinished task (a single node owns them all, whatever its earlier names).
+    pub resume_own_only: bool,
 }
 
 /// Shared by all actors of one node. Passed as `Arc<NodeContext>` in actor arguments, so

@@ -54,6 +54,15 @@ pub enum Event {
         healthy: bool,
         missed: u32,
     },
+    /// A node was heard for the first time, or again after being down (`events.node.joined`).
+    NodeJoined { node: String },
+    /// A node fell silent and is judged down (`events.node.down`); `detector` is the
+    /// failure detector's value then (phi, or milliseconds of silence).
+    NodeDown { node: String, detector: f64 },
+    /// A node said it leaves (`events.node.left`).
+    NodeLeft { node: String },
+    /// This node took over unfinished tasks of a node that is gone (`events.node.takeover`).
+    TasksTakenOver { from: String, tasks: usize },
     /// An entry of a task's trace, published once it is committed (`events.task.*`).
     Task {
         task_id: String,
@@ -75,6 +84,10 @@ impl Event {
             Event::AgentState { .. } => "agent.state",
             Event::Task { .. } => "task.trace",
             Event::Health { .. } => "supervision.health",
+            Event::NodeJoined { .. } => "node.joined",
+            Event::NodeDown { .. } => "node.down",
+            Event::NodeLeft { .. } => "node.left",
+            Event::TasksTakenOver { .. } => "node.takeover",
         }
     }
 }

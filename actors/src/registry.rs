@@ -106,6 +106,9 @@ pub enum RegistryMsg {
     Counts(RpcReplyPort<BTreeMap<Lifecycle, usize>>),
 }
 
+// ractor's `cluster` feature (for ractor_cluster) drops the blanket `Message` impl.
+impl ractor::Message for RegistryMsg {}
+
 pub struct Registry;
 
 #[derive(Default)]

@@ -1,4 +1,5 @@
-//! The node's root supervisor: the registry first, then one supervisor per domain.
+//! The node's root supervisor: the registry first, then the node's services (bridge,
+//! cluster), then one supervisor per domain, then the runs and the scheduler.
 //!
 //! Escalation past the root has nowhere to go: the node is told through
 //! [`SupervisorArgs::on_escalate`] and stops with a non-zero exit.
@@ -29,10 +30,12 @@ pub struct RootPolicy {
 }
 
 /// The arguments that start a node's whole supervision tree, and the receiver that hears
-/// of an escalation past the root.
+/// of an escalation past the root. `services` are the node's own children started after
+/// the registry and before the domains (the NATS bridge and cluster membership).
 pub fn root_args(
     ctx: &Arc<NodeContext>,
     policy: RootPolicy,
+    services: Vec<ChildSpec>,
     domains: &[DomainSpec],
     defaults: DomainDefaults,
 ) -> (SupervisorArgs, oneshot::Receiver<Escalation>) {
@@ -43,6 +46,9 @@ pub fn root_args(
         .child(ChildSpec::new("registry", move |sup, _| {
             Registry::spawn_linked(registry_ctx.clone(), sup)
         }));
+    for service in services {
+        spec = spec.child(service);
+    }
     for domain in domains {
         spec = spec.child(domain.child_spec(ctx, defaults));
     }

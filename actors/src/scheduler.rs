@@ -79,6 +79,9 @@ pub enum SchedulerMsg {
     Stats(RpcReplyPort<SchedulerStats>),
 }
 
+// ractor's `cluster` feature (for ractor_cluster) drops the blanket `Message` impl.
+impl ractor::Message for SchedulerMsg {}
+
 pub struct Scheduler;
 
 pub struct SchedulerState {
@@ -133,8 +136,9 @@ impl Actor for Scheduler {
         // Resume what a previous life of this node (or a crashed scheduler) left unfinished.
         let store = services.store.clone();
         let me = myself.clone();
+        let owner = settings.resume_own_only.then(|| ctx.node.clone());
         tokio::spawn(async move {
-            match store.unfinished().await {
+            match store.unfinished(owner).await {
                 Ok(tasks) => {
                     if !tasks.is_empty() {
                         tracing::info!(tasks = tasks.len(), "resuming unfinished tasks");

@@ -32,7 +32,7 @@ async fn start(settings: MonitorSettings) -> std::sync::Arc<NodeContext> {
         },
         agent_shutdown: Duration::from_secs(1),
     };
-    let (args, _escalation) = root_args(&ctx, policy, &default_domains(), defaults);
+    let (args, _escalation) = root_args(&ctx, policy, Vec::new(), &default_domains(), defaults);
     // The escalation receiver may drop: these tests never exceed intensity.
     Supervisor::start(args).await.expect("root starts");
     ctx

@@ -50,7 +50,7 @@ impl Node {
             },
             agent_shutdown: Duration::from_secs(2),
         };
-        let (args, escalation) = root_args(&ctx, policy, &domains, defaults);
+        let (args, escalation) = root_args(&ctx, policy, Vec::new(), &domains, defaults);
         let (root, handle) = Supervisor::start(args).await.expect("root starts");
         let node = Node {
             ctx,

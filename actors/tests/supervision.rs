@@ -84,6 +84,7 @@ enum TestMsg {
     /// Stop normally (`myself.stop(None)`).
     Exit,
 }
+impl ractor::Message for TestMsg {}
 
 #[derive(Clone)]
 struct ChildArgs {

@@ -1,4 +1,5 @@
-//! Liveness and readiness. Ready means: storage migrated and answering, supervision tree up.
+//! Liveness and readiness. Ready means: storage migrated and answering, supervision tree
+//! up, and (when NATS is configured) the bus reached once; a bus lost later is `degraded`.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use crate::bridge::BusState;
 use crate::state::AppState;
 
 /// How long readiness waits for the database before calling it down.
@@ -43,16 +45,29 @@ pub async fn ready(State(node): State<AppState>) -> (StatusCode, Json<Value>) {
         },
     };
     let tree = if node.root().is_some() { "up" } else { "down" };
-    let ready = storage == "up" && tree == "up";
+    // A bus lost after it was up degrades the node (it serves what it can locally);
+    // one never reached yet keeps it not ready.
+    let bus = match node.bridge.get().map(|b| b.state()) {
+        None => "not configured",
+        Some(BusState::Connected) => "up",
+        Some(BusState::Degraded) => "degraded: NATS disconnected, reconnecting",
+        Some(BusState::Connecting) => "connecting",
+    };
+    let ready = storage == "up" && tree == "up" && bus != "connecting";
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let label = match (ready, bus.starts_with("degraded")) {
+        (false, _) => "not_ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": label,
         "node": node.ctx.node,
-        "checks": {"storage": storage, "supervision": tree, "bus": "not configured"},
+        "checks": {"storage": storage, "supervision": tree, "bus": bus},
     });
     (status, Json(body))
 }

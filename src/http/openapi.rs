@@ -147,7 +147,7 @@ pub struct Live {
 /// `GET /health/ready`: `ready` with 200, or `not_ready` with 503 and the checks that fail.
 #[derive(Serialize, ToSchema)]
 pub struct Ready {
-    #[schema(pattern = "^(ready|not_ready)$", example = "ready")]
+    #[schema(pattern = "^(ready|degraded|not_ready)$", example = "ready")]
     pub status: String,
     /// This node's name.
     pub node: String,

@@ -5,6 +5,7 @@
 //! binary and run at start).
 
 mod batch;
+mod cluster;
 mod memory;
 pub mod tasks;
 pub mod writer;
@@ -271,11 +272,14 @@ impl actors::task::store::TaskStore for Tasks {
         Box::pin(self.writer.cancel_queued(task_id, at_ms))
     }
 
-    fn unfinished(&self) -> PortFuture<'_, Vec<(String, actors::task::Priority)>> {
+    fn unfinished(
+        &self,
+        owner: Option<String>,
+    ) -> PortFuture<'_, Vec<(String, actors::task::Priority)>> {
         Box::pin(async move {
             let rows = match &self.store {
-                Store::Sqlite(pool) => tasks::sqlite::unfinished(pool).await,
-                Store::Postgres(pool) => tasks::postgres::unfinished(pool).await,
+                Store::Sqlite(pool) => tasks::sqlite::unfinished(pool, owner.as_deref()).await,
+                Store::Postgres(pool) => tasks::postgres::unfinished(pool, owner.as_deref()).await,
             };
             rows.map_err(|e| PortError::Unavailable(e.to_string()))
         })

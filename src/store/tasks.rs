@@ -282,11 +282,16 @@ macro_rules! backend {
                     .collect())
             }
 
-            pub async fn unfinished(pool: &Pool<$db>) -> Result<Vec<(String, Priority)>, sqlx::Error> {
+            pub async fn unfinished(
+                pool: &Pool<$db>,
+                owner: Option<&str>,
+            ) -> Result<Vec<(String, Priority)>, sqlx::Error> {
                 let rows: Vec<(String, i64)> = sqlx::query_as(
                     "SELECT id, priority FROM tasks \
-                     WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') ORDER BY id",
+                     WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') \
+                       AND ($1 IS NULL OR owner = $1) ORDER BY id",
                 )
+                .bind(owner)
                 .fetch_all(pool)
                 .await?;
                 Ok(rows.into_iter().map(|(id, p)| (id, Priority::from_rank(p))).collect())

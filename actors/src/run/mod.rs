@@ -68,6 +68,9 @@ pub enum RunMsg {
     Cancel(RpcReplyPort<TaskStatus>),
 }
 
+// ractor's `cluster` feature (for ractor_cluster) drops the blanket `Message` impl.
+impl ractor::Message for RunMsg {}
+
 pub struct RunArgs {
     ctx: Arc<NodeContext>,
     task_id: String,

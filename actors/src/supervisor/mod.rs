@@ -69,6 +69,9 @@ pub enum SupervisorMsg {
     RestartDue { ids: Vec<String>, token: u64 },
 }
 
+// ractor's `cluster` feature (for ractor_cluster) drops the blanket `Message` impl.
+impl ractor::Message for SupervisorMsg {}
+
 pub struct SupervisorArgs {
     pub spec: SupervisorSpec,
     pub ctx: Arc<NodeContext>,

@@ -146,8 +146,12 @@ pub trait TaskStore: Send + Sync + 'static {
         at_ms: i64,
     ) -> BoxFuture<'_, Result<TaskStatus, StoreError>>;
 
-    /// Tasks not final (to resume after a restart), oldest first.
-    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, Priority)>, StoreError>>;
+    /// Tasks not final (to resume after a restart), oldest first: all of them, or those
+    /// owned by `owner` (in a cluster, the others' tasks are theirs or taken over).
+    fn unfinished(
+        &self,
+        owner: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, Priority)>, StoreError>>;
 }
 
 /// Milliseconds since the Unix epoch, as stored.

@@ -1,0 +1,171 @@
+//! The `bridge` actor: publishes this node's events (supervision, agent, task, node) on
+//! `ms.<cluster>.events.<kind>…` and keeps the JetStream stream that retains them.
+//!
+//! Events come from the node's in-process channel; a forwarder slowed by NATS lags and
+//! loses old events (counted) instead of slowing the supervisors down. The stream is
+//! (re)declared whenever the bridge has just connected, so it exists after a NATS restart
+//! with empty storage too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::NodeContext;
+use actors::directory::{ActorKind, ActorMeta, ActorStats};
+use async_nats::jetstream;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use super::{Bridge, BusState};
+
+/// How often the actor checks whether the event stream must be declared.
+const STREAM_CHECK: Duration = Duration::from_secs(1);
+
+/// Retention of the event stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_bytes: i64,
+}
+
+pub struct Forwarder;
+
+pub struct ForwarderArgs {
+    pub ctx: Arc<NodeContext>,
+    pub bridge: Bridge,
+    pub retention: Retention,
+}
+
+pub enum ForwarderMsg {
+    /// Declare the event stream if NATS came (back) since it was last declared.
+    CheckStream,
+}
+
+impl ractor::Message for ForwarderMsg {}
+
+pub struct ForwarderState {
+    args: ForwarderArgs,
+    stats: Arc<ActorStats>,
+    forwarding: JoinHandle<()>,
+    /// Whether the stream was declared during the current connection.
+    declared: bool,
+}
+
+impl Forwarder {
+    pub async fn spawn_linked(args: ForwarderArgs, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+        Actor::spawn_linked(None, Forwarder, args, sup)
+            .await
+            .map(|(r, _)| r.get_cell())
+    }
+}
+
+impl Actor for Forwarder {
+    type Msg = ForwarderMsg;
+    type State = ForwarderState;
+    type Arguments = ForwarderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ForwarderMsg>,
+        args: ForwarderArgs,
+    ) -> Result<ForwarderState, ActorProcessingErr> {
+        let stats = args.ctx.directory.enter(
+            &myself.get_cell(),
+            ActorMeta {
+                name: "bridge".into(),
+                kind: ActorKind::Service,
+                role: Some("bridge".into()),
+                domain: None,
+            },
+        );
+        let forwarding = tokio::spawn(forward(args.ctx.clone(), args.bridge.clone()));
+        myself.send_interval(STREAM_CHECK, || ForwarderMsg::CheckStream);
+        let _ = myself.cast(ForwarderMsg::CheckStream);
+        Ok(ForwarderState {
+            args,
+            stats,
+            forwarding,
+            declared: false,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<ForwarderMsg>,
+        state: &mut ForwarderState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.forwarding.abort();
+        state.args.ctx.directory.leave(myself.get_id().pid());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ForwarderMsg>,
+        msg: ForwarderMsg,
+        state: &mut ForwarderState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stats.handled();
+        match msg {
+            ForwarderMsg::CheckStream => {
+                let bridge = &state.args.bridge;
+                if bridge.state() != BusState::Connected {
+                    state.declared = false;
+                } else if !state.declared {
+                    match declare_stream(bridge, state.args.retention).await {
+                        Ok(()) => state.declared = true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot declare the event stream; retrying")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates (or updates the retention of) the cluster's event stream.
+async fn declare_stream(bridge: &Bridge, retention: Retention) -> anyhow::Result<()> {
+    let js = jetstream::new(bridge.client().clone());
+    let subjects = bridge.subjects();
+    let config = jetstream::stream::Config {
+        name: subjects.events_stream(),
+        subjects: vec![subjects.events()],
+        max_age: retention.max_age,
+        max_bytes: retention.max_bytes,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    match js.get_stream(&config.name).await {
+        Ok(_) => {
+            js.update_stream(&config).await?;
+        }
+        Err(_) => {
+            js.create_stream(config).await?;
+        }
+    }
+    tracing::debug!(stream = %subjects.events_stream(), "event stream declared");
+    Ok(())
+}
+
+/// Publishes every event of this node until the actor stops.
+async fn forward(ctx: Arc<NodeContext>, bridge: Bridge) {
+    let mut events = ctx.events.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(stamped) => {
+                let subject = bridge.subjects().event(stamped.event.subject());
+                let kind = format!("event.{}", stamped.event.subject());
+                if let Err(e) = bridge.publish(subject, &kind, &stamped).await {
+                    tracing::debug!(error = %e, "event not published");
+                }
+            }
+            Err(RecvError::Lagged(lost)) => {
+                metrics::counter!("ms_bridge_events_lost_total").increment(lost);
+                tracing::warn!(lost, "the bridge fell behind; events were not published");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

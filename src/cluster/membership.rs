@@ -1,0 +1,600 @@
+//! The `cluster` actor: this node's membership in its cluster.
+//!
+//! Every `heartbeat` it announces itself on `ms.<cluster>.cluster.heartbeat` (its
+//! ractor_cluster address, listeners, load); every [`CHECK`] it asks each peer's failure
+//! detector whether that peer is down. A node judged down, or one that said it leaves,
+//! or one that has tasks in the database but is not heard at all, is *gone*: its
+//! unfinished tasks are taken over (ownership moved and lease epoch bumped in one
+//! statement, which fences it) in batches, so the survivors share them, and handed to
+//! this node's scheduler, whose runs continue from the last recorded step.
+//!
+//! A node without NATS judges nobody: the silence is its own. After it reconnects it
+//! waits the detector's grace before taking anything over, so a NATS restart does not
+//! make every node take over every other's tasks.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::NodeContext;
+use actors::directory::{ActorKind, ActorMeta, ActorStats};
+use actors::events::Event;
+use actors::scheduler::SchedulerMsg;
+use futures::StreamExt;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use ractor_cluster::NodeServerMessage;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::detector::{Detector, DetectorSettings};
+use super::peers::{self, PeerEvent};
+use super::view::{ClusterSnapshot, ClusterView, Load, MemberView};
+use crate::bridge::{Bridge, BusState};
+use crate::store::Store;
+
+/// How often peers are judged (and the admin view refreshed).
+pub const CHECK: Duration = Duration::from_millis(100);
+/// How often gone nodes are looked for in storage when none is known to be gone.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Waits between ractor_cluster connection attempts to one peer, doubling up to this.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
+
+pub const HEARTBEAT: &str = "node.heartbeat";
+pub const LEAVE: &str = "node.leave";
+
+/// A node's announcement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub cluster_addr: String,
+    pub http: String,
+    pub admin: String,
+    pub version: String,
+    pub load: Load,
+}
+
+/// Where this node can be reached, and how it judges others.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub cookie: String,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub http: String,
+    pub admin: String,
+    pub detector: DetectorSettings,
+    pub takeover_batch: usize,
+}
+
+pub struct MembershipArgs {
+    pub ctx: Arc<NodeContext>,
+    pub bridge: Bridge,
+    pub store: Store,
+    pub config: ClusterConfig,
+    pub view: Arc<ClusterView>,
+}
+
+pub enum MembershipMsg {
+    /// Announce this node.
+    Beat,
+    /// Judge the peers; take over from gone nodes when due.
+    Check,
+    /// A peer's heartbeat.
+    Heard(String, Heartbeat),
+    /// A peer said it leaves.
+    Left(String),
+    /// A ractor_cluster session changed.
+    Peer(PeerEvent),
+    /// A connection attempt to a peer failed before any session.
+    ConnectFailed(String),
+    /// This node's load, as the scheduler last told it.
+    Load(Load),
+    /// A takeover round finished: how many tasks were taken, and whether more remain.
+    Swept { taken: usize, more: bool },
+}
+
+impl ractor::Message for MembershipMsg {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Up,
+    Down,
+    Left,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Link {
+    None,
+    Connecting,
+    Connected,
+    Refused,
+}
+
+struct Member {
+    status: Status,
+    detector: Detector,
+    beat: Heartbeat,
+    link: Link,
+    next_connect: Instant,
+    connect_backoff: Duration,
+}
+
+pub struct MembershipState {
+    args: MembershipArgs,
+    stats: Arc<ActorStats>,
+    server: ActorRef<NodeServerMessage>,
+    members: HashMap<String, Member>,
+    load: Load,
+    /// Since when the bus is up without a break (None while it is down).
+    connected_since: Option<Instant>,
+    next_sweep: Instant,
+    sweeping: bool,
+    taken_over: u64,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+pub struct Membership;
+
+impl Membership {
+    pub async fn spawn_linked(args: MembershipArgs, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+        Actor::spawn_linked(None, Membership, args, sup)
+            .await
+            .map(|(r, _)| r.get_cell())
+    }
+}
+
+impl Actor for Membership {
+    type Msg = MembershipMsg;
+    type State = MembershipState;
+    type Arguments = MembershipArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        args: MembershipArgs,
+    ) -> Result<MembershipState, ActorProcessingErr> {
+        let stats = args.ctx.directory.enter(
+            &myself.get_cell(),
+            ActorMeta {
+                name: "cluster".into(),
+                kind: ActorKind::Service,
+                role: Some("membership".into()),
+                domain: None,
+            },
+        );
+        let c = &args.config;
+        let server =
+            peers::start_server(&args.ctx.node, &c.advertise, &c.cookie, c.listen, &myself).await?;
+        let listeners = vec![
+            listen(&args.bridge, &myself, false).await?,
+            listen(&args.bridge, &myself, true).await?,
+        ];
+        myself.send_interval(c.detector.heartbeat, || MembershipMsg::Beat);
+        myself.send_interval(CHECK, || MembershipMsg::Check);
+        let _ = myself.cast(MembershipMsg::Beat);
+        tracing::info!(
+            cluster = %c.name,
+            ractor_cluster = %c.listen,
+            advertise = %c.advertise,
+            "cluster membership started"
+        );
+        Ok(MembershipState {
+            args,
+            stats,
+            server,
+            members: HashMap::new(),
+            load: Load::default(),
+            connected_since: None,
+            next_sweep: Instant::now(),
+            sweeping: false,
+            taken_over: 0,
+            listeners,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        state: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        for listener in &state.listeners {
+            listener.abort();
+        }
+        // Say goodbye so the others take this node's unfinished tasks over at once
+        // instead of waiting for the detector.
+        let b = &state.args.bridge;
+        if b.is_connected() {
+            let _ = b.publish(b.subjects().leave(), LEAVE, ()).await;
+            let _ = b.client().flush().await;
+        }
+        state.server.stop(Some("node shutdown".into()));
+        state.args.ctx.directory.leave(myself.get_id().pid());
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        event: SupervisionEvent,
+        _state: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        // The only linked child is the ractor_cluster server: without it this actor is
+        // not doing its job, so it fails and its supervisor restarts both.
+        let reason = match &event {
+            SupervisionEvent::ActorFailed(_, e) => Some(e.to_string()),
+            SupervisionEvent::ActorTerminated(_, _, reason) => {
+                Some(reason.clone().unwrap_or_else(|| "stopped".into()))
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            myself.stop(Some(format!("ractor_cluster server ended: {reason}")));
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        msg: MembershipMsg,
+        state: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stats.handled();
+        match msg {
+            MembershipMsg::Beat => state.beat(&myself).await,
+            MembershipMsg::Check => state.check(&myself),
+            MembershipMsg::Heard(node, beat) => state.heard(&myself, node, beat),
+            MembershipMsg::Left(node) => state.left(node),
+            MembershipMsg::Peer(event) => state.peer(event),
+            MembershipMsg::ConnectFailed(node) => {
+                if let Some(m) = state.members.get_mut(&node)
+                    && m.link == Link::Connecting
+                {
+                    m.link = Link::None;
+                }
+            }
+            MembershipMsg::Load(load) => state.load = load,
+            MembershipMsg::Swept { taken, more } => {
+                state.sweeping = false;
+                state.taken_over += taken as u64;
+                state.next_sweep = Instant::now() + if more { CHECK } else { SWEEP };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Forwards heartbeats (or leave notices) of other nodes to the actor.
+async fn listen(
+    bridge: &Bridge,
+    myself: &ActorRef<MembershipMsg>,
+    leaves: bool,
+) -> anyhow::Result<JoinHandle<()>> {
+    let subject = if leaves {
+        bridge.subjects().leave()
+    } else {
+        bridge.subjects().heartbeat()
+    };
+    let mut sub = bridge.subscribe(subject).await?;
+    let (bridge, me) = (bridge.clone(), myself.clone());
+    Ok(tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            let msg = if leaves {
+                bridge
+                    .open::<()>(&message, LEAVE)
+                    .map(|e| MembershipMsg::Left(e.from))
+            } else {
+                bridge
+                    .open::<Heartbeat>(&message, HEARTBEAT)
+                    .map(|e| MembershipMsg::Heard(e.from, e.payload))
+            };
+            match msg {
+                Some(MembershipMsg::Heard(from, _) | MembershipMsg::Left(from)) if from == bridge.node() => {}
+                Some(msg) => {
+                    if me.cast(msg).is_err() {
+                        return;
+                    }
+                }
+                None => {}
+            }
+        }
+    }))
+}
+
+impl MembershipState {
+    async fn beat(&mut self, myself: &ActorRef<MembershipMsg>) {
+        let c = &self.args.config;
+        let beat = Heartbeat {
+            cluster_addr: format!("{}:{}", c.advertise, c.listen.port()),
+            http: c.http.clone(),
+            admin: c.admin.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            load: self.load,
+        };
+        let b = &self.args.bridge;
+        if b.is_connected()
+            && let Err(e) = b.publish(b.subjects().heartbeat(), HEARTBEAT, beat).await
+        {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+        // The load for the next beat, asked off this mailbox (the scheduler may be busy).
+        if let Some(scheduler) = self.args.ctx.scheduler() {
+            let (me, actors) = (myself.clone(), self.args.ctx.directory.len());
+            tokio::spawn(async move {
+                if let Ok(stats) = ractor::call_t!(scheduler, SchedulerMsg::Stats, 1000) {
+                    let _ = me.cast(MembershipMsg::Load(Load {
+                        running: stats.running,
+                        queued: stats.queued,
+                        actors,
+                    }));
+                }
+            });
+        }
+    }
+
+    fn heard(&mut self, myself: &ActorRef<MembershipMsg>, node: String, beat: Heartbeat) {
+        let now = Instant::now();
+        let settings = self.args.config.detector;
+        let member = self.members.entry(node.clone()).or_insert_with(|| Member {
+            status: Status::Down,
+            detector: Detector::new(settings, now),
+            beat: beat.clone(),
+            link: Link::None,
+            next_connect: now,
+            connect_backoff: Duration::from_secs(1),
+        });
+        if member.status != Status::Up {
+            member.status = Status::Up;
+            member.detector = Detector::new(settings, now);
+            tracing::info!(peer = %node, addr = %beat.cluster_addr, "node joined");
+            metrics::counter!("ms_cluster_joins_total").increment(1);
+            self.args.ctx.events.publish(Event::NodeJoined { node: node.clone() });
+        } else {
+            member.detector.heartbeat(now);
+        }
+        if member.beat.cluster_addr != beat.cluster_addr {
+            member.link = Link::None;
+            member.next_connect = now;
+        }
+        member.beat = beat;
+        // One side dials: the node whose name sorts first, so two nodes do not race to
+        // open two sessions to each other.
+        if member.link == Link::None && now >= member.next_connect && self.args.ctx.node < node {
+            member.link = Link::Connecting;
+            member.next_connect = now + member.connect_backoff;
+            member.connect_backoff = (member.connect_backoff * 2).min(MAX_CONNECT_BACKOFF);
+            let (server, addr, me) = (self.server.clone(), member.beat.cluster_addr.clone(), myself.clone());
+            tokio::spawn(async move {
+                if let Err(e) = peers::connect(&server, &addr).await {
+                    tracing::debug!(peer = %node, error = %e, "ractor_cluster connection failed");
+                    let _ = me.cast(MembershipMsg::ConnectFailed(node));
+                }
+            });
+        }
+    }
+
+    fn left(&mut self, node: String) {
+        if let Some(member) = self.members.get_mut(&node)
+            && member.status != Status::Left
+        {
+            member.status = Status::Left;
+            tracing::info!(peer = %node, "node left");
+            self.args.ctx.events.publish(Event::NodeLeft { node });
+            self.next_sweep = Instant::now();
+        }
+    }
+
+    fn peer(&mut self, event: PeerEvent) {
+        let (peer, addr, authenticated) = match &event {
+            PeerEvent::Authenticated { peer, addr, .. } => (peer, addr, true),
+            PeerEvent::Closed { peer, addr, .. } => (peer, addr, false),
+        };
+        let name = peer.clone().or_else(|| {
+            self.members
+                .iter()
+                .find(|(_, m)| &m.beat.cluster_addr == addr || resolves_to(&m.beat.cluster_addr, addr))
+                .map(|(n, _)| n.clone())
+        });
+        let Some(member) = name.as_ref().and_then(|n| self.members.get_mut(n)) else {
+            if !authenticated {
+                refused(peer.as_deref().unwrap_or("?"), addr);
+            }
+            return;
+        };
+        let name = name.unwrap_or_default();
+        if authenticated {
+            tracing::info!(peer = %name, %addr, "ractor_cluster session authenticated");
+            member.link = Link::Connected;
+            member.connect_backoff = Duration::from_secs(1);
+        } else if member.link == Link::Connected {
+            tracing::info!(peer = %name, %addr, "ractor_cluster session closed");
+            member.link = Link::None;
+        } else {
+            refused(&name, addr);
+            member.link = Link::Refused;
+        }
+    }
+
+    fn check(&mut self, myself: &ActorRef<MembershipMsg>) {
+        let now = Instant::now();
+        let connected = self.args.bridge.is_connected();
+        match (connected, self.connected_since) {
+            (true, None) => {
+                // Back on the bus: the silence was ours, so every peer starts afresh.
+                self.connected_since = Some(now);
+                for m in self.members.values_mut() {
+                    m.detector = Detector::new(self.args.config.detector, now);
+                }
+            }
+            (false, Some(_)) => self.connected_since = None,
+            _ => {}
+        }
+        if connected {
+            for (node, m) in &mut self.members {
+                if m.status == Status::Up && m.detector.is_down(now) {
+                    m.status = Status::Down;
+                    if m.link == Link::Connected {
+                        m.link = Link::None;
+                    }
+                    let detector = m.detector.value(now);
+                    tracing::warn!(
+                        peer = %node,
+                        silent_ms = now.duration_since(m.detector.last_heard()).as_millis() as u64,
+                        detector,
+                        "node down"
+                    );
+                    metrics::counter!("ms_cluster_nodes_down_total").increment(1);
+                    self.args.ctx.events.publish(Event::NodeDown {
+                        node: node.clone(),
+                        detector,
+                    });
+                    self.next_sweep = now;
+                }
+            }
+        }
+        let settled = self
+            .connected_since
+            .is_some_and(|since| now.duration_since(since) >= self.args.config.detector.grace());
+        if settled && !self.sweeping && now >= self.next_sweep {
+            self.sweep(myself);
+        }
+        self.publish_view(now);
+    }
+
+    /// One takeover round, off the mailbox: every node that has unfinished tasks in
+    /// storage and is not up (down, left, or never heard) gives up to a batch.
+    fn sweep(&mut self, myself: &ActorRef<MembershipMsg>) {
+        self.sweeping = true;
+        let alive: HashSet<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.status == Status::Up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let (store, ctx, me) = (self.args.store.clone(), self.args.ctx.clone(), myself.clone());
+        let batch = self.args.config.takeover_batch;
+        // Each survivor takes its share of a round, so a gone node's tasks spread out.
+        let survivors = alive.len() + 1;
+        tokio::spawn(async move {
+            let (mut taken, mut more) = (0, false);
+            let nodes = match store.known_nodes().await {
+                Ok(nodes) => nodes,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the cluster's nodes");
+                    Vec::new()
+                }
+            };
+            for gone in nodes.iter().filter(|n| **n != ctx.node && !alive.contains(*n)) {
+                let held = match store.count_unfinished(gone).await {
+                    Ok(0) => continue,
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(from = %gone, error = %e, "takeover failed");
+                        continue;
+                    }
+                };
+                let share = held.div_ceil(survivors).min(batch);
+                match store.take_over(gone, &ctx.node, share).await {
+                    Ok(tasks) => {
+                        more |= tasks.len() < held;
+                        taken += tasks.len();
+                        if !tasks.is_empty() {
+                            adopt(&ctx, gone, tasks);
+                        }
+                    }
+                    Err(e) => tracing::warn!(from = %gone, error = %e, "takeover failed"),
+                }
+            }
+            let _ = me.cast(MembershipMsg::Swept { taken, more });
+        });
+    }
+
+    fn publish_view(&self, now: Instant) {
+        let c = &self.args.config;
+        let kind = format!("{:?}", c.detector.kind).to_lowercase();
+        let mut members = vec![MemberView {
+            node: self.args.ctx.node.clone(),
+            status: "self".into(),
+            cluster_addr: format!("{}:{}", c.advertise, c.listen.port()),
+            http: c.http.clone(),
+            admin: c.admin.clone(),
+            link: "self".into(),
+            last_heartbeat_ms: 0,
+            detector: 0.0,
+            detector_kind: kind.clone(),
+            load: self.load,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }];
+        for (node, m) in &self.members {
+            members.push(MemberView {
+                node: node.clone(),
+                status: format!("{:?}", m.status).to_lowercase(),
+                cluster_addr: m.beat.cluster_addr.clone(),
+                http: m.beat.http.clone(),
+                admin: m.beat.admin.clone(),
+                link: format!("{:?}", m.link).to_lowercase(),
+                last_heartbeat_ms: now.duration_since(m.detector.last_heard()).as_millis() as u64,
+                detector: m.detector.value(now),
+                detector_kind: kind.clone(),
+                load: m.beat.load,
+                version: m.beat.version.clone(),
+            });
+        }
+        members[1..].sort_by(|a, b| a.node.cmp(&b.node));
+        let bus = match self.args.bridge.state() {
+            BusState::Connected => "connected",
+            BusState::Degraded => "degraded",
+            BusState::Connecting => "connecting",
+        };
+        self.args.view.set(ClusterSnapshot {
+            cluster: c.name.clone(),
+            node: self.args.ctx.node.clone(),
+            bus: bus.into(),
+            members,
+            tasks_taken_over: self.taken_over,
+            decode_errors: self.args.bridge.counts().2,
+        });
+    }
+}
+
+/// Hands taken-over tasks to this node's scheduler (their runs claim them again, which
+/// reads what was recorded and continues from there).
+fn adopt(ctx: &NodeContext, from: &str, tasks: Vec<(String, actors::task::Priority)>) {
+    tracing::info!(from = %from, tasks = tasks.len(), "took over unfinished tasks");
+    metrics::counter!("ms_cluster_tasks_taken_over_total").increment(tasks.len() as u64);
+    ctx.events.publish(Event::TasksTakenOver {
+        from: from.to_string(),
+        tasks: tasks.len(),
+    });
+    let Some(scheduler) = ctx.scheduler() else {
+        // Owned by this node now, so they are resumed when its scheduler is back.
+        tracing::warn!("no scheduler to run taken-over tasks; they wait for its restart");
+        return;
+    };
+    for (task_id, priority) in tasks {
+        let _ = scheduler.cast(SchedulerMsg::Enqueue {
+            task_id,
+            priority,
+            enqueued_ms: 0,
+            warm: None,
+        });
+    }
+}
+
+fn refused(peer: &str, addr: &str) {
+    metrics::counter!("ms_cluster_auth_failures_total").increment(1);
+    tracing::warn!(
+        peer = %peer,
+        %addr,
+        "refused a ractor_cluster session: authentication failed (is cluster.cookie the same on both nodes?)"
+    );
+}
+
+/// Whether `announced` (`host:port`) names the socket address `seen`.
+fn resolves_to(announced: &str, seen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    announced
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.any(|a| a.to_string() == seen))
+        .unwrap_or(false)
+}

@@ -1,0 +1,16 @@
+//! Cluster formation (DESIGN §6): nodes announce themselves on NATS, judge each other by
+//! their heartbeats, link with ractor_cluster, and take over the unfinished tasks of a
+//! node that is gone.
+//!
+//! - [`membership`]: the `cluster` actor (heartbeats out and in, the detector's verdicts,
+//!   takeover rounds, the view the admin listener reads);
+//! - [`detector`]: phi accrual and deadline failure detectors;
+//! - [`peers`]: the ractor_cluster node server and its sessions.
+
+pub mod detector;
+pub mod membership;
+pub mod peers;
+pub mod view;
+
+pub use membership::{Membership, MembershipArgs};
+pub use view::{ClusterView, MemberView};

@@ -1,0 +1,64 @@
+//! What `GET /admin/cluster` shows: this node and every peer it knows, as the membership
+//! actor last saw them. Kept in shared memory so a busy actor does not slow the answer.
+
+use std::sync::RwLock;
+
+use serde::Serialize;
+
+/// One node of the cluster, as seen from here.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    pub node: String,
+    /// `up`, `down` or `left` (`self` for this node).
+    pub status: String,
+    /// The ractor_cluster address it announces.
+    pub cluster_addr: String,
+    pub http: String,
+    pub admin: String,
+    /// The ractor_cluster session: `connected`, `connecting`, `refused`, `none`.
+    pub link: String,
+    /// Milliseconds since its last heartbeat (0 for this node).
+    pub last_heartbeat_ms: u64,
+    /// The failure detector's current value: phi, or ms of silence (see `detector_kind`).
+    pub detector: f64,
+    pub detector_kind: String,
+    pub load: Load,
+    pub version: String,
+}
+
+/// A node's load as it announces it.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+pub struct Load {
+    pub running: usize,
+    pub queued: usize,
+    pub actors: usize,
+}
+
+/// The cluster as the admin listener reads it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterSnapshot {
+    pub cluster: String,
+    pub node: String,
+    /// The bus as this node has it: `connected`, `degraded`, `connecting`.
+    pub bus: String,
+    pub members: Vec<MemberView>,
+    /// Tasks this node has taken over from nodes that were gone.
+    pub tasks_taken_over: u64,
+    /// Received bytes on the bridge that were not a readable envelope.
+    pub decode_errors: u64,
+}
+
+#[derive(Default)]
+pub struct ClusterView(RwLock<ClusterSnapshot>);
+
+impl ClusterView {
+    pub fn set(&self, snapshot: ClusterSnapshot) {
+        if let Ok(mut v) = self.0.write() {
+            *v = snapshot;
+        }
+    }
+
+    pub fn get(&self) -> ClusterSnapshot {
+        self.0.read().map(|v| v.clone()).unwrap_or_default()
+    }
+}
