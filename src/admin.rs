@@ -3,18 +3,22 @@
 //! `Authorization: Bearer <token>`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actors::operations::{self, OperationError, Target};
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::bridge::remote_admin::{self, AdminReply, AdminRequest, AskError};
 use crate::http::error::{self, ApiError};
-use crate::state::AppState;
+use crate::state::{AppState, NodeState};
 
 pub fn router(state: AppState, token: Option<String>) -> Router {
     let token = Arc::new(token);
@@ -60,7 +64,82 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn tree(State(node): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `?node=` names another node of the cluster, asked over NATS.
+#[derive(Debug, Deserialize)]
+struct NodeQuery {
+    node: Option<String>,
+}
+
+/// How long a remote node may take to answer an admin request.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn tree(
+    State(node): State<AppState>,
+    query: Result<Query<NodeQuery>, QueryRejection>,
+) -> Response {
+    let request = AdminRequest {
+        verb: "actors".into(),
+        id: None,
+    };
+    answer(&node, query, request).await
+}
+
+/// Answers locally, or asks the node named by `?node=` over NATS.
+async fn answer(
+    node: &AppState,
+    query: Result<Query<NodeQuery>, QueryRejection>,
+    request: AdminRequest,
+) -> Response {
+    let target = match query {
+        Ok(Query(q)) => q.node.filter(|n| *n != node.ctx.node),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let Some(target) = target else {
+        return reply(local(node, request));
+    };
+    let Some(bridge) = node.bridge.get() else {
+        return ApiError::not_found(format!(
+            "no node `{target}`: this node is not part of a cluster (nats.url is not set)"
+        ))
+        .into_response();
+    };
+    match remote_admin::ask(bridge, &target, request, REMOTE_TIMEOUT).await {
+        Ok(answer) => reply(answer),
+        Err(e @ AskError::NoSuchNode(_)) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_node", e.to_string()).into_response()
+        }
+        Err(e @ AskError::Timeout(..)) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "node_timeout", e.to_string())
+                .into_response()
+        }
+        Err(e) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "bus_unavailable", e.to_string()).into_response()
+        }
+    }
+}
+
+fn reply(answer: AdminReply) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, Json(answer.body)).into_response()
+}
+
+/// This node's answer to an admin request, as the local listener and NATS both give it.
+pub fn local(node: &NodeState, request: AdminRequest) -> AdminReply {
+    let result = match request.verb.as_str() {
+        "actors" => local_tree(node),
+        "actor" => local_actor(node, request.id.as_deref().unwrap_or_default()),
+        other => Err(ApiError::not_found(format!("no admin request `{other}`"))),
+    };
+    match result {
+        Ok(body) => AdminReply { status: 200, body },
+        Err(e) => AdminReply {
+            status: e.status.as_u16(),
+            body: json!({"error": {"code": e.code, "message": e.message}}),
+        },
+    }
+}
+
+fn local_tree(node: &NodeState) -> Result<Value, ApiError> {
     let root = node
         .root()
         .ok_or_else(|| ApiError::unavailable("the supervision tree is not running"))?;
@@ -69,7 +148,7 @@ async fn tree(State(node): State<AppState>) -> Result<Json<Value>, ApiError> {
         .directory
         .tree(root)
         .ok_or_else(|| ApiError::unavailable("the supervision tree is not running"))?;
-    Ok(Json(json!({"node": node.ctx.node, "root": tree})))
+    Ok(json!({"node": node.ctx.node, "root": tree}))
 }
 
 /// Members of the cluster as this node sees them: status, last heartbeat, the failure
@@ -97,9 +176,21 @@ fn parse_target(id: &str) -> Result<Target, ApiError> {
 async fn actor(
     State(node): State<AppState>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Path(id) = path?;
-    let Target::Actor(pid) = parse_target(&id)? else {
+    query: Result<Query<NodeQuery>, QueryRejection>,
+) -> Response {
+    let id = match path {
+        Ok(Path(id)) => id,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let request = AdminRequest {
+        verb: "actor".into(),
+        id: Some(id),
+    };
+    answer(&node, query, request).await
+}
+
+fn local_actor(node: &NodeState, id: &str) -> Result<Value, ApiError> {
+    let Target::Actor(pid) = parse_target(id)? else {
         return Err(ApiError::not_found(format!(
             "`{id}` is a child slot with no live actor"
         )));
@@ -115,9 +206,7 @@ async fn actor(
         .directory
         .parent_of(pid)
         .map(|(p, _)| p.cell.get_id().pid().to_string());
-    Ok(Json(
-        json!({"node": node.ctx.node, "parent": parent, "actor": detail}),
-    ))
+    Ok(json!({"node": node.ctx.node, "parent": parent, "actor": detail}))
 }
 
 async fn operate(

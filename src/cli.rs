@@ -22,8 +22,10 @@ pub struct Cli {
 pub enum Command {
     /// Start a node (embedded defaults: SQLite under data/, no NATS).
     Run(NodeFlags),
-    /// Show the node's live supervision tree.
+    /// Show a node's live supervision tree (this node's, or any node's of its cluster).
     Actors(ActorsArgs),
+    /// List the members of the node's cluster: status, heartbeat, detector, link, load.
+    Cluster(ClusterArgs),
     /// List the registered agents.
     Agents(AgentsArgs),
     /// Apply the database migrations and exit.
@@ -74,8 +76,9 @@ impl NodeFlags {
     }
 }
 
+/// Which node's admin listener a client command asks.
 #[derive(Debug, Args)]
-pub struct ActorsArgs {
+pub struct AdminTarget {
     /// The node's admin address.
     #[arg(
         long,
@@ -87,7 +90,25 @@ pub struct ActorsArgs {
     /// Admin bearer token.
     #[arg(long, env = "MISTER_SMITH__ADMIN__TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ActorsArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// Another node of the cluster, whose tree the asked node fetches over NATS.
+    #[arg(long = "node", value_name = "NAME")]
+    pub of_node: Option<String>,
     /// Print the tree as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -1,12 +1,12 @@
-//! The client commands (`actors`, `agents`): ask a running node over HTTP and print the
-//! answer for people (or as JSON with `--json`).
+//! The client commands (`actors`, `agents`, `cluster`): ask a running node over HTTP and
+//! print the answer for people (or as JSON with `--json`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli::{ActorsArgs, AgentsArgs};
+use crate::cli::{ActorsArgs, AgentsArgs, ClusterArgs};
 
 /// A failure a person can act on, in one line.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,9 @@ pub enum ClientError {
 }
 
 pub async fn actors(args: &ActorsArgs) -> Result<String, ClientError> {
-    let body = get(&args.admin, "/admin/actors", &[], args.token.as_deref()).await?;
+    let query: Vec<(&str, &str)> = args.of_node.iter().map(|n| ("node", n.as_str())).collect();
+    let t = &args.target;
+    let body = get(&t.admin, "/admin/actors", &query, t.token.as_deref()).await?;
     if args.json {
         return Ok(pretty(&body));
     }
@@ -79,6 +81,55 @@ pub async fn agents(args: &AgentsArgs) -> Result<String, ClientError> {
         ]);
     }
     Ok(table(&rows))
+}
+
+pub async fn cluster(args: &ClusterArgs) -> Result<String, ClientError> {
+    let t = &args.target;
+    let body = get(&t.admin, "/admin/cluster", &[], t.token.as_deref()).await?;
+    if args.json {
+        return Ok(pretty(&body));
+    }
+    let mut out = format!(
+        "cluster {}  (asked {}, bus {}, {} tasks taken over)\n",
+        text(&body["cluster"]),
+        text(&body["node"]),
+        text(&body["bus"]),
+        text(&body["tasks_taken_over"]),
+    );
+    let mut rows = vec![
+        [
+            "NODE",
+            "STATUS",
+            "LINK",
+            "HEARTBEAT",
+            "DETECTOR",
+            "RUNNING",
+            "QUEUED",
+            "CLUSTER",
+            "HTTP",
+        ]
+        .map(String::from),
+    ];
+    for m in body["members"].as_array().into_iter().flatten() {
+        let kind = if m["detector_kind"] == "phi" {
+            "phi "
+        } else {
+            ""
+        };
+        rows.push([
+            text(&m["node"]),
+            text(&m["status"]),
+            text(&m["link"]),
+            format!("{} ms ago", text(&m["last_heartbeat_ms"])),
+            format!("{kind}{:.1}", m["detector"].as_f64().unwrap_or_default()),
+            text(&m["load"]["running"]),
+            text(&m["load"]["queued"]),
+            text(&m["cluster_addr"]),
+            text(&m["http"]),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    Ok(out)
 }
 
 fn base_url(addr: &str) -> String {
@@ -196,8 +247,8 @@ fn draw_actor(out: &mut String, node: &Value, lead: &str, child_lead: &str, _las
     }
 }
 
-fn table(rows: &[[String; 8]]) -> String {
-    let mut widths = [0usize; 8];
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());

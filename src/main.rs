@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             Command::Migrate(flags) => migrate(flags).await,
             Command::Actors(args) => print(client::actors(&args).await),
             Command::Agents(args) => print(client::agents(&args).await),
+            Command::Cluster(args) => print(client::cluster(&args).await),
             Command::Task(args) => task_cli::run(&args).await,
             Command::Load(args) => match mister_smith::load::run(&args).await {
                 Ok(out) => {

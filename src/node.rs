@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::bridge::Bridge;
 use crate::bridge::forwarder::{Forwarder, ForwarderArgs, Retention};
+use crate::bridge::remote_admin::Handler;
 use crate::cluster::detector::DetectorSettings;
 use crate::cluster::membership::ClusterConfig;
 use crate::cluster::{ClusterView, Membership, MembershipArgs};
@@ -186,11 +187,14 @@ async fn cluster_services(
         max_bytes: settings.nats.events_max_bytes,
     };
     let (ctx, forwarder_bridge) = (state.ctx.clone(), bridge.clone());
+    let answering = state.clone();
+    let admin: Handler = Arc::new(move |request| admin::local(&answering, request));
     let forwarder = ChildSpec::new("bridge", move |sup, _| {
         let args = ForwarderArgs {
             ctx: ctx.clone(),
             bridge: forwarder_bridge.clone(),
             retention,
+            admin: admin.clone(),
         };
         Forwarder::spawn_linked(args, sup)
     });

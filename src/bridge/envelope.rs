@@ -54,7 +54,12 @@ impl<T: Serialize> Envelope<T> {
     }
 
     /// A reply to `request`, correlated with it.
-    pub fn reply_to<R>(request: &Envelope<R>, kind: impl Into<String>, from: impl Into<String>, payload: T) -> Self {
+    pub fn reply_to<R>(
+        request: &Envelope<R>,
+        kind: impl Into<String>,
+        from: impl Into<String>,
+        payload: T,
+    ) -> Self {
         let mut reply = Envelope::new(kind, from, payload);
         reply.correlation_id = Some(request.id);
         reply
@@ -71,7 +76,10 @@ impl<T: Serialize> Envelope<T> {
 }
 
 /// Decodes an envelope of `kind` (any kind when `None`).
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], kind: Option<&str>) -> Result<Envelope<T>, EnvelopeError> {
+pub fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    kind: Option<&str>,
+) -> Result<Envelope<T>, EnvelopeError> {
     match rmp_serde::from_slice::<Envelope<T>>(bytes) {
         Ok(envelope) if envelope.v != VERSION => Err(EnvelopeError::Version(envelope.v)),
         Ok(envelope) => match kind {

@@ -1,5 +1,6 @@
 //! The `bridge` actor: publishes this node's events (supervision, agent, task, node) on
-//! `ms.<cluster>.events.<kind>…` and keeps the JetStream stream that retains them.
+//! `ms.<cluster>.events.<kind>…`, keeps the JetStream stream that retains them, and
+//! answers the cluster's admin requests for this node ([`super::remote_admin`]).
 //!
 //! Events come from the node's in-process channel; a forwarder slowed by NATS lags and
 //! loses old events (counted) instead of slowing the supervisors down. The stream is
@@ -16,6 +17,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use super::remote_admin::{self, Handler};
 use super::{Bridge, BusState};
 
 /// How often the actor checks whether the event stream must be declared.
@@ -34,6 +36,7 @@ pub struct ForwarderArgs {
     pub ctx: Arc<NodeContext>,
     pub bridge: Bridge,
     pub retention: Retention,
+    pub admin: Handler,
 }
 
 pub enum ForwarderMsg {
@@ -47,6 +50,7 @@ pub struct ForwarderState {
     args: ForwarderArgs,
     stats: Arc<ActorStats>,
     forwarding: JoinHandle<()>,
+    admin: JoinHandle<()>,
     /// Whether the stream was declared during the current connection.
     declared: bool,
 }
@@ -79,12 +83,14 @@ impl Actor for Forwarder {
             },
         );
         let forwarding = tokio::spawn(forward(args.ctx.clone(), args.bridge.clone()));
+        let admin = remote_admin::serve(args.bridge.clone(), args.admin.clone()).await?;
         myself.send_interval(STREAM_CHECK, || ForwarderMsg::CheckStream);
         let _ = myself.cast(ForwarderMsg::CheckStream);
         Ok(ForwarderState {
             args,
             stats,
             forwarding,
+            admin,
             declared: false,
         })
     }
@@ -95,6 +101,7 @@ impl Actor for Forwarder {
         state: &mut ForwarderState,
     ) -> Result<(), ActorProcessingErr> {
         state.forwarding.abort();
+        state.admin.abort();
         state.args.ctx.directory.leave(myself.get_id().pid());
         Ok(())
     }

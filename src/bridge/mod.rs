@@ -8,6 +8,7 @@
 
 pub mod envelope;
 pub mod forwarder;
+pub mod remote_admin;
 pub mod subjects;
 
 use std::sync::Arc;

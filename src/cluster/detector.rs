@@ -85,7 +85,11 @@ impl Detector {
         let silence = now.saturating_duration_since(self.last).as_secs_f64() * 1000.0;
         match self.settings.kind {
             DetectorKind::Deadline => silence,
-            DetectorKind::Phi => self.phi(silence).max(0.0),
+            // Clamped at zero (also turning -0.0 into 0.0 for people reading it).
+            DetectorKind::Phi => {
+                let phi = self.phi(silence);
+                if phi > 0.0 { phi } else { 0.0 }
+            }
         }
     }
 
@@ -100,7 +104,12 @@ impl Detector {
     fn phi(&self, silence_ms: f64) -> f64 {
         let n = self.intervals.len() as f64;
         let mean = self.intervals.iter().sum::<f64>() / n;
-        let variance = self.intervals.iter().map(|i| (i - mean).powi(2)).sum::<f64>() / n;
+        let variance = self
+            .intervals
+            .iter()
+            .map(|i| (i - mean).powi(2))
+            .sum::<f64>()
+            / n;
         let min_std = self.settings.min_std_dev.as_secs_f64() * 1000.0;
         let std = variance.sqrt().max(min_std);
         let mean = mean + self.settings.acceptable_pause.as_secs_f64() * 1000.0;
@@ -150,7 +159,11 @@ mod tests {
         assert!(at(250) < 1.0, "a normal interval: phi {}", at(250));
         assert!(at(1000) < at(1500) && at(1500) < at(2000));
         assert!(!d.is_down(t + Duration::from_millis(1300)));
-        assert!(d.is_down(t + Duration::from_millis(2500)), "phi {}", at(2500));
+        assert!(
+            d.is_down(t + Duration::from_millis(2500)),
+            "phi {}",
+            at(2500)
+        );
         assert!(at(60_000).is_finite());
     }
 

@@ -289,7 +289,8 @@ async fn listen(
                     .map(|e| MembershipMsg::Heard(e.from, e.payload))
             };
             match msg {
-                Some(MembershipMsg::Heard(from, _) | MembershipMsg::Left(from)) if from == bridge.node() => {}
+                Some(MembershipMsg::Heard(from, _) | MembershipMsg::Left(from))
+                    if from == bridge.node() => {}
                 Some(msg) => {
                     if me.cast(msg).is_err() {
                         return;
@@ -348,7 +349,10 @@ impl MembershipState {
             member.detector = Detector::new(settings, now);
             tracing::info!(peer = %node, addr = %beat.cluster_addr, "node joined");
             metrics::counter!("ms_cluster_joins_total").increment(1);
-            self.args.ctx.events.publish(Event::NodeJoined { node: node.clone() });
+            self.args
+                .ctx
+                .events
+                .publish(Event::NodeJoined { node: node.clone() });
         } else {
             member.detector.heartbeat(now);
         }
@@ -363,7 +367,11 @@ impl MembershipState {
             member.link = Link::Connecting;
             member.next_connect = now + member.connect_backoff;
             member.connect_backoff = (member.connect_backoff * 2).min(MAX_CONNECT_BACKOFF);
-            let (server, addr, me) = (self.server.clone(), member.beat.cluster_addr.clone(), myself.clone());
+            let (server, addr, me) = (
+                self.server.clone(),
+                member.beat.cluster_addr.clone(),
+                myself.clone(),
+            );
             tokio::spawn(async move {
                 if let Err(e) = peers::connect(&server, &addr).await {
                     tracing::debug!(peer = %node, error = %e, "ractor_cluster connection failed");
@@ -392,7 +400,9 @@ impl MembershipState {
         let name = peer.clone().or_else(|| {
             self.members
                 .iter()
-                .find(|(_, m)| &m.beat.cluster_addr == addr || resolves_to(&m.beat.cluster_addr, addr))
+                .find(|(_, m)| {
+                    &m.beat.cluster_addr == addr || resolves_to(&m.beat.cluster_addr, addr)
+                })
                 .map(|(n, _)| n.clone())
         });
         let Some(member) = name.as_ref().and_then(|n| self.members.get_mut(n)) else {
@@ -471,7 +481,11 @@ impl MembershipState {
             .filter(|(_, m)| m.status == Status::Up)
             .map(|(n, _)| n.clone())
             .collect();
-        let (store, ctx, me) = (self.args.store.clone(), self.args.ctx.clone(), myself.clone());
+        let (store, ctx, me) = (
+            self.args.store.clone(),
+            self.args.ctx.clone(),
+            myself.clone(),
+        );
         let batch = self.args.config.takeover_batch;
         // Each survivor takes its share of a round, so a gone node's tasks spread out.
         let survivors = alive.len() + 1;
@@ -484,7 +498,10 @@ impl MembershipState {
                     Vec::new()
                 }
             };
-            for gone in nodes.iter().filter(|n| **n != ctx.node && !alive.contains(*n)) {
+            for gone in nodes
+                .iter()
+                .filter(|n| **n != ctx.node && !alive.contains(*n))
+            {
                 let held = match store.count_unfinished(gone).await {
                     Ok(0) => continue,
                     Ok(n) => n,

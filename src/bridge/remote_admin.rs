@@ -1,0 +1,107 @@
+//! Admin requests between nodes (`ms.<cluster>.admin.<node>.<verb>`): any node's admin
+//! listener answers for every node of its cluster, by asking the owning node over NATS.
+//!
+//! The owning node answers from its own directory, exactly as its local admin listener
+//! would (same status, same JSON body), so a remote answer reads like a local one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::RequestErrorKind;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use super::{Bridge, BridgeError, Envelope};
+
+pub const REQUEST: &str = "admin.request";
+pub const REPLY: &str = "admin.reply";
+
+/// What is asked of a node's admin surface.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminRequest {
+    /// `actors` (the tree) or `actor` (one actor, `id`).
+    pub verb: String,
+    pub id: Option<String>,
+}
+
+/// The answer: an HTTP status and the JSON body the local listener would have sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminReply {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Answers admin requests for this node.
+pub type Handler = Arc<dyn Fn(AdminRequest) -> AdminReply + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("no node `{0}` answers in this cluster")]
+    NoSuchNode(String),
+    #[error("node `{0}` did not answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("the NATS bus is not connected; only this node can be inspected")]
+    Disconnected,
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+}
+
+/// Serves this node's admin requests until aborted.
+pub async fn serve(bridge: Bridge, handler: Handler) -> Result<JoinHandle<()>, BridgeError> {
+    let subject = bridge.subjects().admin(bridge.node(), "*");
+    let mut requests = bridge.subscribe(subject).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            let Some(request) = bridge.open::<AdminRequest>(&message, REQUEST) else {
+                continue;
+            };
+            let answer = handler(request.payload.clone());
+            let reply = Envelope::reply_to(&request, REPLY, bridge.node(), answer);
+            match reply.encode() {
+                Ok(bytes) => {
+                    if let Err(e) = bridge.publish_bytes(reply_to.to_string(), bytes).await {
+                        tracing::debug!(error = %e, "admin reply not sent");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "admin reply not encodable"),
+            }
+        }
+    }))
+}
+
+/// Asks `node` over NATS.
+pub async fn ask(
+    bridge: &Bridge,
+    node: &str,
+    request: AdminRequest,
+    timeout: Duration,
+) -> Result<AdminReply, AskError> {
+    if !bridge.is_connected() {
+        return Err(AskError::Disconnected);
+    }
+    let subject = bridge.subjects().admin(node, &request.verb);
+    let bytes = Envelope::new(REQUEST, bridge.node(), request)
+        .encode()
+        .map_err(BridgeError::from)?;
+    let asked = async_nats::Request::new()
+        .payload(bytes)
+        .timeout(Some(timeout));
+    let message = bridge
+        .client()
+        .send_request(subject, asked)
+        .await
+        .map_err(|e| match e.kind() {
+            RequestErrorKind::NoResponders => AskError::NoSuchNode(node.to_string()),
+            RequestErrorKind::TimedOut => AskError::Timeout(node.to_string(), timeout),
+            _ => AskError::Bridge(BridgeError::Nats(e.to_string())),
+        })?;
+    bridge
+        .open::<AdminReply>(&message, REPLY)
+        .map(|e| e.payload)
+        .ok_or_else(|| AskError::Bridge(BridgeError::Nats(format!("unreadable reply from {node}"))))
+}
