@@ -45,6 +45,14 @@ if ! command -v nats-server >/dev/null 2>&1; then
 fi
 say "using nats-server $(nats-server --version 2>&1 | head -n1) at $(command -v nats-server)"
 
+# --- docker-compose -----------------------------------------------------------
+# tests/compose.rs checks docker-compose.yml with `docker-compose config` (no Docker
+# engine needed for that).
+if ! command -v docker-compose >/dev/null 2>&1; then
+    say "docker-compose not found; installing package docker-compose"
+    apt_install docker-compose
+fi
+
 # --- PostgreSQL: installed ---------------------------------------------------
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
     say "PostgreSQL not found; installing package postgresql"

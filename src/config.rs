@@ -158,12 +158,26 @@ pub struct ClusterSettings {
 
 /// How a silent peer is judged down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub enum DetectorKind {
     /// Phi accrual over the heartbeat intervals seen (adapts to jitter).
     Phi,
     /// A fixed silence: down after `deadline_ms` without a heartbeat.
     Deadline,
+}
+
+impl TryFrom<String> for DetectorKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "phi" => Ok(DetectorKind::Phi),
+            "deadline" => Ok(DetectorKind::Deadline),
+            other => Err(format!(
+                "unknown detector `{other}`; allowed: phi, deadline"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -345,3 +345,50 @@ async fn config_file_domains_replace_the_default_domains() {
     let solo = child(root, "solo").expect("solo domain");
     assert_eq!(solo["strategy"], "one_for_all", "{solo}");
 }
+
+#[tokio::test]
+async fn a_cluster_needs_a_cookie_and_a_shared_database() {
+    let nats = ["run", "--nats", "nats://127.0.0.1:4222"];
+    expect_config_error(
+        &[],
+        &nats,
+        &[],
+        &["cluster.cookie", "MISTER_SMITH__CLUSTER__COOKIE"],
+    )
+    .await;
+    expect_config_error(
+        &[],
+        &nats,
+        &[("MISTER_SMITH__CLUSTER__COOKIE", "s3cret")],
+        &["database.url", "postgres://"],
+    )
+    .await;
+    expect_config_error(
+        &[],
+        &nats,
+        &[
+            ("MISTER_SMITH__CLUSTER__COOKIE", "s3cret"),
+            (
+                "MISTER_SMITH__DATABASE__URL",
+                "postgres://postgres@127.0.0.1:1/x",
+            ),
+            ("MISTER_SMITH__CLUSTER__DETECTOR", "gossip"),
+        ],
+        &["detector", "phi", "deadline"],
+    )
+    .await;
+    expect_config_error(
+        &[],
+        &nats,
+        &[
+            ("MISTER_SMITH__CLUSTER__COOKIE", "s3cret"),
+            (
+                "MISTER_SMITH__DATABASE__URL",
+                "postgres://postgres@127.0.0.1:1/x",
+            ),
+            ("MISTER_SMITH__CLUSTER__DEADLINE_MS", "100"),
+        ],
+        &["deadline_ms", "heartbeat_ms"],
+    )
+    .await;
+}
