@@ -79,7 +79,7 @@ async fn tree(
 ) -> Response {
     let request = AdminRequest {
         verb: "actors".into(),
-        id: None,
+        ..Default::default()
     };
     answer(&node, query, request).await
 }
@@ -95,7 +95,7 @@ async fn answer(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let Some(target) = target else {
-        return reply(local(node, request));
+        return reply(local(node, request).await);
     };
     let Some(bridge) = node.bridge.get() else {
         return ApiError::not_found(format!(
@@ -124,10 +124,11 @@ fn reply(answer: AdminReply) -> Response {
 }
 
 /// This node's answer to an admin request, as the local listener and NATS both give it.
-pub fn local(node: &NodeState, request: AdminRequest) -> AdminReply {
+pub async fn local(node: &NodeState, request: AdminRequest) -> AdminReply {
     let result = match request.verb.as_str() {
         "actors" => local_tree(node),
         "actor" => local_actor(node, request.id.as_deref().unwrap_or_default()),
+        "agents" => crate::http::agents::local(node, &request.query).await,
         other => Err(ApiError::not_found(format!("no admin request `{other}`"))),
     };
     match result {
@@ -185,6 +186,7 @@ async fn actor(
     let request = AdminRequest {
         verb: "actor".into(),
         id: Some(id),
+        ..Default::default()
     };
     answer(&node, query, request).await
 }

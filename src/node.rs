@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use actors::NodeContext;
 use actors::context::Services;
+use actors::domain::DomainSpec;
+use actors::remote::RemoteAgents;
 use actors::root::root_args;
 use actors::supervisor::{ChildSpec, Escalation, Supervisor};
 use actors::tools::Tools;
@@ -20,11 +22,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::bridge::Bridge;
+use crate::bridge::agent_service::{AgentService, AgentServiceArgs};
 use crate::bridge::forwarder::{Forwarder, ForwarderArgs, Retention};
 use crate::bridge::remote_admin::Handler;
+use crate::bridge::remote_agents::NatsAgents;
 use crate::cluster::detector::DetectorSettings;
 use crate::cluster::membership::ClusterConfig;
-use crate::cluster::{ClusterView, Membership, MembershipArgs};
+use crate::cluster::{ClusterView, Membership, MembershipArgs, Served};
 use crate::config::Settings;
 use crate::state::{AppState, NodeState};
 use crate::store::{Store, Tasks, redact};
@@ -91,16 +95,33 @@ pub async fn run(
     );
     let _ = state.tasks.set(tasks.clone());
     let llm = actors::llm::Llm::new(&settings.llm).map_err(|e| anyhow::anyhow!("llm: {e}"))?;
+    // Clustered: the NATS connection (made in the background) and the membership view
+    // come first, since the Router reaches other nodes' agents through them.
+    let cluster = match &settings.nats.url {
+        Some(url) => {
+            let bridge = Bridge::connect(&settings, url).await?;
+            let view = Arc::new(ClusterView::default());
+            let _ = state.bridge.set(bridge.clone());
+            let _ = state.cluster.set(view.clone());
+            Some((bridge, view))
+        }
+        None => None,
+    };
+    let remote = cluster.as_ref().map(|(bridge, view)| {
+        let agents = NatsAgents::new(bridge.clone(), settings.cluster.name.clone(), view.clone());
+        Arc::new(agents) as Arc<dyn RemoteAgents>
+    });
     ctx.provide(Services {
         tools,
         llm,
         memory: Arc::new(tasks.clone()),
         store: Arc::new(tasks),
         scheduler: settings.scheduler_settings(),
+        remote,
     });
 
-    let services = match &settings.nats.url {
-        Some(url) => cluster_services(&settings, url, &state, &store).await?,
+    let services = match cluster {
+        Some((bridge, view)) => cluster_services(&settings, bridge, view, &state, &store),
         None => Vec::new(),
     };
     let (args, escalation) = root_args(
@@ -152,19 +173,17 @@ pub async fn run(
     Ok(outcome)
 }
 
-/// The bridge and membership children of a clustered node (DESIGN §2's `bridge` and
-/// `cluster`), with the NATS connection they share (made in the background).
-async fn cluster_services(
+/// The children of a clustered node's root that talk to the cluster (DESIGN §2's
+/// `bridge` and `cluster`, and the `agents` services), sharing one NATS connection.
+fn cluster_services(
     settings: &Settings,
-    url: &str,
+    bridge: Bridge,
+    view: Arc<ClusterView>,
     state: &AppState,
     store: &Store,
-) -> anyhow::Result<Vec<ChildSpec>> {
-    let bridge = Bridge::connect(settings, url).await?;
-    let _ = state.bridge.set(bridge.clone());
-    let view = Arc::new(ClusterView::default());
-    let _ = state.cluster.set(view.clone());
+) -> Vec<ChildSpec> {
     let c = &settings.cluster;
+    let serves = served_roles(&settings.domains);
     let advertised = |addr: SocketAddr| {
         if addr.ip().is_unspecified() {
             format!("{}:{}", c.advertise, addr.port())
@@ -181,6 +200,7 @@ async fn cluster_services(
         admin: advertised(settings.admin.listen),
         detector: DetectorSettings::from_settings(c),
         takeover_batch: c.takeover_batch,
+        serves: serves.clone(),
     };
     let retention = Retention {
         max_age: Duration::from_secs_f64(settings.nats.events_max_age_secs),
@@ -188,7 +208,10 @@ async fn cluster_services(
     };
     let (ctx, forwarder_bridge) = (state.ctx.clone(), bridge.clone());
     let answering = state.clone();
-    let admin: Handler = Arc::new(move |request| admin::local(&answering, request));
+    let admin: Handler = Arc::new(move |request| {
+        let node = answering.clone();
+        Box::pin(async move { admin::local(&node, request).await })
+    });
     let forwarder = ChildSpec::new("bridge", move |sup, _| {
         let args = ForwarderArgs {
             ctx: ctx.clone(),
@@ -197,6 +220,16 @@ async fn cluster_services(
             admin: admin.clone(),
         };
         Forwarder::spawn_linked(args, sup)
+    });
+    let (ctx, agents_bridge, cluster) = (state.ctx.clone(), bridge.clone(), c.name.clone());
+    let agents = ChildSpec::new("agents", move |sup, _| {
+        let args = AgentServiceArgs {
+            ctx: ctx.clone(),
+            bridge: agents_bridge.clone(),
+            cluster: cluster.clone(),
+            serves: serves.clone(),
+        };
+        AgentService::spawn_linked(args, sup)
     });
     let (ctx, store) = (state.ctx.clone(), store.clone());
     let membership = ChildSpec::new("cluster", move |sup, _| {
@@ -209,7 +242,44 @@ async fn cluster_services(
         };
         Membership::spawn_linked(args, sup)
     });
-    Ok(vec![forwarder, membership])
+    vec![forwarder, membership, agents]
+}
+
+/// The roles this node runs agents of, per domain, with their capabilities.
+fn served_roles(domains: &[DomainSpec]) -> Vec<Served> {
+    let mut serves: Vec<Served> = Vec::new();
+    for domain in domains {
+        for agent in domain.agents.iter().filter(|a| a.instances > 0) {
+            let role = agent.role.as_str().to_string();
+            let mut capabilities: Vec<String> = agent
+                .role
+                .capabilities()
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            capabilities.extend(agent.capabilities.iter().cloned());
+            match serves
+                .iter_mut()
+                .find(|s| s.domain == domain.name && s.role == role)
+            {
+                Some(s) => {
+                    s.instances += agent.instances;
+                    for c in capabilities {
+                        if !s.capabilities.contains(&c) {
+                            s.capabilities.push(c);
+                        }
+                    }
+                }
+                None => serves.push(Served {
+                    domain: domain.name.clone(),
+                    role,
+                    capabilities,
+                    instances: agent.instances,
+                }),
+            }
+        }
+    }
+    serves
 }
 
 async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -24,6 +24,8 @@ pub struct Services {
     pub memory: Arc<dyn crate::roles::memory::MemoryStore>,
     pub store: Arc<dyn TaskStore>,
     pub scheduler: SchedulerSettings,
+    /// Agents of the other nodes of the cluster (none on a single node).
+    pub remote: Option<Arc<dyn crate::remote::RemoteAgents>>,
 }
 
 /// How the scheduler admits and orders work.

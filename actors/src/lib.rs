@@ -11,6 +11,7 @@ pub mod events;
 pub mod llm;
 pub mod operations;
 pub mod registry;
+pub mod remote;
 pub mod roles;
 pub mod root;
 pub mod run;

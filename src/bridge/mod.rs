@@ -6,9 +6,11 @@
 //! (readiness reports `degraded`). The actors that use it: [`forwarder`] (events to NATS
 //! and the JetStream event stream) and the cluster's membership (`crate::cluster`).
 
+pub mod agent_service;
 pub mod envelope;
 pub mod forwarder;
 pub mod remote_admin;
+pub mod remote_agents;
 pub mod subjects;
 
 use std::sync::Arc;

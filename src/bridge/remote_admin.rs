@@ -4,11 +4,13 @@
 //! The owning node answers from its own directory, exactly as its local admin listener
 //! would (same status, same JSON body), so a remote answer reads like a local one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::RequestErrorKind;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -19,11 +21,14 @@ pub const REQUEST: &str = "admin.request";
 pub const REPLY: &str = "admin.reply";
 
 /// What is asked of a node's admin surface.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AdminRequest {
-    /// `actors` (the tree) or `actor` (one actor, `id`).
+    /// `actors` (the tree), `actor` (one actor, `id`), `agents` (its registry, filtered
+    /// by `query`).
     pub verb: String,
     pub id: Option<String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
 }
 
 /// The answer: an HTTP status and the JSON body the local listener would have sent.
@@ -34,7 +39,7 @@ pub struct AdminReply {
 }
 
 /// Answers admin requests for this node.
-pub type Handler = Arc<dyn Fn(AdminRequest) -> AdminReply + Send + Sync>;
+pub type Handler = Arc<dyn Fn(AdminRequest) -> BoxFuture<'static, AdminReply> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
@@ -60,7 +65,7 @@ pub async fn serve(bridge: Bridge, handler: Handler) -> Result<JoinHandle<()>, B
             let Some(request) = bridge.open::<AdminRequest>(&message, REQUEST) else {
                 continue;
             };
-            let answer = handler(request.payload.clone());
+            let answer = handler(request.payload.clone()).await;
             let reply = Envelope::reply_to(&request, REPLY, bridge.node(), answer);
             match reply.encode() {
                 Ok(bytes) => {
@@ -104,4 +109,21 @@ pub async fn ask(
         .open::<AdminReply>(&message, REPLY)
         .map(|e| e.payload)
         .ok_or_else(|| AskError::Bridge(BridgeError::Nats(format!("unreadable reply from {node}"))))
+}
+
+/// Asks every node of `nodes` the same, side by side; each answer (or why there is none)
+/// with its node.
+pub async fn ask_all(
+    bridge: &Bridge,
+    nodes: &[String],
+    request: &AdminRequest,
+    timeout: Duration,
+) -> Vec<(String, Result<AdminReply, AskError>)> {
+    let asks = nodes.iter().map(|node| async move {
+        (
+            node.clone(),
+            ask(bridge, node, request.clone(), timeout).await,
+        )
+    });
+    futures::future::join_all(asks).await
 }

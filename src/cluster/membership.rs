@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use super::detector::{Detector, DetectorSettings};
 use super::peers::{self, PeerEvent};
-use super::view::{ClusterSnapshot, ClusterView, Load, MemberView};
+use super::view::{ClusterSnapshot, ClusterView, Load, MemberView, Served};
 use crate::bridge::{Bridge, BusState};
 use crate::store::Store;
 
@@ -51,6 +51,8 @@ pub struct Heartbeat {
     pub admin: String,
     pub version: String,
     pub load: Load,
+    #[serde(default)]
+    pub serves: Vec<Served>,
 }
 
 /// Where this node can be reached, and how it judges others.
@@ -64,6 +66,7 @@ pub struct ClusterConfig {
     pub admin: String,
     pub detector: DetectorSettings,
     pub takeover_batch: usize,
+    pub serves: Vec<Served>,
 }
 
 pub struct MembershipArgs {
@@ -311,6 +314,7 @@ impl MembershipState {
             admin: c.admin.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             load: self.load,
+            serves: c.serves.clone(),
         };
         let b = &self.args.bridge;
         if b.is_connected()
@@ -541,6 +545,7 @@ impl MembershipState {
             detector_kind: kind.clone(),
             load: self.load,
             version: env!("CARGO_PKG_VERSION").into(),
+            serves: c.serves.clone(),
         }];
         for (node, m) in &self.members {
             members.push(MemberView {
@@ -555,6 +560,7 @@ impl MembershipState {
                 detector_kind: kind.clone(),
                 load: m.beat.load,
                 version: m.beat.version.clone(),
+                serves: m.beat.serves.clone(),
             });
         }
         members[1..].sort_by(|a, b| a.node.cmp(&b.node));

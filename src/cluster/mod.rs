@@ -13,4 +13,4 @@ pub mod peers;
 pub mod view;
 
 pub use membership::{Membership, MembershipArgs};
-pub use view::{ClusterView, MemberView};
+pub use view::{ClusterView, MemberView, Served};

@@ -24,6 +24,18 @@ pub struct MemberView {
     pub detector_kind: String,
     pub load: Load,
     pub version: String,
+    /// The roles it runs agents of.
+    pub serves: Vec<Served>,
+}
+
+/// A role a node runs agents of, as it announces it: what others can ask of it over
+/// `ms.<cluster>.agents.<domain>.<role>.…`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Served {
+    pub domain: String,
+    pub role: String,
+    pub capabilities: Vec<String>,
+    pub instances: u32,
 }
 
 /// A node's load as it announces it.

@@ -175,6 +175,9 @@ pub struct AgentList {
     /// How many agents are listed.
     pub count: u64,
     pub agents: Vec<AgentRecord>,
+    /// In a cluster: each node asked and `ok`, or why its agents are missing.
+    #[schema(required = false)]
+    pub nodes: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// What a submission got: 202 for a new task, 200 for an earlier task with the same

@@ -1,7 +1,8 @@
 //! Router: picks the agent for each step: capability match, healthy, least loaded; never
-//! an agent that is not active. When every agent of a capability is marked unhealthy, the
-//! least loaded active one is used rather than failing the step. (Remote agents over NATS
-//! come with clustering.)
+//! an agent that is not active. Local first: an agent of another node (over NATS) is used
+//! only when no local agent is healthy or the least loaded one is saturated; without a
+//! cluster, when every agent of a capability is marked unhealthy, the least loaded active
+//! one is used rather than failing the step.
 
 use ractor::ActorRef;
 
@@ -21,6 +22,19 @@ pub enum RouteError {
     NoRegistry,
     #[error("no healthy active agent offers `{0}`")]
     NoAgent(String),
+}
+
+/// Steps in flight on the least loaded local agent from which another node's agents are
+/// preferred.
+pub const SATURATED: u32 = 64;
+
+/// Whether this routing outcome should go to another node when one offers the capability:
+/// no local agent, only an unhealthy one, or a saturated one.
+pub fn prefer_remote(local: &Result<(AgentRecord, ActorRef<AgentMsg>), RouteError>) -> bool {
+    match local {
+        Err(_) => true,
+        Ok((record, _)) => !record.healthy || record.load >= SATURATED,
+    }
 }
 
 /// The agent to run a step with `capability` on, with its record.

@@ -61,7 +61,7 @@ pub struct ToolOutput {
 }
 
 /// Why a tool call failed; each says what to change.
-#[derive(thiserror::Error, Debug, Clone, Serialize, PartialEq)]
+#[derive(thiserror::Error, Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum ToolError {
     #[error("unknown tool {0:?} (known tools: echo, sleep, shell, http, file)")]
