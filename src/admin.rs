@@ -24,6 +24,7 @@ pub fn router(state: AppState, token: Option<String>) -> Router {
     let token = Arc::new(token);
     Router::new()
         .route("/admin/cluster", get(cluster))
+        .route("/admin/nodes/{node}/drain", post(drain))
         .route("/admin/actors", get(tree))
         .route("/admin/actors/{id}", get(actor))
         .route("/admin/actors/{id}/{op}", post(operate))
@@ -129,6 +130,7 @@ pub async fn local(node: &NodeState, request: AdminRequest) -> AdminReply {
         "actors" => local_tree(node),
         "actor" => local_actor(node, request.id.as_deref().unwrap_or_default()),
         "agents" => crate::http::agents::local(node, &request.query).await,
+        "drain" => local_drain(node).await,
         other => Err(ApiError::not_found(format!("no admin request `{other}`"))),
     };
     match result {
@@ -163,6 +165,48 @@ async fn cluster(State(node): State<AppState>) -> Result<Json<Value>, ApiError> 
         )
     })?;
     Ok(Json(json!(view.get())))
+}
+
+/// Drains a node (this one, or another of the cluster over NATS): it takes no new tasks
+/// and starts no queued ones, lets its runs in flight finish, then leaves and stops; the
+/// others take over its queued tasks. 202 once the drain has begun.
+async fn drain(
+    State(node): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let target = match path {
+        Ok(Path(target)) => target,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let request = AdminRequest {
+        verb: "drain".into(),
+        ..Default::default()
+    };
+    let query = Ok(Query(NodeQuery { node: Some(target) }));
+    let mut response = answer(&node, query, request).await;
+    if response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::ACCEPTED;
+    }
+    response
+}
+
+async fn local_drain(node: &NodeState) -> Result<Value, ApiError> {
+    let membership = node.cluster.get().and_then(|view| view.membership()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_clustered",
+            "only a node of a cluster can be drained (nats.url is not set, or membership is not running): there is no one to hand its work to",
+        )
+    })?;
+    let report = error::ask(
+        &membership,
+        crate::cluster::membership::MembershipMsg::Drain,
+        REMOTE_TIMEOUT,
+        "the cluster membership",
+    )
+    .await?
+    .map_err(ApiError::unavailable)?;
+    Ok(json!(report))
 }
 
 fn parse_target(id: &str) -> Result<Target, ApiError> {

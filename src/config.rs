@@ -154,6 +154,7 @@ pub struct ClusterSettings {
     pub min_std_dev_ms: u64,
     pub deadline_ms: u64,
     pub takeover_batch: usize,
+    pub drain_timeout_secs: f64,
 }
 
 /// How a silent peer is judged down.
@@ -297,6 +298,7 @@ impl Settings {
             );
         }
         positive("cluster.phi_threshold", c.phi_threshold)?;
+        positive("cluster.drain_timeout_secs", c.drain_timeout_secs)?;
         if c.min_std_dev_ms == 0 || c.takeover_batch == 0 {
             return fail("cluster: min_std_dev_ms and takeover_batch must be at least 1".into());
         }

@@ -84,6 +84,10 @@ async fn run(flags: NodeFlags, started: Instant) -> u8 {
             tracing::info!("stopped");
             0
         }
+        Ok(Outcome::Drained) => {
+            tracing::info!("drained and left the cluster; stopped");
+            0
+        }
         Ok(Outcome::Escalated(e)) => {
             tracing::error!(
                 supervisor = %e.supervisor,

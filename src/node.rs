@@ -46,6 +46,8 @@ pub enum Outcome {
     Escalated(Escalation),
     /// The root supervisor ended without escalating (it was killed).
     RootDied,
+    /// A drain finished: the node left its cluster.
+    Drained,
 }
 
 /// Runs a node until it stops. `started` is when the process started (for the
@@ -147,6 +149,7 @@ pub async fn run(
     let outcome = tokio::select! {
         biased;
         () = &mut signal => Outcome::Signalled,
+        () = state.shutdown.notified() => Outcome::Drained,
         Ok(escalation) = escalation => Outcome::Escalated(escalation),
         _ = &mut root_done => Outcome::RootDied,
     };
@@ -201,6 +204,7 @@ fn cluster_services(
         detector: DetectorSettings::from_settings(c),
         takeover_batch: c.takeover_batch,
         serves: serves.clone(),
+        drain_timeout: Duration::from_secs_f64(c.drain_timeout_secs),
     };
     let retention = Retention {
         max_age: Duration::from_secs_f64(settings.nats.events_max_age_secs),
@@ -231,7 +235,7 @@ fn cluster_services(
         };
         AgentService::spawn_linked(args, sup)
     });
-    let (ctx, store) = (state.ctx.clone(), store.clone());
+    let (ctx, store, shutdown) = (state.ctx.clone(), store.clone(), state.shutdown.clone());
     let membership = ChildSpec::new("cluster", move |sup, _| {
         let args = MembershipArgs {
             ctx: ctx.clone(),
@@ -239,6 +243,7 @@ fn cluster_services(
             store: store.clone(),
             config: config.clone(),
             view: view.clone(),
+            shutdown: shutdown.clone(),
         };
         Membership::spawn_linked(args, sup)
     });

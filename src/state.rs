@@ -26,6 +26,8 @@ pub struct NodeState {
     pub bridge: OnceLock<Bridge>,
     /// The cluster as the membership actor sees it, when clustered.
     pub cluster: OnceLock<Arc<ClusterView>>,
+    /// Notified when the node should stop on its own (a drain is done).
+    pub shutdown: Arc<tokio::sync::Notify>,
 }
 
 impl NodeState {
@@ -40,6 +42,7 @@ impl NodeState {
             started: Instant::now(),
             bridge: OnceLock::new(),
             cluster: OnceLock::new(),
+            shutdown: Arc::new(tokio::sync::Notify::new()),
         })
     }
 

@@ -37,6 +37,8 @@ pub enum SubmitError {
     Store(#[from] StoreError),
     #[error("the node is not ready to take tasks (storage not open)")]
     NotReady,
+    #[error("the node is draining (it takes no new tasks); submit to another node")]
+    Draining,
 }
 
 /// What a cancel request found.
@@ -51,6 +53,7 @@ pub struct SchedulerStats {
     pub queued: usize,
     pub running: usize,
     pub submitting: usize,
+    pub draining: bool,
 }
 
 pub enum SchedulerMsg {
@@ -77,6 +80,9 @@ pub enum SchedulerMsg {
     },
     Cancel(String, RpcReplyPort<Result<CancelOutcome, StoreError>>),
     Stats(RpcReplyPort<SchedulerStats>),
+    /// Take no new tasks and start no queued ones (the node is leaving); runs in flight
+    /// finish. Answers with the counts at that moment.
+    Drain(RpcReplyPort<SchedulerStats>),
 }
 
 // ractor's `cluster` feature (for ractor_cluster) drops the blanket `Message` impl.
@@ -95,6 +101,7 @@ pub struct SchedulerState {
     seq: u64,
     running: HashMap<String, Option<ActorRef<RunMsg>>>,
     submitting: usize,
+    draining: bool,
     stats: Arc<ActorStats>,
 }
 
@@ -164,6 +171,7 @@ impl Actor for Scheduler {
             seq: 0,
             running: HashMap::new(),
             submitting: 0,
+            draining: false,
             stats,
         })
     }
@@ -213,11 +221,18 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::Cancel(task_id, reply) => state.cancel(task_id, reply),
             SchedulerMsg::Stats(reply) => {
-                let _ = reply.send(SchedulerStats {
-                    queued: state.queued.len(),
-                    running: state.running.len(),
-                    submitting: state.submitting,
-                });
+                let _ = reply.send(state.counts());
+            }
+            SchedulerMsg::Drain(reply) => {
+                if !state.draining {
+                    tracing::info!(
+                        running = state.running.len(),
+                        queued = state.queued.len(),
+                        "draining"
+                    );
+                }
+                state.draining = true;
+                let _ = reply.send(state.counts());
             }
         }
         state.pump(&myself);
@@ -228,12 +243,25 @@ impl Actor for Scheduler {
 }
 
 impl SchedulerState {
+    fn counts(&self) -> SchedulerStats {
+        SchedulerStats {
+            queued: self.queued.len(),
+            running: self.running.len(),
+            submitting: self.submitting,
+            draining: self.draining,
+        }
+    }
+
     fn submit(
         &mut self,
         myself: &ActorRef<SchedulerMsg>,
         mut task: NewTask,
         reply: RpcReplyPort<Result<Submitted, SubmitError>>,
     ) {
+        if self.draining {
+            let _ = reply.send(Err(SubmitError::Draining));
+            return;
+        }
         let waiting = self.queued.len() + self.submitting;
         if waiting >= self.settings.max_queued {
             let _ = reply.send(Err(SubmitError::QueueFull(waiting)));
@@ -275,6 +303,11 @@ impl SchedulerState {
         let Some(runs) = self.ctx.supervisor("runs") else {
             return;
         };
+        // A draining node leaves its queued tasks to the others (they take them over
+        // when it has left).
+        if self.draining {
+            return;
+        }
         while self.running.len() < self.settings.max_running {
             let Some(Reverse((_, _, task_id))) = self.queue.pop() else {
                 break;

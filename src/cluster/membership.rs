@@ -22,9 +22,12 @@ use actors::directory::{ActorKind, ActorMeta, ActorStats};
 use actors::events::Event;
 use actors::scheduler::SchedulerMsg;
 use futures::StreamExt;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 use ractor_cluster::NodeServerMessage;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::detector::{Detector, DetectorSettings};
@@ -53,6 +56,9 @@ pub struct Heartbeat {
     pub load: Load,
     #[serde(default)]
     pub serves: Vec<Served>,
+    /// Taking no new work; it leaves when what it runs is done.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Where this node can be reached, and how it judges others.
@@ -67,6 +73,9 @@ pub struct ClusterConfig {
     pub detector: DetectorSettings,
     pub takeover_batch: usize,
     pub serves: Vec<Served>,
+    /// How long a drain waits for the runs in flight before the node leaves anyway (the
+    /// others take over what is left).
+    pub drain_timeout: Duration,
 }
 
 pub struct MembershipArgs {
@@ -75,6 +84,19 @@ pub struct MembershipArgs {
     pub store: Store,
     pub config: ClusterConfig,
     pub view: Arc<ClusterView>,
+    /// Notified when a drain is done: the node stops (and leaves).
+    pub shutdown: Arc<Notify>,
+}
+
+/// What a drain request found.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainReport {
+    pub node: String,
+    pub draining: bool,
+    /// Runs in flight, which finish before the node leaves.
+    pub running: usize,
+    /// Queued tasks, which the other nodes take over when it has left.
+    pub queued: usize,
 }
 
 pub enum MembershipMsg {
@@ -94,6 +116,8 @@ pub enum MembershipMsg {
     Load(Load),
     /// A takeover round finished: how many tasks were taken, and whether more remain.
     Swept { taken: usize, more: bool },
+    /// Stop taking work, let the runs in flight finish, then leave (the node stops).
+    Drain(RpcReplyPort<Result<DrainReport, String>>),
 }
 
 impl ractor::Message for MembershipMsg {}
@@ -134,6 +158,9 @@ pub struct MembershipState {
     sweeping: bool,
     taken_over: u64,
     listeners: Vec<JoinHandle<()>>,
+    /// While draining: when to leave even if runs are still in flight.
+    drain_deadline: Option<Instant>,
+    left: bool,
 }
 
 pub struct Membership;
@@ -165,6 +192,7 @@ impl Actor for Membership {
                 domain: None,
             },
         );
+        args.view.set_membership(Some(myself.clone()));
         let c = &args.config;
         let server =
             peers::start_server(&args.ctx.node, &c.advertise, &c.cookie, c.listen, &myself).await?;
@@ -192,6 +220,8 @@ impl Actor for Membership {
             sweeping: false,
             taken_over: 0,
             listeners,
+            drain_deadline: None,
+            left: false,
         })
     }
 
@@ -211,6 +241,7 @@ impl Actor for Membership {
             let _ = b.client().flush().await;
         }
         state.server.stop(Some("node shutdown".into()));
+        state.args.view.set_membership(None);
         state.args.ctx.directory.leave(myself.get_id().pid());
         Ok(())
     }
@@ -257,6 +288,7 @@ impl Actor for Membership {
                 }
             }
             MembershipMsg::Load(load) => state.load = load,
+            MembershipMsg::Drain(reply) => state.drain(reply).await,
             MembershipMsg::Swept { taken, more } => {
                 state.sweeping = false;
                 state.taken_over += taken as u64;
@@ -315,6 +347,7 @@ impl MembershipState {
             version: env!("CARGO_PKG_VERSION").into(),
             load: self.load,
             serves: c.serves.clone(),
+            draining: self.drain_deadline.is_some(),
         };
         let b = &self.args.bridge;
         if b.is_connected()
@@ -335,6 +368,56 @@ impl MembershipState {
                 }
             });
         }
+    }
+
+    async fn drain(&mut self, reply: RpcReplyPort<Result<DrainReport, String>>) {
+        let Some(scheduler) = self.args.ctx.scheduler() else {
+            let _ = reply.send(Err("the scheduler is not running".into()));
+            return;
+        };
+        let stats = match ractor::call_t!(scheduler, SchedulerMsg::Drain, 2000) {
+            Ok(stats) => stats,
+            Err(e) => {
+                let _ = reply.send(Err(format!("the scheduler did not answer: {e}")));
+                return;
+            }
+        };
+        if self.drain_deadline.is_none() {
+            self.drain_deadline = Some(Instant::now() + self.args.config.drain_timeout);
+            tracing::info!(
+                running = stats.running,
+                queued = stats.queued,
+                "draining: leaving when the runs in flight are done"
+            );
+        }
+        self.load.running = stats.running;
+        self.load.queued = stats.queued;
+        let _ = reply.send(Ok(DrainReport {
+            node: self.args.ctx.node.clone(),
+            draining: true,
+            running: stats.running,
+            queued: stats.queued,
+        }));
+    }
+
+    /// While draining: leave once nothing runs here (or the drain timed out).
+    fn maybe_leave(&mut self, now: Instant) {
+        let Some(deadline) = self.drain_deadline else {
+            return;
+        };
+        if self.left || (self.load.running > 0 && now < deadline) {
+            return;
+        }
+        self.left = true;
+        if self.load.running > 0 {
+            tracing::warn!(
+                running = self.load.running,
+                "drain timed out; leaving, the others take over what is left"
+            );
+        } else {
+            tracing::info!("drained; leaving the cluster");
+        }
+        self.args.shutdown.notify_one();
     }
 
     fn heard(&mut self, myself: &ActorRef<MembershipMsg>, node: String, beat: Heartbeat) {
@@ -472,6 +555,7 @@ impl MembershipState {
         if settled && !self.sweeping && now >= self.next_sweep {
             self.sweep(myself);
         }
+        self.maybe_leave(now);
         self.publish_view(now);
     }
 
@@ -535,7 +619,12 @@ impl MembershipState {
         let kind = format!("{:?}", c.detector.kind).to_lowercase();
         let mut members = vec![MemberView {
             node: self.args.ctx.node.clone(),
-            status: "self".into(),
+            status: if self.drain_deadline.is_some() {
+                "draining"
+            } else {
+                "self"
+            }
+            .into(),
             cluster_addr: format!("{}:{}", c.advertise, c.listen.port()),
             http: c.http.clone(),
             admin: c.admin.clone(),
@@ -550,7 +639,10 @@ impl MembershipState {
         for (node, m) in &self.members {
             members.push(MemberView {
                 node: node.clone(),
-                status: format!("{:?}", m.status).to_lowercase(),
+                status: match m.status {
+                    Status::Up if m.beat.draining => "draining".into(),
+                    other => format!("{other:?}").to_lowercase(),
+                },
                 cluster_addr: m.beat.cluster_addr.clone(),
                 http: m.beat.http.clone(),
                 admin: m.beat.admin.clone(),

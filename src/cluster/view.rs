@@ -3,13 +3,16 @@
 
 use std::sync::RwLock;
 
+use ractor::ActorRef;
 use serde::Serialize;
+
+use super::membership::MembershipMsg;
 
 /// One node of the cluster, as seen from here.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberView {
     pub node: String,
-    /// `up`, `down` or `left` (`self` for this node).
+    /// `up`, `draining`, `down` or `left` (`self` or `draining` for this node).
     pub status: String,
     /// The ractor_cluster address it announces.
     pub cluster_addr: String,
@@ -60,17 +63,31 @@ pub struct ClusterSnapshot {
     pub decode_errors: u64,
 }
 
+/// The snapshot, and the membership actor for requests to it (drain), while it runs.
 #[derive(Default)]
-pub struct ClusterView(RwLock<ClusterSnapshot>);
+pub struct ClusterView {
+    snapshot: RwLock<ClusterSnapshot>,
+    membership: RwLock<Option<ActorRef<MembershipMsg>>>,
+}
 
 impl ClusterView {
     pub fn set(&self, snapshot: ClusterSnapshot) {
-        if let Ok(mut v) = self.0.write() {
+        if let Ok(mut v) = self.snapshot.write() {
             *v = snapshot;
         }
     }
 
     pub fn get(&self) -> ClusterSnapshot {
-        self.0.read().map(|v| v.clone()).unwrap_or_default()
+        self.snapshot.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn set_membership(&self, actor: Option<ActorRef<MembershipMsg>>) {
+        if let Ok(mut m) = self.membership.write() {
+            *m = actor;
+        }
+    }
+
+    pub fn membership(&self) -> Option<ActorRef<MembershipMsg>> {
+        self.membership.read().ok().and_then(|m| m.clone())
     }
 }

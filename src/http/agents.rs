@@ -74,7 +74,7 @@ pub async fn list(
         .get()
         .members
         .into_iter()
-        .filter(|m| m.status == "up")
+        .filter(|m| m.status == "up" || m.status == "draining")
         .map(|m| m.node)
         .collect();
     let request = AdminRequest {
