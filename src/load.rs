@@ -1,6 +1,7 @@
 //! `mister-smith load`: the load generator behind BENCHMARKS.md's whole-system figures.
 //!
-//! It submits trivial one-step `echo` tasks over HTTP from `--concurrency` connections for
+//! It submits trivial one-step `echo` tasks over HTTP (to one node, or spread over several)
+//! from `--concurrency` connections for
 //! `--duration` seconds (optionally paced to `--rate` per second), then waits until the
 //! node reports them finished (`ms_tasks_finished_total` on `/metrics`), and prints
 //! submissions/s, completions/s and submit latency percentiles.
@@ -15,9 +16,15 @@ use tokio::sync::Mutex;
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// The node's HTTP address.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    pub http: String,
+    /// The node's HTTP address; several, comma-separated, spread the submitters over the
+    /// nodes of a cluster (completions are counted on all of them).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub http: Vec<String>,
     /// Concurrent submitters.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -103,11 +110,17 @@ async fn baseline(url: &str) -> anyhow::Result<f64> {
 }
 
 pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
-    let base = if args.http.starts_with("http") {
-        args.http.clone()
-    } else {
-        format!("http://{}", args.http)
-    };
+    let bases: Vec<String> = args
+        .http
+        .iter()
+        .map(|h| {
+            if h.starts_with("http") {
+                h.clone()
+            } else {
+                format!("http://{h}")
+            }
+        })
+        .collect();
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency)
@@ -116,7 +129,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
         Some(url) => Some(baseline(url).await?),
         None => None,
     };
-    let finished_before = finished(&client, &base).await?;
+    let finished_before = finished(&client, &bases).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let counts = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
@@ -124,8 +137,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
         (args.rate > 0.0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+    for i in 0..args.concurrency {
+        let base = bases[i % bases.len()].clone();
+        let (client, stop) = (client.clone(), stop.clone());
         let (latencies, counts) = (latencies.clone(), counts.clone());
         workers.push(tokio::spawn(async move {
             let body = json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]});
@@ -167,10 +181,10 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
     let (submitted, rejected, errors) = *counts.lock().await;
     // Wait for the node to finish what it accepted (bounded).
     let deadline = Instant::now() + Duration::from_secs(300);
-    let mut done = finished(&client, &base).await? - finished_before;
+    let mut done = finished(&client, &bases).await? - finished_before;
     while done < submitted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        done = finished(&client, &base).await? - finished_before;
+        done = finished(&client, &bases).await? - finished_before;
     }
     let complete_secs = started.elapsed().as_secs_f64();
     let mut lat = latencies.lock().await.clone();
@@ -218,17 +232,21 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
     })
 }
 
-/// Tasks the node has finished, from its metrics.
-async fn finished(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("ms_tasks_finished_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+/// Tasks the nodes have finished, from their metrics.
+async fn finished(client: &reqwest::Client, bases: &[String]) -> anyhow::Result<u64> {
+    let mut total = 0.0;
+    for base in bases {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("ms_tasks_finished_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(total as u64)
 }
