@@ -155,6 +155,7 @@ pub struct ClusterSettings {
     pub deadline_ms: u64,
     pub takeover_batch: usize,
     pub drain_timeout_secs: f64,
+    pub spill_queued: usize,
 }
 
 /// How a silent peer is judged down.
@@ -446,6 +447,8 @@ impl Settings {
             max_queued: self.scheduler.max_queued,
             aging_ms: (self.scheduler.aging_secs * 1000.0) as u64,
             resume_own_only: self.nats.url.is_some(),
+            spill_above: (self.nats.url.is_some() && self.cluster.spill_queued > 0)
+                .then_some(self.cluster.spill_queued),
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actors::NodeContext;
 use actors::context::Services;
 use actors::domain::DomainSpec;
-use actors::remote::RemoteAgents;
+use actors::remote::{RemoteAgents, WorkQueue};
 use actors::root::root_args;
 use actors::supervisor::{ChildSpec, Escalation, Supervisor};
 use actors::tools::Tools;
@@ -26,6 +26,7 @@ use crate::bridge::agent_service::{AgentService, AgentServiceArgs};
 use crate::bridge::forwarder::{Forwarder, ForwarderArgs, Retention};
 use crate::bridge::remote_admin::Handler;
 use crate::bridge::remote_agents::NatsAgents;
+use crate::bridge::work_queue::{NatsWorkQueue, Puller, PullerArgs};
 use crate::cluster::detector::DetectorSettings;
 use crate::cluster::membership::ClusterConfig;
 use crate::cluster::{ClusterView, Membership, MembershipArgs, Served};
@@ -120,6 +121,9 @@ pub async fn run(
         store: Arc::new(tasks),
         scheduler: settings.scheduler_settings(),
         remote,
+        work_queue: cluster
+            .as_ref()
+            .map(|(bridge, _)| Arc::new(NatsWorkQueue::new(bridge.clone())) as Arc<dyn WorkQueue>),
     });
 
     let services = match cluster {
@@ -187,6 +191,7 @@ fn cluster_services(
 ) -> Vec<ChildSpec> {
     let c = &settings.cluster;
     let serves = served_roles(&settings.domains);
+    let (bridge_for_pull, pull_store) = (bridge.clone(), store.clone());
     let advertised = |addr: SocketAddr| {
         if addr.ip().is_unspecified() {
             format!("{}:{}", c.advertise, addr.port())
@@ -247,7 +252,18 @@ fn cluster_services(
         };
         Membership::spawn_linked(args, sup)
     });
-    vec![forwarder, membership, agents]
+    let (ctx, store, pull_bridge) = (state.ctx.clone(), pull_store, bridge_for_pull);
+    let max_running = settings.scheduler.max_running;
+    let work_queue = ChildSpec::new("work_queue", move |sup, _| {
+        let args = PullerArgs {
+            ctx: ctx.clone(),
+            bridge: pull_bridge.clone(),
+            store: store.clone(),
+            max_running,
+        };
+        Puller::spawn_linked(args, sup)
+    });
+    vec![forwarder, membership, agents, work_queue]
 }
 
 /// The roles this node runs agents of, per domain, with their capabilities.

@@ -26,6 +26,8 @@ pub struct Services {
     pub scheduler: SchedulerSettings,
     /// Agents of the other nodes of the cluster (none on a single node).
     pub remote: Option<Arc<dyn crate::remote::RemoteAgents>>,
+    /// The cluster's task work queue (none on a single node).
+    pub work_queue: Option<Arc<dyn crate::remote::WorkQueue>>,
 }
 
 /// How the scheduler admits and orders work.
@@ -40,6 +42,9 @@ pub struct SchedulerSettings {
     /// At start, resume only this node's own unfinished tasks (in a cluster) instead of
     /// every unfinished task (a single node owns them all, whatever its earlier names).
     pub resume_own_only: bool,
+    /// With this many tasks queued here, newly accepted ones are offered to the cluster's
+    /// work queue instead (None: never).
+    pub spill_above: Option<usize>,
 }
 
 /// Shared by all actors of one node. Passed as `Arc<NodeContext>` in actor arguments, so

@@ -1,14 +1,17 @@
-//! The port to agents of other nodes: the Router's way out when no agent of this node can
-//! take a step (none healthy, or all saturated). The node implements it over NATS
-//! request-reply (`ms.<cluster>.agents.<domain>.<role>.execute`, one queue group per
-//! role); the actors know only this trait.
+//! The ports to the rest of the cluster, which the node implements over NATS; the actors
+//! know only these traits:
+//! - [`RemoteAgents`]: the Router's way out when no agent of this node can take a step
+//!   (none healthy, or all saturated): request-reply to
+//!   `ms.<cluster>.agents.<domain>.<role>.execute`, one queue group per role;
+//! - [`WorkQueue`]: the scheduler's way to share a deep queue: task tickets on the
+//!   JetStream work queue `ms.<cluster>.tasks.<priority>`.
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::task::StepSpec;
+use crate::task::{Priority, StepSpec};
 use crate::tools::{ToolError, ToolOutput};
 
 /// One step attempt sent to another node.
@@ -51,4 +54,12 @@ pub trait RemoteAgents: Send + Sync + 'static {
         step: RemoteStep,
         wait: Duration,
     ) -> BoxFuture<'_, Result<RemoteDone, RemoteError>>;
+}
+
+/// The cluster's task work queue (JetStream): where a node whose queue is deep offers a
+/// task it has stored, for whichever node has room to pull it.
+pub trait WorkQueue: Send + Sync + 'static {
+    /// Publishes the task's ticket durably; `false` when it could not (the node then runs
+    /// the task itself).
+    fn offer(&self, task_id: String, priority: Priority) -> BoxFuture<'_, bool>;
 }

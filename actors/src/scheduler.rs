@@ -66,6 +66,9 @@ pub enum SchedulerMsg {
         enqueued_ms: i64,
         /// Set for a task this node has just stored.
         warm: Option<Warm>,
+        /// Whether it may go to the cluster's work queue when the queue here is deep (a
+        /// task just accepted; not one resumed, taken over or pulled from the queue).
+        spill: bool,
     },
     /// Internal: a submission's store write finished (accepted or not).
     Stored,
@@ -156,6 +159,7 @@ impl Actor for Scheduler {
                             priority,
                             enqueued_ms: 0,
                             warm: None,
+                            spill: false,
                         });
                     }
                 }
@@ -201,8 +205,13 @@ impl Actor for Scheduler {
                 priority,
                 enqueued_ms,
                 warm,
+                spill,
             } => {
-                if !state.running.contains_key(&task_id) && state.queued.insert(task_id.clone()) {
+                if spill && state.spill(&myself, &task_id, priority, enqueued_ms, &warm) {
+                    // Offered to the cluster; it comes back here if that fails.
+                } else if !state.running.contains_key(&task_id)
+                    && state.queued.insert(task_id.clone())
+                {
                     if let Some(warm) = warm
                         && state.warm.len() < WARM_MAX
                     {
@@ -252,6 +261,41 @@ impl SchedulerState {
         }
     }
 
+    /// Offers a just-accepted task to the cluster's work queue when the queue here is deep;
+    /// whether it did. If the offer fails, the task is queued here after all.
+    fn spill(
+        &self,
+        myself: &ActorRef<SchedulerMsg>,
+        task_id: &str,
+        priority: Priority,
+        enqueued_ms: i64,
+        warm: &Option<Warm>,
+    ) -> bool {
+        let deep = self
+            .settings
+            .spill_above
+            .is_some_and(|n| self.queued.len() >= n);
+        let Some(queue) = self.ctx.services().and_then(|s| s.work_queue.clone()) else {
+            return false;
+        };
+        if !deep {
+            return false;
+        }
+        let (me, task_id, warm) = (myself.clone(), task_id.to_string(), warm.clone());
+        tokio::spawn(async move {
+            if !queue.offer(task_id.clone(), priority).await {
+                let _ = me.cast(SchedulerMsg::Enqueue {
+                    task_id,
+                    priority,
+                    enqueued_ms,
+                    warm,
+                    spill: false,
+                });
+            }
+        });
+        true
+    }
+
     fn submit(
         &mut self,
         myself: &ActorRef<SchedulerMsg>,
@@ -291,6 +335,7 @@ impl SchedulerState {
                     enqueued_ms,
                     // An earlier task found by its idempotency key may have any history.
                     warm: s.created.then_some(warm),
+                    spill: s.created,
                 });
             }
             let _ = me.cast(SchedulerMsg::Stored);

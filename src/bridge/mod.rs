@@ -12,6 +12,7 @@ pub mod forwarder;
 pub mod remote_admin;
 pub mod remote_agents;
 pub mod subjects;
+pub mod work_queue;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -41,6 +41,21 @@ impl Subjects {
         format!("{}.events.>", self.prefix)
     }
 
+    /// A task ticket on the work queue: `tasks.<priority>`.
+    pub fn task(&self, priority: &str) -> String {
+        format!("{}.tasks.{priority}", self.prefix)
+    }
+
+    /// Every task ticket (what the work queue stream keeps).
+    pub fn tasks(&self) -> String {
+        format!("{}.tasks.*", self.prefix)
+    }
+
+    /// The JetStream work queue stream of this cluster's tasks.
+    pub fn tasks_stream(&self) -> String {
+        format!("{}_TASKS", self.prefix.replace('.', "_")).to_uppercase()
+    }
+
     /// An admin request to one node: `admin.<node>.<verb>`.
     pub fn admin(&self, node: &str, verb: &str) -> String {
         format!("{}.admin.{node}.{verb}", self.prefix)

@@ -692,6 +692,7 @@ fn adopt(ctx: &NodeContext, from: &str, tasks: Vec<(String, actors::task::Priori
             priority,
             enqueued_ms: 0,
             warm: None,
+            spill: false,
         });
     }
 }

@@ -36,6 +36,35 @@ impl Store {
         Ok(rows.into_iter().map(|(n,)| n).collect())
     }
 
+    /// Which of `ids` are final (their result recorded).
+    pub async fn finished_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = "SELECT id FROM tasks WHERE id = ANY($1) \
+                 AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out')";
+        let rows: Vec<(String,)> = match self {
+            // Clusters run on PostgreSQL; SQLite has no arrays, so ask one by one.
+            Store::Sqlite(pool) => {
+                let mut out = Vec::new();
+                for id in ids {
+                    out.extend(
+                        sqlx::query_as::<_, (String,)>(
+                            "SELECT id FROM tasks WHERE id = $1 \
+                             AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out')",
+                        )
+                        .bind(id)
+                        .fetch_optional(pool)
+                        .await?,
+                    );
+                }
+                out
+            }
+            Store::Postgres(pool) => sqlx::query_as(q).bind(ids).fetch_all(pool).await?,
+        };
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// How many unfinished tasks `owner` holds.
     pub async fn count_unfinished(&self, owner: &str) -> Result<usize, StoreError> {
         let q = "SELECT COUNT(*) FROM tasks WHERE owner = $1 \
