@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod cluster;
+pub mod nats;
 pub mod tasks;
 
 use std::future::Future;

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{DEADLINE, free_port, temp_dir};
+use super::{DEADLINE, temp_dir};
 
 const POLL: Duration = Duration::from_millis(50);
 
@@ -59,6 +59,30 @@ pub fn nats_server_binary() -> PathBuf {
     )
 }
 
+/// A port free a moment ago, for a listener that must keep its number: NATS across a
+/// restart, a node's ractor_cluster server. Taken at random below the kernel's ephemeral
+/// range (32768 and up on Linux), where `free_port` and every outgoing connection (NATS
+/// clients reconnecting, PostgreSQL, HTTP) take theirs, so none of those can take it in the
+/// meantime; never the same twice in one test binary.
+pub fn stable_port() -> u16 {
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+    use std::sync::Mutex;
+    const FIRST: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let random = std::collections::hash_map::RandomState::new();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for n in 0u64.. {
+        let port = (FIRST + random.hash_one(n) % SPAN) as u16;
+        if given.insert(port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// A `nats-server -js` of this test. Killed on drop.
 pub struct NatsServer {
     binary: PathBuf,
@@ -70,22 +94,22 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server on a free port and waits until it accepts clients.
+    /// Starts a server on a free port ([`stable_port`]) and waits until it accepts clients.
     pub async fn spawn() -> NatsServer {
         let binary = nats_server_binary();
-        let dir = temp_dir();
+        let mut dir = temp_dir();
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
             let mut server = NatsServer {
                 binary: binary.clone(),
-                port: free_port(),
+                port: stable_port(),
                 dir,
                 child: None,
                 starts: 0,
             };
             match server.try_start().await {
                 Ok(()) => return server,
-                // Another process took the port between `free_port` and the bind.
+                // Another process took the port between `stable_port` and the bind.
                 Err(log) if attempt < ATTEMPTS && log.contains("address already in use") => {
                     dir = server.take_dir();
                 }
@@ -150,7 +174,14 @@ impl NatsServer {
         let log_path = self.log_path(self.starts);
         let log = std::fs::File::create(&log_path).expect("creating the nats-server log");
         let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.store_dir())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log file"))

@@ -1,0 +1,121 @@
+//! Clustered nodes for the multi-process tests: one NATS of the test, one PostgreSQL
+//! database, nodes started with a cluster name, a cookie and a ractor_cluster port each.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::nats::stable_port;
+use super::tasks::{eventually_within, write_config};
+use super::{Launch, PgDatabase, TestNode, free_port, temp_dir};
+
+/// How long membership changes may take before a test fails (the machine is noisy).
+pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(30);
+
+pub const COOKIE: &str = "secret";
+
+/// A cluster name of this test alone (subjects and streams are per cluster).
+pub fn cluster_name(test: &str) -> String {
+    format!("{test}-{}-{}", std::process::id(), free_port())
+}
+
+/// How to start one clustered node.
+pub struct Member<'a> {
+    pub cluster: &'a str,
+    pub db: &'a PgDatabase,
+    pub nats: String,
+    pub name: &'a str,
+    pub env: Vec<(&'a str, &'a str)>,
+    /// A `--config` file's text.
+    pub config: Option<&'a str>,
+}
+
+impl<'a> Member<'a> {
+    pub fn new(cluster: &'a str, db: &'a PgDatabase, nats: String, name: &'a str) -> Self {
+        Member {
+            cluster,
+            db,
+            nats,
+            name,
+            env: Vec::new(),
+            config: None,
+        }
+    }
+
+    pub fn env(mut self, key: &'a str, value: &'a str) -> Self {
+        self.env.push((key, value));
+        self
+    }
+
+    pub fn config(mut self, toml: &'a str) -> Self {
+        self.config = Some(toml);
+        self
+    }
+
+    /// Starts the node and waits until it is ready (which needs NATS).
+    pub async fn start(self) -> TestNode {
+        let listen = format!("127.0.0.1:{}", stable_port());
+        let dir = temp_dir();
+        let mut args = vec![
+            "--node".to_string(),
+            self.name.to_string(),
+            "--nats".into(),
+            self.nats.clone(),
+            "--cluster".into(),
+            self.cluster.to_string(),
+            "--database".into(),
+            self.db.url.clone(),
+        ];
+        if let Some(toml) = self.config {
+            let path = write_config(dir.path(), "node.toml", toml);
+            args.push("--config".into());
+            args.push(path.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Launch::new()
+            .in_dir(dir)
+            .args(&args)
+            .envs(&[
+                ("MISTER_SMITH__CLUSTER__COOKIE", COOKIE),
+                ("MISTER_SMITH__CLUSTER__LISTEN", &listen),
+                // Several nodes share the test server's connections.
+                ("MISTER_SMITH__DATABASE__MAX_CONNECTIONS", "4"),
+            ])
+            .envs(&self.env)
+            .start()
+            .await
+    }
+}
+
+pub async fn cluster_view(node: &TestNode) -> Value {
+    let url = format!("{}/admin/cluster", node.admin_url());
+    let (status, body) = node.get_json(&url).await;
+    assert_eq!(status, StatusCode::OK, "GET {url}: {body}");
+    body
+}
+
+/// Waits until `node` sees each of `peers` with `status`.
+pub async fn wait_status(node: &TestNode, peers: &[&str], status: &str) -> Value {
+    let what = format!("{peers:?} {status}");
+    eventually_within(CLUSTER_DEADLINE, &what, || async {
+        let view = cluster_view(node).await;
+        let members = view["members"].as_array().cloned().unwrap_or_default();
+        let ok = peers.iter().all(|p| {
+            members
+                .iter()
+                .any(|m| m["node"] == *p && m["status"] == status)
+        });
+        if ok { Ok(view) } else { Err(view.to_string()) }
+    })
+    .await
+}
+
+/// A counter's value on a node's `/metrics` (0 when absent), summed over its labels.
+pub async fn metric(node: &TestNode, name: &str) -> f64 {
+    let (_, text) = node.get_text(&format!("{}/metrics", node.http_url())).await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
