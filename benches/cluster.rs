@@ -64,6 +64,7 @@ struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Reaped here: kill, then wait.
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -105,11 +106,14 @@ impl Bench {
         let mut conn = sqlx::PgConnection::connect(&db_server)
             .await
             .expect("PostgreSQL (set MS_TEST_POSTGRES_URL)");
-        let create =
-            format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE); CREATE DATABASE {db_name}");
-        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(create)))
-            .await
-            .expect("creating the bench database");
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"),
+            format!("CREATE DATABASE {db_name}"),
+        ] {
+            conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
+                .await
+                .expect("creating the bench database");
+        }
         let base = db_server
             .rsplit_once('/')
             .map(|(b, _)| b)
@@ -129,35 +133,37 @@ impl Bench {
     async fn node(&self, name: &str) -> (Proc, String, String) {
         let (http, admin) = (free_port(), free_port());
         let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log");
-        let child = Command::new(BIN)
-            .current_dir(&self.dir)
-            .args([
-                "run",
-                "--node",
-                name,
-                "--nats",
-                &self.nats,
-                "--cluster",
-                &self.cluster,
-            ])
-            .args(["--database", &self.db_url])
-            .args([
-                "--http",
-                &format!("127.0.0.1:{http}"),
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .env("MISTER_SMITH__CLUSTER__COOKIE", "bench")
-            .env(
-                "MISTER_SMITH__CLUSTER__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env("MISTER_SMITH__DATABASE__MAX_CONNECTIONS", "4")
-            .env("MISTER_SMITH__LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting mister-smith");
+        let child = Proc(
+            Command::new(BIN)
+                .current_dir(&self.dir)
+                .args([
+                    "run",
+                    "--node",
+                    name,
+                    "--nats",
+                    &self.nats,
+                    "--cluster",
+                    &self.cluster,
+                ])
+                .args(["--database", &self.db_url])
+                .args([
+                    "--http",
+                    &format!("127.0.0.1:{http}"),
+                    "--admin",
+                    &format!("127.0.0.1:{admin}"),
+                ])
+                .env("MISTER_SMITH__CLUSTER__COOKIE", "bench")
+                .env(
+                    "MISTER_SMITH__CLUSTER__LISTEN",
+                    format!("127.0.0.1:{}", free_port()),
+                )
+                .env("MISTER_SMITH__DATABASE__MAX_CONNECTIONS", "4")
+                .env("MISTER_SMITH__LOG__LEVEL", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starting mister-smith"),
+        );
         let (http, admin) = (
             format!("http://127.0.0.1:{http}"),
             format!("http://127.0.0.1:{admin}"),
@@ -170,7 +176,7 @@ impl Bench {
             if let Ok(r) = client.get(format!("{http}/health/ready")).send().await
                 && r.status().is_success()
             {
-                return (Proc(child), http, admin);
+                return (child, http, admin);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

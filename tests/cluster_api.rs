@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::cluster::{CLUSTER_DEADLINE, Member, cluster_name, metric, wait_status};
 use common::nats::NatsServer;
-use common::postgres_database;
 use common::tasks::{attempts, eventually_within, get_task, submit, submit_ok, wait_final};
+use common::{postgres_database, run_to_exit};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -131,6 +131,43 @@ async fn steps_run_on_another_nodes_agents_which_every_node_lists_and_nats_tooli
             "{role} not in {seen:?}"
         );
     }
+    // The events go to the cluster's JetStream stream, e.g. a task's trace.
+    let js = async_nats::jetstream::new(client.clone());
+    let stream_name = format!("MS_{}_EVENTS", cluster.replace('.', "_").to_uppercase());
+    let stream = eventually_within(CLUSTER_DEADLINE, "the event stream", || {
+        let (js, name) = (js.clone(), stream_name.clone());
+        async move { js.get_stream(&name).await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    // Events published before the stream was declared are not kept: run one more task.
+    let later = submit_ok(&n1, &echo("kept")).await;
+    wait_final(&n1, &later).await;
+    {
+        let subject = "task.trace";
+        let subject = format!("ms.{cluster}.events.{subject}");
+        let last = eventually_within(CLUSTER_DEADLINE, &subject, || {
+            let (stream, subject) = (stream.clone(), subject.clone());
+            async move {
+                stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        let envelope: mister_smith::bridge::Envelope<Value> =
+            mister_smith::bridge::envelope::decode(&last.payload, None)
+                .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        assert!(
+            envelope.kind.starts_with("event."),
+            "{subject}: {envelope:?}"
+        );
+        assert!(
+            ["n1", "n2"].contains(&envelope.from.as_str()),
+            "{envelope:?}"
+        );
+    }
+
     // STATS count the execute request of the task above.
     let stats = client
         .request(format!("$SRV.STATS.{service}"), "".into())
@@ -193,6 +230,34 @@ async fn any_node_answers_for_the_actors_of_any_other() {
     assert_eq!(status, StatusCode::OK, "{one}");
     assert_eq!(one["node"], "n2");
     assert_eq!(one["actor"]["id"], id.as_str());
+
+    // The CLI: the members table, and n2's tree drawn by asking n1.
+    let admin = n1.admin_url().replace("http://", "");
+    let out = run_to_exit(n1.dir(), &["cluster", "--admin", &admin], &[]).await;
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let n2_row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("n2 "))
+        .unwrap_or_default();
+    assert!(
+        n2_row.contains(" up ") && n2_row.contains("connected"),
+        "{}",
+        out.stdout
+    );
+    let out = run_to_exit(
+        n1.dir(),
+        &["actors", "--admin", &admin, "--node", "n2"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.starts_with("node n2\n"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("cluster [membership]"),
+        "{}",
+        out.stdout
+    );
 
     let (status, body) = n1
         .get_json(&format!("{}/admin/actors?node=nobody", n1.admin_url()))
@@ -307,10 +372,7 @@ async fn a_deep_queue_is_shared_through_the_jetstream_work_queue() {
     assert_eq!(pulled, offered, "every ticket offered was pulled");
     // Acked once recorded: the work-queue stream empties.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
-    let stream = format!(
-        "MS_{}_TASKS",
-        cluster.replace('.', "_").to_uppercase()
-    );
+    let stream = format!("MS_{}_TASKS", cluster.replace('.', "_").to_uppercase());
     eventually_within(CLUSTER_DEADLINE, "the work queue to be acked empty", || {
         let js = js.clone();
         let stream = stream.clone();

@@ -176,3 +176,25 @@ async fn forward(ctx: Arc<NodeContext>, bridge: Bridge) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actors::events::{Event, Stamped};
+
+    use crate::bridge::Envelope;
+    use crate::bridge::envelope::decode;
+
+    #[test]
+    fn events_encode_as_envelopes() {
+        let stamped = Stamped {
+            at: std::time::SystemTime::now(),
+            event: Event::NodeJoined { node: "n2".into() },
+        };
+        let bytes = Envelope::new("event.node.joined", "n1", &stamped)
+            .encode()
+            .expect("an event encodes");
+        let back: Envelope<serde_json::Value> = decode(&bytes, Some("event.node.joined")).unwrap();
+        assert_eq!(back.payload["kind"], "node_joined", "{:?}", back.payload);
+        assert_eq!(back.payload["node"], "n2");
+    }
+}

@@ -115,7 +115,13 @@ pub enum MembershipMsg {
     /// This node's load, as the scheduler last told it.
     Load(Load),
     /// A takeover round finished: how many tasks were taken, and whether more remain.
-    Swept { taken: usize, more: bool },
+    /// `unheard`: nodes holding unfinished tasks that this node never heard from (left
+    /// alone until they stay unheard for the detector's grace).
+    Swept {
+        taken: usize,
+        more: bool,
+        unheard: Vec<String>,
+    },
     /// Stop taking work, let the runs in flight finish, then leave (the node stops).
     Drain(RpcReplyPort<Result<DrainReport, String>>),
 }
@@ -158,6 +164,12 @@ pub struct MembershipState {
     sweeping: bool,
     taken_over: u64,
     listeners: Vec<JoinHandle<()>>,
+    /// Authenticated ractor_cluster sessions: session id → peer name. Kept apart from
+    /// `members` because a session can authenticate before the peer's first heartbeat.
+    sessions: HashMap<u64, String>,
+    /// Nodes with unfinished tasks in storage that were never heard, since when: one may
+    /// have just started (it is in storage before its first heartbeat is here).
+    unheard: HashMap<String, Instant>,
     /// While draining: when to leave even if runs are still in flight.
     drain_deadline: Option<Instant>,
     left: bool,
@@ -220,6 +232,8 @@ impl Actor for Membership {
             sweeping: false,
             taken_over: 0,
             listeners,
+            sessions: HashMap::new(),
+            unheard: HashMap::new(),
             drain_deadline: None,
             left: false,
         })
@@ -289,7 +303,16 @@ impl Actor for Membership {
             }
             MembershipMsg::Load(load) => state.load = load,
             MembershipMsg::Drain(reply) => state.drain(reply).await,
-            MembershipMsg::Swept { taken, more } => {
+            MembershipMsg::Swept {
+                taken,
+                more,
+                unheard,
+            } => {
+                let now = Instant::now();
+                state.unheard.retain(|n, _| unheard.contains(n));
+                for n in unheard {
+                    state.unheard.entry(n).or_insert(now);
+                }
                 state.sweeping = false;
                 state.taken_over += taken as u64;
                 state.next_sweep = Instant::now() + if more { CHECK } else { SWEEP };
@@ -323,15 +346,14 @@ async fn listen(
                     .open::<Heartbeat>(&message, HEARTBEAT)
                     .map(|e| MembershipMsg::Heard(e.from, e.payload))
             };
-            match msg {
-                Some(MembershipMsg::Heard(from, _) | MembershipMsg::Left(from))
-                    if from == bridge.node() => {}
-                Some(msg) => {
-                    if me.cast(msg).is_err() {
-                        return;
-                    }
-                }
-                None => {}
+            let mine = matches!(
+                &msg,
+                Some(MembershipMsg::Heard(from, _) | MembershipMsg::Left(from)) if from == bridge.node()
+            );
+            if let Some(msg) = msg.filter(|_| !mine)
+                && me.cast(msg).is_err()
+            {
+                return;
             }
         }
     }))
@@ -423,11 +445,12 @@ impl MembershipState {
     fn heard(&mut self, myself: &ActorRef<MembershipMsg>, node: String, beat: Heartbeat) {
         let now = Instant::now();
         let settings = self.args.config.detector;
+        let linked = self.sessions.values().any(|n| *n == node);
         let member = self.members.entry(node.clone()).or_insert_with(|| Member {
             status: Status::Down,
             detector: Detector::new(settings, now),
             beat: beat.clone(),
-            link: Link::None,
+            link: if linked { Link::Connected } else { Link::None },
             next_connect: now,
             connect_backoff: Duration::from_secs(1),
         });
@@ -480,9 +503,17 @@ impl MembershipState {
     }
 
     fn peer(&mut self, event: PeerEvent) {
-        let (peer, addr, authenticated) = match &event {
-            PeerEvent::Authenticated { peer, addr, .. } => (peer, addr, true),
-            PeerEvent::Closed { peer, addr, .. } => (peer, addr, false),
+        let (session, peer, addr, authenticated) = match &event {
+            PeerEvent::Authenticated {
+                session,
+                peer,
+                addr,
+            } => (*session, peer, addr, true),
+            PeerEvent::Closed {
+                session,
+                peer,
+                addr,
+            } => (*session, peer, addr, false),
         };
         let name = peer.clone().or_else(|| {
             self.members
@@ -492,8 +523,21 @@ impl MembershipState {
                 })
                 .map(|(n, _)| n.clone())
         });
+        // A session that authenticated and then closed is a link gone, not a refusal.
+        let was_authenticated = if authenticated {
+            if let Some(n) = &name {
+                self.sessions.insert(session, n.clone());
+            }
+            false
+        } else {
+            self.sessions.remove(&session).is_some()
+        };
+        let linked = |sessions: &HashMap<u64, String>, n: &str| sessions.values().any(|s| s == n);
         let Some(member) = name.as_ref().and_then(|n| self.members.get_mut(n)) else {
-            if !authenticated {
+            if authenticated {
+                // Not heard yet: the link is recorded when its first heartbeat comes.
+                tracing::info!(peer = ?name, %addr, "ractor_cluster session authenticated");
+            } else if !was_authenticated {
                 refused(peer.as_deref().unwrap_or("?"), addr);
             }
             return;
@@ -503,9 +547,12 @@ impl MembershipState {
             tracing::info!(peer = %name, %addr, "ractor_cluster session authenticated");
             member.link = Link::Connected;
             member.connect_backoff = Duration::from_secs(1);
-        } else if member.link == Link::Connected {
+        } else if was_authenticated {
             tracing::info!(peer = %name, %addr, "ractor_cluster session closed");
-            member.link = Link::None;
+            // Another session to the peer (one that replaced this one) may still be up.
+            if member.link == Link::Connected && !linked(&self.sessions, &name) {
+                member.link = Link::None;
+            }
         } else {
             refused(&name, addr);
             member.link = Link::Refused;
@@ -530,7 +577,9 @@ impl MembershipState {
             for (node, m) in &mut self.members {
                 if m.status == Status::Up && m.detector.is_down(now) {
                     m.status = Status::Down;
-                    if m.link == Link::Connected {
+                    // A session still up stays the link (a node cut off from NATS only
+                    // keeps it); dialing again would be refused as a duplicate session.
+                    if m.link == Link::Connected && !self.sessions.values().any(|n| n == node) {
                         m.link = Link::None;
                     }
                     let detector = m.detector.value(now);
@@ -575,10 +624,19 @@ impl MembershipState {
             myself.clone(),
         );
         let batch = self.args.config.takeover_batch;
+        // A node never heard is gone only once it stayed unheard for the grace.
+        let known: HashSet<String> = self.members.keys().cloned().collect();
+        let (now, grace) = (Instant::now(), self.args.config.detector.grace());
+        let overdue: HashSet<String> = self
+            .unheard
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= grace)
+            .map(|(n, _)| n.clone())
+            .collect();
         // Each survivor takes its share of a round, so a gone node's tasks spread out.
         let survivors = alive.len() + 1;
         tokio::spawn(async move {
-            let (mut taken, mut more) = (0, false);
+            let (mut taken, mut more, mut unheard) = (0, false, Vec::new());
             let nodes = match store.known_nodes().await {
                 Ok(nodes) => nodes,
                 Err(e) => {
@@ -598,6 +656,10 @@ impl MembershipState {
                         continue;
                     }
                 };
+                if !known.contains(gone) && !overdue.contains(gone) {
+                    unheard.push(gone.clone());
+                    continue;
+                }
                 let share = held.div_ceil(survivors).min(batch);
                 match store.take_over(gone, &ctx.node, share).await {
                     Ok(tasks) => {
@@ -610,7 +672,11 @@ impl MembershipState {
                     Err(e) => tracing::warn!(from = %gone, error = %e, "takeover failed"),
                 }
             }
-            let _ = me.cast(MembershipMsg::Swept { taken, more });
+            let _ = me.cast(MembershipMsg::Swept {
+                taken,
+                more,
+                unheard,
+            });
         });
     }
 
