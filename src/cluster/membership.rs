@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::detector::{Detector, DetectorSettings};
 use super::peers::{self, PeerEvent};
+use super::takeover::{self, Round};
 use super::view::{ClusterSnapshot, ClusterView, Load, MemberView, Served};
 use crate::bridge::{Bridge, BusState};
 use crate::store::Store;
@@ -633,49 +634,18 @@ impl MembershipState {
             .filter(|(_, since)| now.duration_since(**since) >= grace)
             .map(|(n, _)| n.clone())
             .collect();
-        // Each survivor takes its share of a round, so a gone node's tasks spread out.
-        let survivors = alive.len() + 1;
+        let round = Round {
+            alive,
+            known,
+            overdue,
+            batch,
+        };
         tokio::spawn(async move {
-            let (mut taken, mut more, mut unheard) = (0, false, Vec::new());
-            let nodes = match store.known_nodes().await {
-                Ok(nodes) => nodes,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list the cluster's nodes");
-                    Vec::new()
-                }
-            };
-            for gone in nodes
-                .iter()
-                .filter(|n| **n != ctx.node && !alive.contains(*n))
-            {
-                let held = match store.count_unfinished(gone).await {
-                    Ok(0) => continue,
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::warn!(from = %gone, error = %e, "takeover failed");
-                        continue;
-                    }
-                };
-                if !known.contains(gone) && !overdue.contains(gone) {
-                    unheard.push(gone.clone());
-                    continue;
-                }
-                let share = held.div_ceil(survivors).min(batch);
-                match store.take_over(gone, &ctx.node, share).await {
-                    Ok(tasks) => {
-                        more |= tasks.len() < held;
-                        taken += tasks.len();
-                        if !tasks.is_empty() {
-                            adopt(&ctx, gone, tasks);
-                        }
-                    }
-                    Err(e) => tracing::warn!(from = %gone, error = %e, "takeover failed"),
-                }
-            }
+            let done = takeover::round(&store, &ctx, round).await;
             let _ = me.cast(MembershipMsg::Swept {
-                taken,
-                more,
-                unheard,
+                taken: done.taken,
+                more: done.more,
+                unheard: done.unheard,
             });
         });
     }
@@ -734,31 +704,6 @@ impl MembershipState {
             members,
             tasks_taken_over: self.taken_over,
             decode_errors: self.args.bridge.counts().2,
-        });
-    }
-}
-
-/// Hands taken-over tasks to this node's scheduler (their runs claim them again, which
-/// reads what was recorded and continues from there).
-fn adopt(ctx: &NodeContext, from: &str, tasks: Vec<(String, actors::task::Priority)>) {
-    tracing::info!(from = %from, tasks = tasks.len(), "took over unfinished tasks");
-    metrics::counter!("ms_cluster_tasks_taken_over_total").increment(tasks.len() as u64);
-    ctx.events.publish(Event::TasksTakenOver {
-        from: from.to_string(),
-        tasks: tasks.len(),
-    });
-    let Some(scheduler) = ctx.scheduler() else {
-        // Owned by this node now, so they are resumed when its scheduler is back.
-        tracing::warn!("no scheduler to run taken-over tasks; they wait for its restart");
-        return;
-    };
-    for (task_id, priority) in tasks {
-        let _ = scheduler.cast(SchedulerMsg::Enqueue {
-            task_id,
-            priority,
-            enqueued_ms: 0,
-            warm: None,
-            spill: false,
         });
     }
 }

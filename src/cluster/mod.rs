@@ -5,11 +5,13 @@
 //! - [`membership`]: the `cluster` actor (heartbeats out and in, the detector's verdicts,
 //!   takeover rounds, the view the admin listener reads);
 //! - [`detector`]: phi accrual and deadline failure detectors;
-//! - [`peers`]: the ractor_cluster node server and its sessions.
+//! - [`peers`]: the ractor_cluster node server and its sessions;
+//! - [`takeover`]: one round of taking a gone node's unfinished tasks over.
 
 pub mod detector;
 pub mod membership;
 pub mod peers;
+pub mod takeover;
 pub mod view;
 
 pub use membership::{Membership, MembershipArgs};
