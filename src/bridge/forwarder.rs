@@ -20,8 +20,9 @@ use tokio::task::JoinHandle;
 use super::remote_admin::{self, Handler};
 use super::{Bridge, BusState};
 
-/// How often the actor checks whether the event stream must be declared.
-const STREAM_CHECK: Duration = Duration::from_secs(1);
+/// How often the actor checks whether the event stream must be declared: events published
+/// between a (re)connect and the declaration are not kept, so this is short.
+const STREAM_CHECK: Duration = Duration::from_millis(100);
 
 /// Retention of the event stream.
 #[derive(Debug, Clone, Copy)]
