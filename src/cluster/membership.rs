@@ -32,9 +32,10 @@ use tokio::task::JoinHandle;
 
 use super::detector::{Detector, DetectorSettings};
 use super::peers::{self, PeerEvent};
+use super::proof;
 use super::takeover::{self, Round};
 use super::view::{ClusterSnapshot, ClusterView, Load, MemberView, Served};
-use crate::bridge::{Bridge, BusState};
+use crate::bridge::{Bridge, BusState, Envelope};
 use crate::store::Store;
 
 /// How often peers are judged (and the admin view refreshed).
@@ -60,6 +61,16 @@ pub struct Heartbeat {
     /// Taking no new work; it leaves when what it runs is done.
     #[serde(default)]
     pub draining: bool,
+    /// The cookie's proof over this message (see [`super::proof`]).
+    #[serde(default)]
+    pub proof: String,
+}
+
+/// A node's goodbye.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Leave {
+    #[serde(default)]
+    pub proof: String,
 }
 
 /// Where this node can be reached, and how it judges others.
@@ -105,8 +116,8 @@ pub enum MembershipMsg {
     Beat,
     /// Judge the peers; take over from gone nodes when due.
     Check,
-    /// A peer's heartbeat.
-    Heard(String, Heartbeat),
+    /// A peer's heartbeat, and whether it proved the cluster's cookie.
+    Heard(String, Heartbeat, bool),
     /// A peer said it leaves.
     Left(String),
     /// A ractor_cluster session changed.
@@ -146,6 +157,9 @@ enum Link {
 
 struct Member {
     status: Status,
+    /// Whether its heartbeats prove this cluster's cookie. One that does not is alive
+    /// (its tasks are not taken over) but not admitted: no link, no steps, not listed.
+    trusted: bool,
     detector: Detector,
     beat: Heartbeat,
     link: Link,
@@ -210,8 +224,8 @@ impl Actor for Membership {
         let server =
             peers::start_server(&args.ctx.node, &c.advertise, &c.cookie, c.listen, &myself).await?;
         let listeners = vec![
-            listen(&args.bridge, &myself, false).await?,
-            listen(&args.bridge, &myself, true).await?,
+            listen(&args.bridge, &myself, &args.config.cookie, false).await?,
+            listen(&args.bridge, &myself, &args.config.cookie, true).await?,
         ];
         myself.send_interval(c.detector.heartbeat, || MembershipMsg::Beat);
         myself.send_interval(CHECK, || MembershipMsg::Check);
@@ -252,8 +266,13 @@ impl Actor for Membership {
         // instead of waiting for the detector.
         let b = &state.args.bridge;
         if b.is_connected() {
-            let _ = b.publish(b.subjects().leave(), LEAVE, ()).await;
-            let _ = b.client().flush().await;
+            let mut envelope = Envelope::new(LEAVE, b.node(), Leave::default());
+            let cookie = &state.args.config.cookie;
+            envelope.payload.proof = proof::sign(cookie, LEAVE, b.node(), envelope.sent_at);
+            if let Ok(bytes) = envelope.encode() {
+                let _ = b.publish_bytes(b.subjects().leave(), bytes).await;
+                let _ = b.client().flush().await;
+            }
         }
         state.server.stop(Some("node shutdown".into()));
         state.args.view.set_membership(None);
@@ -292,7 +311,7 @@ impl Actor for Membership {
         match msg {
             MembershipMsg::Beat => state.beat(&myself).await,
             MembershipMsg::Check => state.check(&myself),
-            MembershipMsg::Heard(node, beat) => state.heard(&myself, node, beat),
+            MembershipMsg::Heard(node, beat, trusted) => state.heard(&myself, node, beat, trusted),
             MembershipMsg::Left(node) => state.left(node),
             MembershipMsg::Peer(event) => state.peer(event),
             MembershipMsg::ConnectFailed(node) => {
@@ -327,6 +346,7 @@ impl Actor for Membership {
 async fn listen(
     bridge: &Bridge,
     myself: &ActorRef<MembershipMsg>,
+    cookie: &str,
     leaves: bool,
 ) -> anyhow::Result<JoinHandle<()>> {
     let subject = if leaves {
@@ -335,21 +355,37 @@ async fn listen(
         bridge.subjects().heartbeat()
     };
     let mut sub = bridge.subscribe(subject).await?;
-    let (bridge, me) = (bridge.clone(), myself.clone());
+    let (bridge, me, cookie) = (bridge.clone(), myself.clone(), cookie.to_string());
     Ok(tokio::spawn(async move {
         while let Some(message) = sub.next().await {
+            let now = actors::task::store::now_ms();
             let msg = if leaves {
-                bridge
-                    .open::<()>(&message, LEAVE)
-                    .map(|e| MembershipMsg::Left(e.from))
+                bridge.open::<Leave>(&message, LEAVE).and_then(|e| {
+                    if proof::verify(&cookie, LEAVE, &e.from, e.sent_at, &e.payload.proof, now) {
+                        Some(MembershipMsg::Left(e.from))
+                    } else {
+                        // Nobody without the cookie can make a live node look gone.
+                        metrics::counter!("ms_cluster_auth_failures_total").increment(1);
+                        tracing::warn!(from = %e.from, "ignored a leave notice without the cluster cookie's proof");
+                        None
+                    }
+                })
             } else {
-                bridge
-                    .open::<Heartbeat>(&message, HEARTBEAT)
-                    .map(|e| MembershipMsg::Heard(e.from, e.payload))
+                bridge.open::<Heartbeat>(&message, HEARTBEAT).map(|e| {
+                    let trusted = proof::verify(
+                        &cookie,
+                        HEARTBEAT,
+                        &e.from,
+                        e.sent_at,
+                        &e.payload.proof,
+                        now,
+                    );
+                    MembershipMsg::Heard(e.from, e.payload, trusted)
+                })
             };
             let mine = matches!(
                 &msg,
-                Some(MembershipMsg::Heard(from, _) | MembershipMsg::Left(from)) if from == bridge.node()
+                Some(MembershipMsg::Heard(from, _, _) | MembershipMsg::Left(from)) if from == bridge.node()
             );
             if let Some(msg) = msg.filter(|_| !mine)
                 && me.cast(msg).is_err()
@@ -371,10 +407,16 @@ impl MembershipState {
             load: self.load,
             serves: c.serves.clone(),
             draining: self.drain_deadline.is_some(),
+            proof: String::new(),
         };
         let b = &self.args.bridge;
+        let mut envelope = Envelope::new(HEARTBEAT, b.node(), beat);
+        envelope.payload.proof = proof::sign(&c.cookie, HEARTBEAT, b.node(), envelope.sent_at);
         if b.is_connected()
-            && let Err(e) = b.publish(b.subjects().heartbeat(), HEARTBEAT, beat).await
+            && let Err(e) = match envelope.encode() {
+                Ok(bytes) => b.publish_bytes(b.subjects().heartbeat(), bytes).await,
+                Err(e) => Err(e.into()),
+            }
         {
             tracing::debug!(error = %e, "heartbeat not sent");
         }
@@ -443,11 +485,18 @@ impl MembershipState {
         self.args.shutdown.notify_one();
     }
 
-    fn heard(&mut self, myself: &ActorRef<MembershipMsg>, node: String, beat: Heartbeat) {
+    fn heard(
+        &mut self,
+        myself: &ActorRef<MembershipMsg>,
+        node: String,
+        beat: Heartbeat,
+        trusted: bool,
+    ) {
         let now = Instant::now();
         let settings = self.args.config.detector;
         let linked = self.sessions.values().any(|n| *n == node);
         let member = self.members.entry(node.clone()).or_insert_with(|| Member {
+            trusted,
             status: Status::Down,
             detector: Detector::new(settings, now),
             beat: beat.clone(),
@@ -455,26 +504,44 @@ impl MembershipState {
             next_connect: now,
             connect_backoff: Duration::from_secs(1),
         });
+        let joined = member.status != Status::Up || member.trusted != trusted;
         if member.status != Status::Up {
             member.status = Status::Up;
             member.detector = Detector::new(settings, now);
+        } else {
+            member.detector.heartbeat(now);
+        }
+        member.trusted = trusted;
+        if joined && trusted {
             tracing::info!(peer = %node, addr = %beat.cluster_addr, "node joined");
             metrics::counter!("ms_cluster_joins_total").increment(1);
             self.args
                 .ctx
                 .events
                 .publish(Event::NodeJoined { node: node.clone() });
-        } else {
-            member.detector.heartbeat(now);
+        } else if joined {
+            metrics::counter!("ms_cluster_auth_failures_total").increment(1);
+            tracing::warn!(
+                peer = %node,
+                addr = %beat.cluster_addr,
+                "node not admitted: its heartbeats lack this cluster.cookie's proof (is cluster.cookie the same on both nodes?)"
+            );
         }
         if member.beat.cluster_addr != beat.cluster_addr {
             member.link = Link::None;
             member.next_connect = now;
         }
+        if !trusted {
+            member.link = Link::Refused;
+        }
         member.beat = beat;
         // One side dials: the node whose name sorts first, so two nodes do not race to
         // open two sessions to each other.
-        if member.link == Link::None && now >= member.next_connect && self.args.ctx.node < node {
+        if trusted
+            && member.link == Link::None
+            && now >= member.next_connect
+            && self.args.ctx.node < node
+        {
             member.link = Link::Connecting;
             member.next_connect = now + member.connect_backoff;
             member.connect_backoff = (member.connect_backoff * 2).min(MAX_CONNECT_BACKOFF);
@@ -676,6 +743,7 @@ impl MembershipState {
             members.push(MemberView {
                 node: node.clone(),
                 status: match m.status {
+                    Status::Up if !m.trusted => "refused".into(),
                     Status::Up if m.beat.draining => "draining".into(),
                     other => format!("{other:?}").to_lowercase(),
                 },

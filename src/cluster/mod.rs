@@ -11,6 +11,7 @@
 pub mod detector;
 pub mod membership;
 pub mod peers;
+pub mod proof;
 pub mod takeover;
 pub mod view;
 
