@@ -272,6 +272,33 @@ async fn any_node_answers_for_the_actors_of_any_other() {
         StatusCode::BAD_REQUEST,
         "n2's own answer, relayed: {body}"
     );
+    // A well-formed leave notice "from n2" without the cookie's proof changes nothing.
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let forged = mister_smith::bridge::Envelope::new("node.leave", "n2", json!({"proof": "00"}))
+        .encode()
+        .expect("envelope");
+    client
+        .publish(format!("ms.{cluster}.cluster.leave"), forged)
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+    eventually_within(
+        CLUSTER_DEADLINE,
+        "the forged leave to be ignored",
+        || async {
+            if n1
+                .log()
+                .contains("ignored a leave notice without the cluster cookie's proof")
+            {
+                Ok(())
+            } else {
+                Err("not logged yet".to_string())
+            }
+        },
+    )
+    .await;
+    let view = wait_status(&n1, &["n2"], "up").await;
+    assert_eq!(view["tasks_taken_over"], 0, "{view}");
 }
 
 #[tokio::test]
