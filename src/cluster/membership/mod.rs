@@ -12,6 +12,9 @@
 //! waits the detector's grace before taking anything over, so a NATS restart does not
 //! make every node take over every other's tasks.
 
+mod drain;
+mod sessions;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -435,56 +438,6 @@ impl MembershipState {
         }
     }
 
-    async fn drain(&mut self, reply: RpcReplyPort<Result<DrainReport, String>>) {
-        let Some(scheduler) = self.args.ctx.scheduler() else {
-            let _ = reply.send(Err("the scheduler is not running".into()));
-            return;
-        };
-        let stats = match ractor::call_t!(scheduler, SchedulerMsg::Drain, 2000) {
-            Ok(stats) => stats,
-            Err(e) => {
-                let _ = reply.send(Err(format!("the scheduler did not answer: {e}")));
-                return;
-            }
-        };
-        if self.drain_deadline.is_none() {
-            self.drain_deadline = Some(Instant::now() + self.args.config.drain_timeout);
-            tracing::info!(
-                running = stats.running,
-                queued = stats.queued,
-                "draining: leaving when the runs in flight are done"
-            );
-        }
-        self.load.running = stats.running;
-        self.load.queued = stats.queued;
-        let _ = reply.send(Ok(DrainReport {
-            node: self.args.ctx.node.clone(),
-            draining: true,
-            running: stats.running,
-            queued: stats.queued,
-        }));
-    }
-
-    /// While draining: leave once nothing runs here (or the drain timed out).
-    fn maybe_leave(&mut self, now: Instant) {
-        let Some(deadline) = self.drain_deadline else {
-            return;
-        };
-        if self.left || (self.load.running > 0 && now < deadline) {
-            return;
-        }
-        self.left = true;
-        if self.load.running > 0 {
-            tracing::warn!(
-                running = self.load.running,
-                "drain timed out; leaving, the others take over what is left"
-            );
-        } else {
-            tracing::info!("drained; leaving the cluster");
-        }
-        self.args.shutdown.notify_one();
-    }
-
     fn heard(
         &mut self,
         myself: &ActorRef<MembershipMsg>,
@@ -567,63 +520,6 @@ impl MembershipState {
             tracing::info!(peer = %node, "node left");
             self.args.ctx.events.publish(Event::NodeLeft { node });
             self.next_sweep = Instant::now();
-        }
-    }
-
-    fn peer(&mut self, event: PeerEvent) {
-        let (session, peer, addr, authenticated) = match &event {
-            PeerEvent::Authenticated {
-                session,
-                peer,
-                addr,
-            } => (*session, peer, addr, true),
-            PeerEvent::Closed {
-                session,
-                peer,
-                addr,
-            } => (*session, peer, addr, false),
-        };
-        let name = peer.clone().or_else(|| {
-            self.members
-                .iter()
-                .find(|(_, m)| {
-                    &m.beat.cluster_addr == addr || resolves_to(&m.beat.cluster_addr, addr)
-                })
-                .map(|(n, _)| n.clone())
-        });
-        // A session that authenticated and then closed is a link gone, not a refusal.
-        let was_authenticated = if authenticated {
-            if let Some(n) = &name {
-                self.sessions.insert(session, n.clone());
-            }
-            false
-        } else {
-            self.sessions.remove(&session).is_some()
-        };
-        let linked = |sessions: &HashMap<u64, String>, n: &str| sessions.values().any(|s| s == n);
-        let Some(member) = name.as_ref().and_then(|n| self.members.get_mut(n)) else {
-            if authenticated {
-                // Not heard yet: the link is recorded when its first heartbeat comes.
-                tracing::info!(peer = ?name, %addr, "ractor_cluster session authenticated");
-            } else if !was_authenticated {
-                refused(peer.as_deref().unwrap_or("?"), addr);
-            }
-            return;
-        };
-        let name = name.unwrap_or_default();
-        if authenticated {
-            tracing::info!(peer = %name, %addr, "ractor_cluster session authenticated");
-            member.link = Link::Connected;
-            member.connect_backoff = Duration::from_secs(1);
-        } else if was_authenticated {
-            tracing::info!(peer = %name, %addr, "ractor_cluster session closed");
-            // Another session to the peer (one that replaced this one) may still be up.
-            if member.link == Link::Connected && !linked(&self.sessions, &name) {
-                member.link = Link::None;
-            }
-        } else {
-            refused(&name, addr);
-            member.link = Link::Refused;
         }
     }
 
@@ -774,22 +670,4 @@ impl MembershipState {
             decode_errors: self.args.bridge.counts().2,
         });
     }
-}
-
-fn refused(peer: &str, addr: &str) {
-    metrics::counter!("ms_cluster_auth_failures_total").increment(1);
-    tracing::warn!(
-        peer = %peer,
-        %addr,
-        "refused a ractor_cluster session: authentication failed (is cluster.cookie the same on both nodes?)"
-    );
-}
-
-/// Whether `announced` (`host:port`) names the socket address `seen`.
-fn resolves_to(announced: &str, seen: &str) -> bool {
-    use std::net::ToSocketAddrs;
-    announced
-        .to_socket_addrs()
-        .map(|mut addrs| addrs.any(|a| a.to_string() == seen))
-        .unwrap_or(false)
 }
