@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use common::nats::{NatsServer, TcpProxy, stable_port};
+use common::cluster::{CLUSTER_DEADLINE, COOKIE, Member, cluster_name, cluster_view, metric};
+use common::nats::{NatsServer, TcpProxy};
 use common::tasks::{
     TASK_DEADLINE, attempts, event_kinds, events, eventually_within, get_task, submit_ok, summary,
     wait_final,
 };
-use common::{Launch, PgDatabase, TestNode, free_port, http_client, postgres_database};
+use common::{PgDatabase, TestNode, http_client, postgres_database};
 use futures::future::join_all;
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
@@ -31,18 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-const COOKIE: &str = "secret";
-
-/// How long membership changes (a join, a node judged down, a link) may take before the
-/// test fails: generous, the machine is noisy.
-const CLUSTER_DEADLINE: Duration = Duration::from_secs(30);
-
 const FINAL: &str = "('succeeded', 'failed', 'cancelled', 'timed_out')";
-
-/// A cluster name of this test alone (subjects and the event stream are per cluster).
-fn cluster_name(test: &str) -> String {
-    format!("{test}-{}-{}", std::process::id(), free_port())
-}
 
 /// A node of a test cluster: the process and the `--node` name it was started with.
 struct Node {
@@ -63,57 +53,16 @@ impl DerefMut for Node {
     }
 }
 
-/// Starts a node of `cluster` called `name` on the NATS at `nats` and the database `db`,
-/// with its own ractor_cluster port, and waits until it is ready (which needs NATS). A
-/// start that lost a race for the ractor_cluster port is retried on another one (the
-/// harness retries the API and admin ports itself).
+/// Starts a node of `cluster` called `name` on the NATS at `nats` and the database `db`.
 async fn start_node(cluster: &str, db: &PgDatabase, name: &str, nats: &str, cookie: &str) -> Node {
-    const ATTEMPTS: u32 = 5;
-    for attempt in 1..=ATTEMPTS {
-        let listen = format!("127.0.0.1:{}", stable_port());
-        let launch = Launch::new()
-            .args(&[
-                "--node",
-                name,
-                "--nats",
-                nats,
-                "--cluster",
-                cluster,
-                "--database",
-                &db.url,
-            ])
-            .envs(&[
-                ("MISTER_SMITH__CLUSTER__COOKIE", cookie),
-                ("MISTER_SMITH__CLUSTER__LISTEN", &listen),
-                // Up to 24 nodes share the test server (100 connections by default).
-                ("MISTER_SMITH__DATABASE__MAX_CONNECTIONS", "4"),
-            ]);
-        // On a task of its own, so that a failed start is a panic to look at.
-        match tokio::spawn(launch.start()).await {
-            Ok(process) => {
-                return Node {
-                    name: name.to_string(),
-                    process,
-                };
-            }
-            Err(e) if e.is_panic() => {
-                let panic = e.into_panic();
-                let message = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or_default();
-                let lost_race = message.contains(&format!("cluster.listen {listen}"))
-                    && message.contains("in use");
-                if !(lost_race && attempt < ATTEMPTS) {
-                    std::panic::resume_unwind(panic);
-                }
-                eprintln!("{name}: cluster.listen {listen} was taken; starting again");
-            }
-            Err(e) => panic!("starting {name}: {e}"),
-        }
+    let process = Member::new(cluster, db, nats.to_string(), name)
+        .cookie(cookie)
+        .start()
+        .await;
+    Node {
+        name: name.to_string(),
+        process,
     }
-    unreachable!("every attempt returns or panics")
 }
 
 /// Starts the nodes side by side, each on its NATS URL, all with [`COOKIE`].
@@ -136,13 +85,6 @@ fn targets(nodes: &[Node]) -> Vec<(String, String)> {
 
 // ---------------------------------------------------------------------------------------
 // Membership as `/admin/cluster` shows it.
-
-async fn cluster_view(node: &TestNode) -> Value {
-    let url = format!("{}/admin/cluster", node.admin_url());
-    let (status, body) = node.get_json(&url).await;
-    assert_eq!(status, StatusCode::OK, "GET {url}: {body}");
-    body
-}
 
 fn member<'a>(view: &'a Value, name: &str) -> Option<&'a Value> {
     view["members"]
@@ -232,25 +174,6 @@ async fn wait_ready_as(node: &Node, status: &str, bus: &str) -> Value {
         }
     })
     .await
-}
-
-/// The sum over labels of a counter on the node's `/metrics` (0 when not exported yet).
-async fn metric(node: &TestNode, name: &str) -> f64 {
-    let url = format!("{}/metrics", node.http_url());
-    let (status, text) = node.get_text(&url).await;
-    assert_eq!(status, StatusCode::OK, "GET {url}: {text}");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let metric = key.split('{').next()?;
-            if metric == name {
-                value.trim().parse::<f64>().ok()
-            } else {
-                None
-            }
-        })
-        .sum()
 }
 
 // ---------------------------------------------------------------------------------------

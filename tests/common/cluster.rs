@@ -29,6 +29,7 @@ pub struct Member<'a> {
     pub env: Vec<(&'a str, &'a str)>,
     /// A `--config` file's text.
     pub config: Option<&'a str>,
+    pub cookie: &'a str,
 }
 
 impl<'a> Member<'a> {
@@ -40,7 +41,13 @@ impl<'a> Member<'a> {
             name,
             env: Vec::new(),
             config: None,
+            cookie: COOKIE,
         }
+    }
+
+    pub fn cookie(mut self, cookie: &'a str) -> Self {
+        self.cookie = cookie;
+        self
     }
 
     pub fn env(mut self, key: &'a str, value: &'a str) -> Self {
@@ -53,9 +60,40 @@ impl<'a> Member<'a> {
         self
     }
 
-    /// Starts the node and waits until it is ready (which needs NATS).
+    /// Starts the node and waits until it is ready (which needs NATS). A start that lost
+    /// a race for its ractor_cluster port is retried on another one (the harness retries
+    /// the API and admin ports itself).
     pub async fn start(self) -> TestNode {
-        let listen = format!("127.0.0.1:{}", stable_port());
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            let listen = format!("127.0.0.1:{}", stable_port());
+            // On a task of its own, so that a failed start is a panic to look at.
+            match tokio::spawn(self.launch(&listen).start()).await {
+                Ok(process) => return process,
+                Err(e) if e.is_panic() => {
+                    let panic = e.into_panic();
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or_default();
+                    let lost_race = message.contains(&format!("cluster.listen {listen}"))
+                        && message.contains("in use");
+                    if !(lost_race && attempt < ATTEMPTS) {
+                        std::panic::resume_unwind(panic);
+                    }
+                    eprintln!(
+                        "{}: cluster.listen {listen} was taken; starting again",
+                        self.name
+                    );
+                }
+                Err(e) => panic!("starting {}: {e}", self.name),
+            }
+        }
+        unreachable!("every attempt returns or panics")
+    }
+
+    fn launch(&self, listen: &str) -> Launch {
         let dir = temp_dir();
         let mut args = vec![
             "--node".to_string(),
@@ -77,14 +115,12 @@ impl<'a> Member<'a> {
             .in_dir(dir)
             .args(&args)
             .envs(&[
-                ("MISTER_SMITH__CLUSTER__COOKIE", COOKIE),
-                ("MISTER_SMITH__CLUSTER__LISTEN", &listen),
-                // Several nodes share the test server's connections.
+                ("MISTER_SMITH__CLUSTER__COOKIE", self.cookie),
+                ("MISTER_SMITH__CLUSTER__LISTEN", listen),
+                // Up to 24 nodes share the test server (100 connections by default).
                 ("MISTER_SMITH__DATABASE__MAX_CONNECTIONS", "4"),
             ])
             .envs(&self.env)
-            .start()
-            .await
     }
 }
 
@@ -111,11 +147,21 @@ pub async fn wait_status(node: &TestNode, peers: &[&str], status: &str) -> Value
     .await
 }
 
-/// A counter's value on a node's `/metrics` (0 when absent), summed over its labels.
+/// A metric's value on a node's `/metrics` (0 when absent), summed over its labels.
 pub async fn metric(node: &TestNode, name: &str) -> f64 {
-    let (_, text) = node.get_text(&format!("{}/metrics", node.http_url())).await;
+    let url = format!("{}/metrics", node.http_url());
+    let (status, text) = node.get_text(&url).await;
+    assert_eq!(status, StatusCode::OK, "GET {url}: {text}");
     text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let metric = key.split('{').next()?;
+            if metric == name {
+                value.trim().parse::<f64>().ok()
+            } else {
+                None
+            }
+        })
         .sum()
 }
