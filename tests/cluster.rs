@@ -533,44 +533,38 @@ async fn three_nodes_form_a_cluster_and_each_runs_what_it_accepts() {
     );
 }
 
-/// The subject and payload of the first message of the cluster's event stream (waiting
-/// for the stream and the message).
-async fn first_event(nats: &NatsServer, cluster: &str) -> (String, bytes::Bytes) {
+/// The cluster's event stream `MS_<CLUSTER>_EVENTS`, once a node has declared it (within
+/// moments of connecting).
+async fn event_stream(nats: &NatsServer, cluster: &str) -> async_nats::jetstream::stream::Stream {
     let client = async_nats::connect(nats.url())
         .await
         .expect("connecting to NATS");
     let js = async_nats::jetstream::new(client);
-    let stream = format!("MS_{}_EVENTS", cluster.to_uppercase());
+    let name = format!("MS_{}_EVENTS", cluster.to_uppercase());
     eventually_within(
         CLUSTER_DEADLINE,
-        &format!("a first event in {stream}"),
-        || async {
-            let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-            let m = s.get_raw_message(1).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((m.subject.to_string(), m.payload))
-        },
+        &format!("the event stream {name}"),
+        || async { js.get_stream(&name).await.map_err(|e| e.to_string()) },
     )
     .await
 }
 
-/// The last sequence number of the cluster's event stream `MS_<CLUSTER>_EVENTS`, waiting
-/// for the stream to be declared (a node does it within a second of connecting).
-async fn stream_last_sequence(nats: &NatsServer, cluster: &str) -> u64 {
-    let client = async_nats::connect(nats.url())
-        .await
-        .expect("connecting to NATS");
-    let js = async_nats::jetstream::new(client);
-    let stream = format!("MS_{}_EVENTS", cluster.to_uppercase());
-    eventually_within(
-        CLUSTER_DEADLINE,
-        &format!("the event stream {stream}"),
-        || async {
-            let mut s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-            let info = s.info().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(info.state.last_sequence)
-        },
-    )
+/// The subject and payload of the first message of the cluster's event stream (waiting
+/// for the stream and the message).
+async fn first_event(nats: &NatsServer, cluster: &str) -> (String, bytes::Bytes) {
+    let stream = event_stream(nats, cluster).await;
+    eventually_within(CLUSTER_DEADLINE, "a first event", || async {
+        let m = stream.get_raw_message(1).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((m.subject.to_string(), m.payload))
+    })
     .await
+}
+
+/// The last sequence number of the cluster's event stream.
+async fn stream_last_sequence(nats: &NatsServer, cluster: &str) -> u64 {
+    let mut stream = event_stream(nats, cluster).await;
+    let info = stream.info().await.expect("the event stream's info");
+    info.state.last_sequence
 }
 
 /// A node SIGKILLed while tasks run on all three: the survivors judge it down and finish

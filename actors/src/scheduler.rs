@@ -271,16 +271,17 @@ impl SchedulerState {
         enqueued_ms: i64,
         warm: &Option<Warm>,
     ) -> bool {
+        // Checked first: this runs for every accepted task, and the queue is rarely deep.
         let deep = self
             .settings
             .spill_above
             .is_some_and(|n| self.queued.len() >= n);
-        let Some(queue) = self.ctx.services().and_then(|s| s.work_queue.clone()) else {
-            return false;
-        };
         if !deep {
             return false;
         }
+        let Some(queue) = self.ctx.services().and_then(|s| s.work_queue.clone()) else {
+            return false;
+        };
         let (me, task_id, warm) = (myself.clone(), task_id.to_string(), warm.clone());
         tokio::spawn(async move {
             if !queue.offer(task_id.clone(), priority).await {

@@ -30,13 +30,14 @@ impl NatsAgents {
 
     /// The subject group of a role that an up peer serves with `capability`.
     fn group_for(&self, capability: &str) -> Option<String> {
-        let view = self.view.get();
-        view.members
-            .iter()
-            .filter(|m| m.status == "up")
-            .flat_map(|m| m.serves.iter())
-            .find(|s| s.capabilities.iter().any(|c| c == capability))
-            .map(|s| agent_service::group(&self.cluster, &s.domain, &s.role))
+        self.view.with(|view| {
+            view.members
+                .iter()
+                .filter(|m| m.status == "up")
+                .flat_map(|m| m.serves.iter())
+                .find(|s| s.capabilities.iter().any(|c| c == capability))
+                .map(|s| agent_service::group(&self.cluster, &s.domain, &s.role))
+        })
     }
 }
 

@@ -81,6 +81,14 @@ impl ClusterView {
         self.snapshot.read().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Reads the snapshot in place (no copy), for questions asked per step.
+    pub fn with<R>(&self, read: impl FnOnce(&ClusterSnapshot) -> R) -> R {
+        match self.snapshot.read() {
+            Ok(v) => read(&v),
+            Err(_) => read(&ClusterSnapshot::default()),
+        }
+    }
+
     pub fn set_membership(&self, actor: Option<ActorRef<MembershipMsg>>) {
         if let Ok(mut m) = self.membership.write() {
             *m = actor;
