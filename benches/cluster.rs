@@ -256,6 +256,7 @@ async fn rpc(n: usize, secs: f64) {
     let step = RemoteStep {
         task_id: "bench".into(),
         session: None,
+        principal: None,
         step: serde_json::from_value::<StepSpec>(
             serde_json::json!({"id": "a", "tool": "echo", "args": {"text": "x"}}),
         )

@@ -1,14 +1,15 @@
 //! The admin listener: the live supervision tree, the cluster's members and guarded
-//! operations on actors (DESIGN §7). Loopback by default; with `admin.token` set, every request needs
-//! `Authorization: Bearer <token>`.
+//! operations on actors (DESIGN §7). Loopback by default; with `admin.token` set (or
+//! `auth.mode = "jwt"`), every request needs `Authorization: Bearer <admin.token>` or a
+//! JWT with the `admin` scope. Every action and every refused token is audited.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actors::operations::{self, OperationError, Target};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Extension, Path, Query, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,11 +18,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::bridge::remote_admin::{self, AdminReply, AdminRequest, AskError};
+use crate::http::auth::{self, Authenticator};
 use crate::http::error::{self, ApiError};
 use crate::state::{AppState, NodeState};
 
-pub fn router(state: AppState, token: Option<String>) -> Router {
+pub fn router(state: AppState, token: Option<String>, auth: Option<Arc<Authenticator>>) -> Router {
     let token = Arc::new(token);
+    let ctx = state.ctx.clone();
     Router::new()
         .route("/admin/cluster", get(cluster))
         .route("/admin/nodes/{node}/drain", post(drain))
@@ -31,32 +34,67 @@ pub fn router(state: AppState, token: Option<String>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(move |req, next| {
-            authorize(token.clone(), req, next)
+            authorize(token.clone(), auth.clone(), ctx.clone(), req, next)
         }))
         .with_state(state)
 }
 
-async fn authorize(token: Arc<Option<String>>, request: Request, next: Next) -> Response {
-    if let Some(expected) = token.as_deref() {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid admin bearer token is required",
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+/// Who an admin request is from, as audit records name it: the token's `sub`,
+/// `admin-token`, or `anonymous` (an open loopback listener).
+#[derive(Debug, Clone)]
+pub struct AdminCaller {
+    pub principal: String,
+    pub remote: String,
+}
+
+/// `admin.token`, or (with `auth.mode = "jwt"`) a JWT with the `admin` scope. With
+/// neither configured the listener is open (it is on loopback: config refuses otherwise).
+async fn authorize(
+    token: Arc<Option<String>>,
+    auth: Option<Arc<Authenticator>>,
+    ctx: Arc<actors::NodeContext>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let remote = auth::remote(&request);
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let given = auth::bearer(&request);
+    let principal = match (token.as_deref(), &auth, given) {
+        (None, None, _) => "anonymous".to_string(),
+        (Some(expected), _, Some(g)) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => {
+            "admin-token".to_string()
         }
-    }
+        (_, Some(auth), Some(g)) => match auth.verify(g) {
+            Ok(p) if p.has(auth::ADMIN) => p.sub,
+            Ok(p) => {
+                let detail = format!("403 {what} from {remote}: scope `admin` missing");
+                ctx.events.audit("admin.auth", &p.sub, "refused", detail);
+                return auth::forbidden(auth::ADMIN);
+            }
+            Err(e) => {
+                let detail = format!("401 {what} from {remote}: {e}");
+                ctx.events
+                    .audit("admin.auth", "anonymous", "refused", detail);
+                return auth::unauthorized("a valid admin bearer token is required", true);
+            }
+        },
+        (_, _, given) => {
+            let detail = format!(
+                "401 {what} from {remote}: {}",
+                if given.is_some() {
+                    "wrong admin token"
+                } else {
+                    "no bearer token"
+                }
+            );
+            ctx.events
+                .audit("admin.auth", "anonymous", "refused", detail);
+            return auth::unauthorized("a valid admin bearer token is required", given.is_some());
+        }
+    };
+    request
+        .extensions_mut()
+        .insert(AdminCaller { principal, remote });
     next.run(request).await
 }
 
@@ -172,12 +210,14 @@ async fn cluster(State(node): State<AppState>) -> Result<Json<Value>, ApiError> 
 /// others take over its queued tasks. 202 once the drain has begun.
 async fn drain(
     State(node): State<AppState>,
+    caller: Option<Extension<AdminCaller>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
     let target = match path {
         Ok(Path(target)) => target,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let audit_target = target.clone();
     let request = AdminRequest {
         verb: "drain".into(),
         ..Default::default()
@@ -187,7 +227,35 @@ async fn drain(
     if response.status() == StatusCode::OK {
         *response.status_mut() = StatusCode::ACCEPTED;
     }
+    audit_action(
+        &node,
+        caller,
+        "admin.drain",
+        &format!("node {audit_target}"),
+        response.status(),
+    );
     response
+}
+
+/// Records an admin action with its caller and how it ended.
+fn audit_action(
+    node: &NodeState,
+    caller: Option<Extension<AdminCaller>>,
+    action: &str,
+    target: &str,
+    status: StatusCode,
+) {
+    let (principal, remote) = caller.map_or_else(
+        || ("anonymous".to_string(), "unknown".to_string()),
+        |Extension(c)| (c.principal, c.remote),
+    );
+    let outcome = if status.is_success() { "ok" } else { "failed" };
+    node.ctx.events.audit(
+        action,
+        &principal,
+        outcome,
+        format!("{target} from {remote}: {}", status.as_u16()),
+    );
 }
 
 async fn local_drain(node: &NodeState) -> Result<Value, ApiError> {
@@ -257,12 +325,28 @@ fn local_actor(node: &NodeState, id: &str) -> Result<Value, ApiError> {
 
 async fn operate(
     State(node): State<AppState>,
+    caller: Option<Extension<AdminCaller>>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Path((id, op)) = path?;
-    let target = parse_target(&id)?;
+    let result = operate_on(&node, &id, &op).await;
+    let status = result.as_ref().map_or_else(|e| e.status, |(s, _)| *s);
+    let action = match op.as_str() {
+        "stop" | "kill" | "restart" => format!("admin.{op}"),
+        _ => "admin.operate".to_string(),
+    };
+    audit_action(&node, caller, &action, &format!("actor {id}"), status);
+    result
+}
+
+async fn operate_on(
+    node: &NodeState,
+    id: &str,
+    op: &str,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let target = parse_target(id)?;
     let ctx = &node.ctx;
-    let result = match op.as_str() {
+    let result = match op {
         "stop" => operations::stop(ctx, &target)
             .await
             .map(|()| json!({"id": id, "stopped": true})),

@@ -34,6 +34,8 @@ pub enum Command {
     Load(crate::load::LoadArgs),
     /// Submit, inspect, list, cancel and follow tasks.
     Task(TaskArgs),
+    /// Mint bearer tokens for a node with `auth.mode = "jwt"`.
+    Token(crate::token_cli::TokenArgs),
 }
 
 /// Flags that override configuration (DESIGN §8).
@@ -76,6 +78,20 @@ impl NodeFlags {
     }
 }
 
+/// The bearer token a client command sends to a node (`Authorization: Bearer`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct BearerToken {
+    /// Bearer token for a node that asks for one (`auth.mode = "jwt"`; mint it with
+    /// `mister-smith token issue`).
+    #[arg(
+        long = "token",
+        value_name = "JWT",
+        env = "MISTER_SMITH_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
 /// Which node's admin listener a client command asks.
 #[derive(Debug, Args)]
 pub struct AdminTarget {
@@ -87,9 +103,24 @@ pub struct AdminTarget {
         default_value = "127.0.0.1:8081"
     )]
     pub admin: String,
-    /// Admin bearer token.
-    #[arg(long, env = "MISTER_SMITH__ADMIN__TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// The node's `admin.token`; when given, it is sent instead of --token (which may be a
+    /// JWT with the `admin` scope).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MISTER_SMITH__ADMIN__TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub bearer: BearerToken,
+}
+
+impl AdminTarget {
+    /// The token to send: `admin.token` if given, else the bearer token.
+    pub fn token(&self) -> Option<&str> {
+        self.admin_token.as_deref().or(self.bearer.token.as_deref())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +166,8 @@ pub struct AgentsArgs {
     /// Only agents in this lifecycle state.
     #[arg(long)]
     pub state: Option<String>,
+    #[command(flatten)]
+    pub bearer: BearerToken,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -168,6 +201,8 @@ pub struct TaskClientFlags {
         default_value = "127.0.0.1:8080"
     )]
     pub http: String,
+    #[command(flatten)]
+    pub bearer: BearerToken,
     /// Print the node's JSON instead of text for people.
     #[arg(long)]
     pub json: bool,
@@ -303,5 +338,23 @@ mod tests {
         assert_eq!(list.client.http, "127.0.0.1:9");
         let bad = Cli::try_parse_from(["mister-smith", "task", "list", "--status", "done"]);
         assert!(bad.is_err(), "an unknown status is refused");
+    }
+
+    #[test]
+    fn admin_commands_prefer_the_admin_token_over_the_bearer_token() {
+        let target = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["mister-smith", "cluster"].iter().chain(args))
+                .expect("parses");
+            let Command::Cluster(cluster) = cli.command else {
+                panic!("not cluster: {cli:?}");
+            };
+            cluster.target
+        };
+        assert_eq!(target(&["--token", "jwt"]).token(), Some("jwt"));
+        assert_eq!(
+            target(&["--token", "jwt", "--admin-token", "adm"]).token(),
+            Some("adm")
+        );
+        assert_eq!(target(&["--admin-token", "adm"]).token(), Some("adm"));
     }
 }

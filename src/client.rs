@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::cli::{ActorsArgs, AgentsArgs, ClusterArgs};
@@ -13,6 +14,21 @@ use crate::cli::{ActorsArgs, AgentsArgs, ClusterArgs};
 pub enum ClientError {
     #[error("cannot reach the node at {url}: {reason} (is `mister-smith run` listening there?)")]
     Unreachable { url: String, reason: String },
+    /// 401 to a request sent without a token.
+    #[error(
+        "the node at {url} needs a bearer token (401): pass --token or set MISTER_SMITH_TOKEN \
+         (`mister-smith token issue` mints one)"
+    )]
+    NoToken { url: String },
+    /// 401 to a request with a token: expired, badly signed, for another issuer…
+    #[error("the node at {url} refused the token (401): {reason}")]
+    BadToken { url: String, reason: String },
+    /// 403: the token is valid but does not grant what the route needs.
+    #[error(
+        "the node at {url} refused the request (403): the token lacks scope {scope} \
+         (mint one with `mister-smith token issue --scope {scope}`)"
+    )]
+    MissingScope { url: String, scope: String },
     #[error("the node at {url} answered {status}: {message}")]
     Refused {
         url: String,
@@ -23,10 +39,68 @@ pub enum ClientError {
     BadAnswer { url: String, reason: String },
 }
 
+/// What a node's refusal (`status`, its `WWW-Authenticate` challenge, its JSON `body`)
+/// means for whoever ran the command: 401 and 403 say what is wrong with the token.
+pub(crate) fn refusal(
+    url: String,
+    status: StatusCode,
+    challenge: Option<&str>,
+    body: &Value,
+    token_sent: bool,
+) -> ClientError {
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("no message")
+        .to_string();
+    match status {
+        StatusCode::UNAUTHORIZED if token_sent => ClientError::BadToken {
+            url,
+            reason: message,
+        },
+        StatusCode::UNAUTHORIZED => ClientError::NoToken { url },
+        StatusCode::FORBIDDEN => match challenge.and_then(challenged_scope) {
+            Some(scope) => ClientError::MissingScope { url, scope },
+            None => ClientError::Refused {
+                url,
+                status: status.as_u16(),
+                message,
+            },
+        },
+        _ => ClientError::Refused {
+            url,
+            status: status.as_u16(),
+            message,
+        },
+    }
+}
+
+/// The scope an `insufficient_scope` challenge names (RFC 6750 §3).
+fn challenged_scope(challenge: &str) -> Option<String> {
+    challenge
+        .strip_prefix("Bearer ")?
+        .split(',')
+        .find_map(|param| param.trim().strip_prefix("scope="))
+        .map(|scope| scope.trim_matches('"').to_string())
+        .filter(|scope| !scope.is_empty())
+}
+
+/// The `WWW-Authenticate` header of an answer, if it has one.
+pub(crate) fn challenge(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Whether an answer's status is a refusal of its credentials, whose body may be anything.
+pub(crate) fn auth_refusal(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+}
+
 pub async fn actors(args: &ActorsArgs) -> Result<String, ClientError> {
     let query: Vec<(&str, &str)> = args.of_node.iter().map(|n| ("node", n.as_str())).collect();
     let t = &args.target;
-    let body = get(&t.admin, "/admin/actors", &query, t.token.as_deref()).await?;
+    let body = get(&t.admin, "/admin/actors", &query, t.token()).await?;
     if args.json {
         return Ok(pretty(&body));
     }
@@ -45,7 +119,13 @@ pub async fn agents(args: &AgentsArgs) -> Result<String, ClientError> {
     .into_iter()
     .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
     .collect();
-    let body = get(&args.http, "/api/v1/agents", &filters, None).await?;
+    let body = get(
+        &args.http,
+        "/api/v1/agents",
+        &filters,
+        args.bearer.token.as_deref(),
+    )
+    .await?;
     if args.json {
         return Ok(pretty(&body));
     }
@@ -85,7 +165,7 @@ pub async fn agents(args: &AgentsArgs) -> Result<String, ClientError> {
 
 pub async fn cluster(args: &ClusterArgs) -> Result<String, ClientError> {
     let t = &args.target;
-    let body = get(&t.admin, "/admin/cluster", &[], t.token.as_deref()).await?;
+    let body = get(&t.admin, "/admin/cluster", &[], t.token()).await?;
     if args.json {
         return Ok(pretty(&body));
     }
@@ -165,20 +245,25 @@ async fn get(
         reason: root_cause(&e),
     })?;
     let status = response.status();
-    let body: Value = response.json().await.map_err(|e| ClientError::BadAnswer {
-        url: url.clone(),
-        reason: e.to_string(),
-    })?;
+    let challenge = challenge(response.headers());
+    let body: Value = match response.json().await {
+        Ok(body) => body,
+        Err(_) if auth_refusal(status) => Value::Null,
+        Err(e) => {
+            return Err(ClientError::BadAnswer {
+                url: url.clone(),
+                reason: e.to_string(),
+            });
+        }
+    };
     if !status.is_success() {
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or("no message")
-            .to_string();
-        return Err(ClientError::Refused {
+        return Err(refusal(
             url,
-            status: status.as_u16(),
-            message,
-        });
+            status,
+            challenge.as_deref(),
+            &body,
+            token.is_some(),
+        ));
     }
     Ok(body)
 }
@@ -265,4 +350,53 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_refusals_say_what_is_wrong_with_the_token() {
+        let url = || "http://n/api/v1/tasks".to_string();
+        let body = serde_json::json!({"error": {"code": "unauthorized", "message": "the token has expired"}});
+        let expired = refusal(
+            url(),
+            StatusCode::UNAUTHORIZED,
+            Some("Bearer error=\"invalid_token\""),
+            &body,
+            true,
+        );
+        assert!(
+            expired
+                .to_string()
+                .contains("refused the token (401): the token has expired"),
+            "{expired}"
+        );
+        let none = refusal(
+            url(),
+            StatusCode::UNAUTHORIZED,
+            Some("Bearer"),
+            &Value::Null,
+            false,
+        );
+        assert!(none.to_string().contains("MISTER_SMITH_TOKEN"), "{none}");
+        let challenge = "Bearer error=\"insufficient_scope\", scope=\"tasks:write\"";
+        let scope = refusal(
+            url(),
+            StatusCode::FORBIDDEN,
+            Some(challenge),
+            &Value::Null,
+            true,
+        );
+        assert!(
+            scope.to_string().contains("lacks scope tasks:write"),
+            "{scope}"
+        );
+        let other = refusal(url(), StatusCode::CONFLICT, None, &body, true);
+        assert!(
+            matches!(other, ClientError::Refused { status: 409, .. }),
+            "{other}"
+        );
+    }
 }

@@ -14,3 +14,4 @@ pub mod state;
 pub mod store;
 pub mod task_cli;
 pub mod telemetry;
+pub mod token_cli;

@@ -1,6 +1,8 @@
 //! `mister-smith load`: the load generator behind BENCHMARKS.md's whole-system figures.
 //!
-//! It submits trivial one-step `echo` tasks over HTTP (to one node, or spread over several)
+//! It submits trivial tasks over HTTP (one `echo` step by default; `--task` picks three
+//! chained `echo` steps, or three chained `file` appends, whose attempts are recorded
+//! before their effects) to one node, or spread over several,
 //! from `--concurrency` connections for
 //! `--duration` seconds (optionally paced to `--rate` per second), then waits until the
 //! node reports them finished (`ms_tasks_finished_total` on `/metrics`), and prints
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 use tokio::sync::Mutex;
+
+use crate::client::{ClientError, auth_refusal, challenge, refusal};
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -39,9 +43,43 @@ pub struct LoadArgs {
     /// Use a scratch database on the same backend and disk as the node's.
     #[arg(long, value_name = "URL")]
     pub baseline: Option<String>,
+    /// The task submitted: `echo` (one step), `echo3` (three chained echo steps: pure
+    /// tools, the fast path) or `file3` (three chained `file` appends to the node's
+    /// workspace: each attempt committed before its append).
+    #[arg(long, default_value = "echo", value_parser = ["echo", "echo3", "file3"])]
+    pub task: String,
+    #[command(flatten)]
+    pub bearer: crate::cli::BearerToken,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The body of one submitted task of kind `kind` (see [`LoadArgs::task`]).
+fn task_body(kind: &str) -> serde_json::Value {
+    let chain = |step: &dyn Fn(&str) -> serde_json::Value| {
+        let steps: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut s = step(id);
+                if i > 0 {
+                    let previous = ["a", "b"][i - 1];
+                    s["depends_on"] = json!([previous]);
+                }
+                s
+            })
+            .collect();
+        json!({ "steps": steps })
+    };
+    match kind {
+        "echo3" => chain(&|id| json!({"id": id, "tool": "echo", "args": {"text": "x"}})),
+        "file3" => chain(&|id| {
+            json!({"id": id, "tool": "file",
+                   "args": {"op": "append", "path": "load.log", "content": "x\n"}})
+        }),
+        _ => json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]}),
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -133,6 +171,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let counts = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
+    // The first refusal of the token stops the run: every later submission would fail too.
+    let refused = Arc::new(Mutex::new(None::<ClientError>));
     let per_worker_gap =
         (args.rate > 0.0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate));
     let started = Instant::now();
@@ -140,9 +180,11 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
     for i in 0..args.concurrency {
         let base = bases[i % bases.len()].clone();
         let (client, stop) = (client.clone(), stop.clone());
-        let (latencies, counts) = (latencies.clone(), counts.clone());
+        let (latencies, counts, refused) = (latencies.clone(), counts.clone(), refused.clone());
+        let kind = args.task.clone();
+        let token = args.bearer.token.clone();
         workers.push(tokio::spawn(async move {
-            let body = json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]});
+            let body = task_body(&kind);
             let (mut mine, mut ok, mut rejected, mut errors) = (Vec::new(), 0, 0, 0);
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -151,17 +193,26 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
                     next += gap;
                 }
                 let t = Instant::now();
-                match client
-                    .post(format!("{base}/api/v1/tasks"))
-                    .json(&body)
-                    .send()
-                    .await
-                {
+                let url = format!("{base}/api/v1/tasks");
+                let mut request = client.post(&url).json(&body);
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
+                match request.send().await {
                     Ok(r) if r.status().as_u16() == 202 => {
                         ok += 1;
                         mine.push(t.elapsed().as_secs_f64() * 1000.0);
                     }
                     Ok(r) if r.status().as_u16() == 429 => rejected += 1,
+                    Ok(r) if auth_refusal(r.status()) => {
+                        let (status, challenge) = (r.status(), challenge(r.headers()));
+                        let answer = r.json().await.unwrap_or_default();
+                        let e =
+                            refusal(url, status, challenge.as_deref(), &answer, token.is_some());
+                        refused.lock().await.get_or_insert(e);
+                        stop.store(true, Ordering::Relaxed);
+                        errors += 1;
+                    }
                     _ => errors += 1,
                 }
             }
@@ -172,10 +223,17 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
             c.2 += errors;
         }));
     }
-    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    let submit_until = started + Duration::from_secs_f64(args.duration);
+    while Instant::now() < submit_until && !stop.load(Ordering::Relaxed) {
+        let left = submit_until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.await;
+    }
+    if let Some(e) = refused.lock().await.take() {
+        return Err(e.into());
     }
     let submit_secs = started.elapsed().as_secs_f64();
     let (submitted, rejected, errors) = *counts.lock().await;

@@ -10,7 +10,7 @@ use mister_smith::cli::{Cli, Command, NodeFlags};
 use mister_smith::config::Settings;
 use mister_smith::node::{self, Outcome};
 use mister_smith::store::{Store, StoreOptions, redact};
-use mister_smith::{client, task_cli, telemetry};
+use mister_smith::{client, task_cli, telemetry, token_cli};
 
 /// glibc's allocator spent a quarter of a loaded node's CPU in malloc/free (many small,
 /// short-lived allocations across threads: messages, JSON, SQL arguments); mimalloc's
@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Command::Agents(args) => print(client::agents(&args).await),
             Command::Cluster(args) => print(client::cluster(&args).await),
             Command::Task(args) => task_cli::run(&args).await,
+            Command::Token(args) => token_cli::run(&args),
             Command::Load(args) => match mister_smith::load::run(&args).await {
                 Ok(out) => {
                     print!("{out}");
@@ -105,7 +106,15 @@ async fn run(flags: NodeFlags, started: Instant) -> u8 {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
-            EXIT_FAILURE
+            // A setting found wrong only when used (a certificate that does not parse)
+            // is still bad configuration.
+            if e.downcast_ref::<mister_smith::config::ConfigError>()
+                .is_some()
+            {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            }
         }
     }
 }

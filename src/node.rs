@@ -28,9 +28,12 @@ use crate::bridge::remote_admin::Handler;
 use crate::bridge::remote_agents::NatsAgents;
 use crate::bridge::work_queue::{NatsWorkQueue, Puller, PullerArgs};
 use crate::cluster::detector::DetectorSettings;
+use crate::cluster::lease::{Lease, LeaseArgs};
 use crate::cluster::membership::ClusterConfig;
+use crate::cluster::peer_tls::PeerTls;
 use crate::cluster::{ClusterView, Membership, MembershipArgs, Served};
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
+use crate::http::auth::Authenticator;
 use crate::state::{AppState, NodeState};
 use crate::store::{Store, Tasks, redact};
 use crate::{admin, http};
@@ -63,17 +66,34 @@ pub async fn run(
     let state = NodeState::new(ctx.clone(), metrics);
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let auth = Authenticator::from_settings(&settings.auth)?;
+    if let (Some(auth), Some(url)) = (&auth, &settings.auth.jwks_url) {
+        auth.refresh_from(
+            url.clone(),
+            Duration::from_secs_f64(settings.auth.jwks_refresh_secs),
+        );
+    }
     let http_listener = bind("http.listen", settings.http.listen).await?;
     let admin_listener = bind("admin.listen", settings.admin.listen).await?;
+    let own_listeners: Vec<std::net::SocketAddr> = [&http_listener, &admin_listener]
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let inline = http::task_output::InlineOutput(settings.tasks.inline_output_bytes);
     let servers = [
         serve(
+            "http",
             http_listener,
-            http::router(state.clone(), settings.http.body_limit_bytes),
+            http::router(state.clone(), settings.http.body_limit_bytes, auth.clone())
+                .layer(axum::Extension(inline)),
+            settings.http_limits()?,
             stop_rx.clone(),
         ),
         serve(
+            "admin",
             admin_listener,
-            admin::router(state.clone(), settings.admin.token.clone()),
+            admin::router(state.clone(), settings.admin.token.clone(), auth),
+            settings.admin_limits()?,
             stop_rx,
         ),
     ];
@@ -90,7 +110,10 @@ pub async fn run(
         }
     };
 
-    let tools = Tools::new(settings.tools.clone()).map_err(|e| anyhow::anyhow!("tools: {e}"))?;
+    // Steps may never call the node itself (the admin API stops actors).
+    let mut tools_config = settings.tools.clone();
+    tools_config.http.node_listeners = own_listeners;
+    let tools = Tools::new(tools_config).map_err(|e| anyhow::anyhow!("tools: {e}"))?;
     let tasks = Tasks::new(
         store.clone(),
         settings.scheduler.store_queue,
@@ -102,15 +125,22 @@ pub async fn run(
     // come first, since the Router reaches other nodes' agents through them.
     let cluster = match &settings.nats.url {
         Some(url) => {
-            let bridge = Bridge::connect(&settings, url).await?;
+            let c = &settings.cluster;
+            let tls = match (&c.tls_ca, &c.tls_cert, &c.tls_key) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    Some(PeerTls::load(ca, cert, key).map_err(|e| ConfigError(e.to_string()))?)
+                }
+                _ => None,
+            };
+            let bridge = Bridge::connect(&settings, url, ctx.events.clone()).await?;
             let view = Arc::new(ClusterView::default());
             let _ = state.bridge.set(bridge.clone());
             let _ = state.cluster.set(view.clone());
-            Some((bridge, view))
+            Some((tls, bridge, view))
         }
         None => None,
     };
-    let remote = cluster.as_ref().map(|(bridge, view)| {
+    let remote = cluster.as_ref().map(|(_, bridge, view)| {
         let agents = NatsAgents::new(bridge.clone(), settings.cluster.name.clone(), view.clone());
         Arc::new(agents) as Arc<dyn RemoteAgents>
     });
@@ -120,16 +150,36 @@ pub async fn run(
         memory: Arc::new(tasks.clone()),
         store: Arc::new(tasks),
         scheduler: settings.scheduler_settings(),
+        agents: settings.agents,
         remote,
-        work_queue: cluster
-            .as_ref()
-            .map(|(bridge, _)| Arc::new(NatsWorkQueue::new(bridge.clone())) as Arc<dyn WorkQueue>),
+        work_queue: cluster.as_ref().map(|(_, bridge, _)| {
+            Arc::new(NatsWorkQueue::new(bridge.clone())) as Arc<dyn WorkQueue>
+        }),
     });
 
-    let services = match cluster {
-        Some((bridge, view)) => cluster_services(&settings, bridge, view, &state, &store),
-        None => Vec::new(),
-    };
+    let mut services = Vec::new();
+    // On a shared database every node keeps a lease there, clustered or not, so no other
+    // node takes its tasks while it lives. A SQLite file is one node's alone.
+    if let Store::Postgres(_) = store {
+        let (ctx, store, ttl) = (
+            state.ctx.clone(),
+            store.clone(),
+            Duration::from_millis(settings.cluster.lease_ms),
+        );
+        services.push(ChildSpec::new("lease", move |sup, _| {
+            let args = LeaseArgs {
+                ctx: ctx.clone(),
+                store: store.clone(),
+                ttl,
+            };
+            Lease::spawn_linked(args, sup)
+        }));
+    }
+    if let Some((tls, bridge, view)) = cluster {
+        services.extend(cluster_services(
+            &settings, tls, bridge, view, &state, &store,
+        ));
+    }
     let (args, escalation) = root_args(
         &ctx,
         settings.root_policy(),
@@ -184,6 +234,7 @@ pub async fn run(
 /// `bridge` and `cluster`, and the `agents` services), sharing one NATS connection.
 fn cluster_services(
     settings: &Settings,
+    tls: Option<PeerTls>,
     bridge: Bridge,
     view: Arc<ClusterView>,
     state: &AppState,
@@ -202,6 +253,7 @@ fn cluster_services(
     let config = ClusterConfig {
         name: c.name.clone(),
         cookie: c.cookie.clone().unwrap_or_default(),
+        tls,
         listen: c.listen,
         advertise: c.advertise.clone(),
         http: advertised(settings.http.listen),
@@ -231,12 +283,15 @@ fn cluster_services(
         Forwarder::spawn_linked(args, sup)
     });
     let (ctx, agents_bridge, cluster) = (state.ctx.clone(), bridge.clone(), c.name.clone());
+    let (agents_view, max_remote_steps) = (view.clone(), c.max_remote_steps);
     let agents = ChildSpec::new("agents", move |sup, _| {
         let args = AgentServiceArgs {
             ctx: ctx.clone(),
             bridge: agents_bridge.clone(),
             cluster: cluster.clone(),
             serves: serves.clone(),
+            view: agents_view.clone(),
+            max_remote_steps,
         };
         AgentService::spawn_linked(args, sup)
     });
@@ -310,21 +365,13 @@ async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 fn serve(
+    name: &'static str,
     listener: TcpListener,
     router: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    limits: crate::config::ListenerLimits,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "listener failed");
-        }
-    })
+    tokio::spawn(http::listener::serve(name, listener, router, limits, stop))
 }
 
 /// Connects (retrying while the database is unreachable), migrates and records this start.
@@ -351,6 +398,20 @@ async fn open_store(settings: &Settings, state: &AppState) -> anyhow::Result<Sto
         .await
         .context("recording this node's start")?;
     tracing::info!(backend = store.backend(), url = %redact(&options.url), starts = record.starts, "storage ready");
+    // A SQLite file is this node's alone: it owns every unfinished task in it, whatever
+    // names it ran under before (elsewhere a node claims only what it owns).
+    if let Store::Sqlite(_) = store {
+        let adopted = store
+            .adopt_all(&state.ctx.node)
+            .await
+            .context("adopting the unfinished tasks of this node's database")?;
+        if adopted > 0 {
+            tracing::info!(
+                tasks = adopted,
+                "adopted unfinished tasks recorded under another node name"
+            );
+        }
+    }
     let _ = state.store.set(store.clone());
     Ok(store)
 }

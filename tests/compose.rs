@@ -61,6 +61,8 @@ fn compose_runs_nats_postgres_and_three_nodes_of_one_cluster() {
             &format!("hostname: {node}"),
             &format!("MISTER_SMITH__CLUSTER__ADVERTISE: {node}"),
             "MISTER_SMITH__ADMIN__TOKEN:",
+            "MISTER_SMITH__AUTH__MODE: jwt",
+            "MISTER_SMITH__AUTH__SECRET:",
         ] {
             assert!(
                 has(&block, needle),

@@ -204,6 +204,45 @@ async fn permanent_agent_with_zero_instances_is_refused_naming_the_key() {
 }
 
 #[tokio::test]
+async fn durations_and_agent_limits_out_of_bounds_are_refused_naming_the_key() {
+    // 1e308 s is a valid float but no `Duration`: refused, not a panic at start.
+    for (key, env, value) in [
+        (
+            "supervision.within_secs",
+            "MISTER_SMITH__SUPERVISION__WITHIN_SECS",
+            "1e308",
+        ),
+        (
+            "node.shutdown_timeout_secs",
+            "MISTER_SMITH__NODE__SHUTDOWN_TIMEOUT_SECS",
+            "1e308",
+        ),
+        (
+            "agents.max_in_flight",
+            "MISTER_SMITH__AGENTS__MAX_IN_FLIGHT",
+            "0",
+        ),
+        (
+            "agents.max_waiting",
+            "MISTER_SMITH__AGENTS__MAX_WAITING",
+            "4000000000",
+        ),
+    ] {
+        expect_config_error(&[], &["run"], &[(env, value)], &[key]).await;
+    }
+    expect_config_error(
+        &[(
+            "bad.toml",
+            "[[domains]]\nname = \"x\"\nwithin_secs = 1e308\nagents = []\n",
+        )],
+        &["run", "--config", "bad.toml"],
+        &[],
+        &["domains[0].within_secs"],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn duplicated_domain_name_is_refused_naming_the_key() {
     expect_config_error(
         &[(

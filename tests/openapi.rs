@@ -15,12 +15,14 @@ use std::collections::{BTreeSet, HashSet};
 
 use common::TestNode;
 use common::tasks::wait_final;
+use mister_smith::config::auth::Secret;
+use mister_smith::http::auth::{Claims, ROUTE_SCOPES, mint};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 /// Every route of the API listener with its methods, as the router serves them
 /// (`src/http/mod.rs`), apart from the document itself.
-const ROUTES: [(&str, &str); 9] = [
+const ROUTES: [(&str, &str); 10] = [
     ("get", "/health/live"),
     ("get", "/health/ready"),
     ("get", "/metrics"),
@@ -30,6 +32,7 @@ const ROUTES: [(&str, &str); 9] = [
     ("get", "/api/v1/tasks/{id}"),
     ("post", "/api/v1/tasks/{id}/cancel"),
     ("get", "/api/v1/tasks/{id}/events"),
+    ("get", "/api/v1/tasks/{id}/steps/{step}/output"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [
@@ -394,6 +397,51 @@ async fn the_document_lists_every_route_and_its_parts_resolve() {
             ["$ref"],
         "#/components/schemas/TaskSpec"
     );
+
+    // Authentication: the bearer scheme, and on each /api/v1 operation the scope the node
+    // checks (ROUTE_SCOPES) with its 401 and 403; the open routes ask for nothing.
+    assert_eq!(
+        d["components"]["securitySchemes"]["bearer"],
+        json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+               "description": d["components"]["securitySchemes"]["bearer"]["description"]}),
+        "the bearer scheme"
+    );
+    for (method, path) in ROUTES {
+        let op = doc.operation(method, path);
+        if !path.starts_with("/api/v1/") {
+            assert!(
+                op.get("security").is_none(),
+                "{method} {path} is open: {op:#}"
+            );
+            assert!(
+                op["responses"].get("401").is_none() && op["responses"].get("403").is_none(),
+                "{method} {path} is open: {op:#}"
+            );
+            continue;
+        }
+        let scope = ROUTE_SCOPES
+            .iter()
+            .find(|(m, r, _)| m.eq_ignore_ascii_case(method) && r == &path)
+            .map(|(_, _, scope)| *scope)
+            .unwrap_or_else(|| panic!("{method} {path} has no entry in ROUTE_SCOPES"));
+        assert_eq!(
+            op["security"],
+            json!([{"bearer": [scope]}]),
+            "{method} {path}"
+        );
+        for status in ["401", "403"] {
+            let response = &op["responses"][status];
+            assert_eq!(
+                response["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{method} {path} {status}: {response}"
+            );
+            assert!(
+                response["headers"].get("WWW-Authenticate").is_some(),
+                "{method} {path} {status}: {response}"
+            );
+        }
+    }
     for (method, path, media) in [
         ("get", "/metrics", "text/plain"),
         ("get", "/api/v1/tasks/{id}/events", "text/event-stream"),
@@ -532,6 +580,66 @@ fn collect_refs(value: &Value, out: &mut Vec<String>) {
 
 // ---------------------------------------------------------------------------------------
 // Real answers against the document.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_a_jwt_node_conform_to_the_document() {
+    const SECRET: &str = "openapi-test-secret-of-32-bytes-or-more";
+    let node = TestNode::start(
+        &[],
+        &[
+            ("MISTER_SMITH__AUTH__MODE", "jwt"),
+            ("MISTER_SMITH__AUTH__SECRET", SECRET),
+        ],
+    )
+    .await;
+    let doc = Doc::fetch(&node).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 600;
+    let read_only = mint(
+        &Secret::new(SECRET),
+        &Claims {
+            sub: "reader".into(),
+            scope: Some("tasks:read".into()),
+            exp: Some(exp),
+            ..Claims::default()
+        },
+    )
+    .expect("minting");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {read_only}")
+            .parse()
+            .expect("a header value"),
+    );
+    let reader = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .expect("a client");
+    let task = json_body(&json!({"steps": [{"id": "a", "tool": "echo"}]}));
+    for (client, want) in [
+        (&node.client, StatusCode::UNAUTHORIZED),
+        (&reader, StatusCode::FORBIDDEN),
+    ] {
+        let answer = send_with(client, &node, Method::POST, "/api/v1/tasks", task.clone()).await;
+        assert_eq!(answer.status, want, "{}", answer.text);
+        let body = doc.conforms("post", "/api/v1/tasks", &answer);
+        let code = if want == StatusCode::UNAUTHORIZED {
+            "unauthorized"
+        } else {
+            "forbidden"
+        };
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    // The token works where its scope is the one documented.
+    let answer = send_with(&reader, &node, Method::GET, "/api/v1/tasks", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    doc.conforms("get", "/api/v1/tasks", &answer);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_answers_conform_to_the_document() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::tasks::{post_raw, submit, submit_ok, wait_final};
+use common::tasks::{fields, post_raw, refused, submit, submit_ok, wait_final};
 use common::{TestNode, assert_error_shape};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -59,38 +59,6 @@ async fn same_idempotency_key_gives_the_same_task() {
         Some(3),
         "three tasks stored, not five: {list:#}"
     );
-}
-
-/// Submits `body` and checks the status, the error shape, and that the message (or one of
-/// the listed fields) names each of `names`.
-async fn refused(
-    node: &TestNode,
-    case: &str,
-    body: &str,
-    content_type: Option<&str>,
-    want: StatusCode,
-    names: &[&str],
-) -> Value {
-    let (status, answer) = post_raw(node, body.to_string(), content_type).await;
-    assert_eq!(status, want, "{case}: {answer}");
-    let (_, message) = assert_error_shape(&answer, case);
-    for name in names {
-        assert!(
-            message.contains(name),
-            "{case}: the message does not name {name:?}: {answer}"
-        );
-    }
-    answer
-}
-
-/// The `field` of every entry of `error.fields`.
-fn fields(answer: &Value) -> Vec<String> {
-    answer["error"]["fields"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no error.fields in {answer}"))
-        .iter()
-        .map(|f| f["field"].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 #[tokio::test]

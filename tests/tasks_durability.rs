@@ -86,8 +86,10 @@ async fn node_named(args: &[&str], name: &str, dir: tempfile::TempDir) -> TestNo
 }
 
 /// Tasks (shell side effect → 5 s sleep → echo of the first output) are submitted to node
-/// `first`; once every first step is recorded the process is SIGKILLed, and node `second`
-/// is started on the same directory and database.
+/// `first`; once every first step is recorded the process is SIGKILLed, and a node is
+/// started on the same directory and database: on SQLite one called `second` (the file is
+/// its alone: it adopts every unfinished task), on PostgreSQL `first` again (a node
+/// without NATS takes no other node's tasks; a restarted one resumes its own).
 async fn sigkill_and_resume(database: Option<&str>) {
     let dir = temp_dir();
     let config = write_config(dir.path(), "tasks.toml", SHELL_ON);
@@ -120,12 +122,17 @@ async fn sigkill_and_resume(database: Option<&str>) {
     let status = first.wait_exit().await;
     assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
     let work = workspace(&first);
-    let second = node_named(&args, "second", first.into_dir()).await;
+    let resumer = if database.is_some() {
+        "first"
+    } else {
+        "second"
+    };
+    let second = node_named(&args, resumer, first.into_dir()).await;
 
     for (i, id) in ids.iter().enumerate() {
         let task = wait_final(&second, id).await;
         assert_recorded_once(&task);
-        assert_eq!(task["owner"], "second", "{task:#}");
+        assert_eq!(task["owner"], resumer, "{task:#}");
         assert_eq!(task["lease_epoch"], 2, "{task:#}");
 
         // The step recorded before the kill was not run again: the same single attempt on
@@ -142,7 +149,7 @@ async fn sigkill_and_resume(database: Option<&str>) {
         // What was in flight or not yet started ran on `second`.
         for s in ["nap", "after"] {
             let last = attempts(&task, s).last().cloned().expect("an attempt");
-            assert_eq!(last["node"], "second", "step {s}: {task:#}");
+            assert_eq!(last["node"], resumer, "step {s}: {task:#}");
         }
         assert_eq!(
             step(&task, "after")["output"]["text"],
@@ -159,7 +166,7 @@ async fn sigkill_and_resume(database: Option<&str>) {
             started,
             [
                 &json!({"node": "first", "epoch": 1}),
-                &json!({"node": "second", "epoch": 2})
+                &json!({"node": resumer, "epoch": 2})
             ],
             "{:#}",
             task["events"]

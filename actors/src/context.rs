@@ -24,6 +24,8 @@ pub struct Services {
     pub memory: Arc<dyn crate::roles::memory::MemoryStore>,
     pub store: Arc<dyn TaskStore>,
     pub scheduler: SchedulerSettings,
+    /// How many steps each agent runs at once and holds waiting.
+    pub agents: crate::agent::AgentLimits,
     /// Agents of the other nodes of the cluster (none on a single node).
     pub remote: Option<Arc<dyn crate::remote::RemoteAgents>>,
     /// The cluster's task work queue (none on a single node).
@@ -39,12 +41,11 @@ pub struct SchedulerSettings {
     pub max_queued: usize,
     /// Aging: a task waiting this long gains one priority level (no starvation).
     pub aging_ms: u64,
-    /// At start, resume only this node's own unfinished tasks (in a cluster) instead of
-    /// every unfinished task (a single node owns them all, whatever its earlier names).
-    pub resume_own_only: bool,
     /// With this many tasks queued here, newly accepted ones are offered to the cluster's
     /// work queue instead (None: never).
     pub spill_above: Option<usize>,
+    /// Bytes of step outputs and trace one task may store (`tasks.max_output_bytes`).
+    pub max_task_output_bytes: u64,
 }
 
 /// Shared by all actors of one node. Passed as `Arc<NodeContext>` in actor arguments, so
@@ -60,6 +61,8 @@ pub struct NodeContext {
     monitor: RwLock<crate::roles::monitor::MonitorSettings>,
     /// Supervisors by name (`runs`, domain names), for actors that must reach one.
     supervisors: RwLock<HashMap<String, ActorRef<SupervisorMsg>>>,
+    /// This node's lease on its work, as far as it can prove it.
+    lease: crate::lease::NodeLease,
 }
 
 impl NodeContext {
@@ -73,6 +76,7 @@ impl NodeContext {
             services: OnceLock::new(),
             supervisors: RwLock::new(HashMap::new()),
             monitor: RwLock::new(Default::default()),
+            lease: Default::default(),
         })
     }
 
@@ -113,6 +117,11 @@ impl NodeContext {
                 map.remove(name);
             }
         }
+    }
+
+    /// This node's lease: whether it may start work with side effects.
+    pub fn lease(&self) -> &crate::lease::NodeLease {
+        &self.lease
     }
 
     pub fn monitor_settings(&self) -> crate::roles::monitor::MonitorSettings {

@@ -63,6 +63,16 @@ pub enum Event {
     NodeLeft { node: String },
     /// This node took over unfinished tasks of a node that is gone (`events.node.takeover`).
     TasksTakenOver { from: String, tasks: usize },
+    /// Something a security reviewer wants on record (`events.audit.<action>`): an admin
+    /// action, a drain, a refused token, a refused cluster message. `principal` is who
+    /// asked (a token's `sub`, `peer:<node>` for a cluster peer, `anonymous`);
+    /// `outcome` is `ok`, `refused` or `failed`.
+    Audit {
+        action: String,
+        principal: String,
+        outcome: String,
+        detail: String,
+    },
     /// An entry of a task's trace, published once it is committed (`events.task.*`).
     Task {
         task_id: String,
@@ -88,6 +98,7 @@ impl Event {
             Event::NodeDown { .. } => "node.down",
             Event::NodeLeft { .. } => "node.left",
             Event::TasksTakenOver { .. } => "node.takeover",
+            Event::Audit { .. } => "audit",
         }
     }
 }
@@ -121,6 +132,22 @@ impl Events {
         let _ = self.tx.send(Stamped {
             at: SystemTime::now(),
             event,
+        });
+    }
+
+    /// Records an audit event: a log line (target `audit`) and an event on the bus.
+    pub fn audit(&self, action: &str, principal: &str, outcome: &str, detail: impl Into<String>) {
+        let detail = detail.into();
+        if outcome == "ok" {
+            tracing::info!(target: "audit", action, principal, outcome, detail = %detail);
+        } else {
+            tracing::warn!(target: "audit", action, principal, outcome, detail = %detail);
+        }
+        self.publish(Event::Audit {
+            action: action.to_string(),
+            principal: principal.to_string(),
+            outcome: outcome.to_string(),
+            detail,
         });
     }
 

@@ -33,6 +33,7 @@ pub struct AgentRecord {
     pub capabilities: Vec<String>,
     pub state: Lifecycle,
     pub healthy: bool,
+    /// Steps the agent runs and holds waiting: what the Router balances on.
     pub load: u32,
     /// The agent's circuit: `open` after too many failed hand-offs; the Router skips it.
     pub circuit: BreakerState,
@@ -99,8 +100,11 @@ pub enum RegistryMsg {
     Resolve(String, RpcReplyPort<Option<AgentRecord>>),
     /// Live agents offering a capability.
     Discover(String, RpcReplyPort<Vec<AgentRecord>>),
-    /// The least loaded healthy active agent offering a capability.
+    /// The least loaded healthy active agent offering a capability, circuit not open.
     FindHealthy(String, RpcReplyPort<Option<AgentRecord>>),
+    /// What the Router takes: like `FindHealthy`, but when no agent is healthy, the least
+    /// loaded active one whose circuit is not open.
+    FindAvailable(String, RpcReplyPort<Option<AgentRecord>>),
     List(AgentFilter, RpcReplyPort<Vec<AgentRecord>>),
     /// How many agents are in each lifecycle state.
     Counts(RpcReplyPort<BTreeMap<Lifecycle, usize>>),
@@ -222,17 +226,21 @@ impl Actor for Registry {
                 let _ = reply.send(found);
             }
             RegistryMsg::Discover(capability, reply) => {
-                let _ = reply.send(state.with_capability(&capability).cloned().collect());
+                let now = Instant::now();
+                let found = state
+                    .with_capability(&capability)
+                    .map(|r| state.snapshot(r, now))
+                    .collect();
+                let _ = reply.send(found);
             }
             RegistryMsg::FindHealthy(capability, reply) => {
-                let now = Instant::now();
-                let best = state
-                    .with_capability(&capability)
-                    .filter(|r| r.healthy && r.state == Lifecycle::Active)
-                    .filter(|r| state.circuit(&r.identity.instance_id, now) != BreakerState::Open)
-                    .min_by_key(|r| r.load)
-                    .map(|r| state.snapshot(r, now));
-                let _ = reply.send(best);
+                let _ = reply.send(state.find(&capability, true));
+            }
+            RegistryMsg::FindAvailable(capability, reply) => {
+                let found = state
+                    .find(&capability, true)
+                    .or_else(|| state.find(&capability, false));
+                let _ = reply.send(found);
             }
             RegistryMsg::ReportOutcome { instance_id, ok } => {
                 let now = Instant::now();
@@ -377,6 +385,17 @@ impl RegistryState {
             self.count(Some(Lifecycle::Terminated), None);
         }
         self.terminated.push_back(record);
+    }
+
+    /// The least loaded active agent offering `capability` whose circuit is not open;
+    /// only healthy ones when `healthy`.
+    fn find(&self, capability: &str, healthy: bool) -> Option<AgentRecord> {
+        let now = Instant::now();
+        self.with_capability(capability)
+            .filter(|r| r.state == Lifecycle::Active && (r.healthy || !healthy))
+            .filter(|r| self.circuit(&r.identity.instance_id, now) != BreakerState::Open)
+            .min_by_key(|r| r.load)
+            .map(|r| self.snapshot(r, now))
     }
 
     fn circuit(&self, instance_id: &str, now: Instant) -> BreakerState {

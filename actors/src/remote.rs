@@ -19,6 +19,9 @@ use crate::tools::{ToolError, ToolOutput};
 pub struct RemoteStep {
     pub task_id: String,
     pub session: Option<String>,
+    /// Absent in a request from a node of an earlier version (no principals then).
+    #[serde(default)]
+    pub principal: Option<String>,
     pub step: StepSpec,
     pub input: Option<String>,
     pub timeout_ms: Option<u64>,
@@ -41,13 +44,18 @@ pub enum RemoteError {
     Timeout(Duration),
     #[error("the cluster could not be asked: {0}")]
     Bus(String),
+    /// The node that got the step runs as many of others' steps as it may.
+    #[error("the other node is busy")]
+    Busy,
 }
 
 pub trait RemoteAgents: Send + Sync + 'static {
     /// Whether some other node offers `capability` now (cheap: from the membership view).
     fn offers(&self, capability: &str) -> bool;
 
-    /// Runs `step` on an agent of another node that offers `capability`.
+    /// Runs `step` on an agent of another node that offers `capability`. A caller that
+    /// stops waiting drops the future; the implementation then asks the serving node to
+    /// cancel the step, so its tool stops rather than running to its timeout.
     fn execute(
         &self,
         capability: &str,

@@ -1,7 +1,8 @@
 //! The LLM providers against real HTTP: a local axum server speaks OpenAI's and Anthropic's
 //! wire formats (success, errors, rate limits, silence, garbage), so the clients, retries
-//! and the circuit breaker are tested over real sockets with real JSON. Also the scripted
-//! and `none` providers. No test asserts a duration: waits are bounded by generous deadlines.
+//! and the circuit breaker are tested over real sockets with real JSON; the same fake over
+//! HTTPS with a CA of its own tests `llm.ca_file` and that the key never leaks. Also the
+//! scripted and `none` providers. No test asserts a duration: waits are bounded by generous deadlines.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,6 +19,13 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use serde_json::{Value, json};
+
+#[path = "common/https.rs"]
+mod https;
+#[path = "common/pki.rs"]
+mod pki;
+
+use pki::Pki;
 
 /// Far longer than anything here should take; only a hang reaches it.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -49,25 +57,41 @@ struct Fake {
 }
 
 impl Fake {
-    async fn start(replies: Vec<Reply>, fallback: Reply) -> (Arc<Fake>, SocketAddr) {
-        let fake = Arc::new(Fake {
+    fn new(replies: Vec<Reply>, fallback: Reply) -> Arc<Fake> {
+        Arc::new(Fake {
             hits: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             queue: Mutex::new(replies.into()),
             fallback: Mutex::new(fallback),
             gate: tokio::sync::Semaphore::new(0),
-        });
+        })
+    }
+
+    /// Both providers' routes, answered by `fake`.
+    fn router(fake: &Arc<Fake>) -> axum::Router {
         let state = fake.clone();
         let handler = move |uri: Uri, headers: HeaderMap, body: Bytes| {
             let fake = state.clone();
             async move { fake.answer(uri, headers, body).await }
         };
-        let app = axum::Router::new()
+        axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(handler.clone()))
-            .route("/v1/messages", axum::routing::post(handler));
+            .route("/v1/messages", axum::routing::post(handler))
+    }
+
+    async fn start(replies: Vec<Reply>, fallback: Reply) -> (Arc<Fake>, SocketAddr) {
+        let fake = Fake::new(replies, fallback);
+        let app = Fake::router(&fake);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (fake, addr)
+    }
+
+    /// The same fake over HTTPS, with the certificate of `pki`.
+    async fn start_tls(replies: Vec<Reply>, fallback: Reply, pki: &Pki) -> (Arc<Fake>, SocketAddr) {
+        let fake = Fake::new(replies, fallback);
+        let addr = https::serve(Fake::router(&fake), pki).await;
         (fake, addr)
     }
 
@@ -149,9 +173,13 @@ fn anthropic_err(status: u16, kind: &str, message: &str) -> Reply {
 }
 
 fn config(provider: ProviderKind, addr: SocketAddr) -> LlmConfig {
+    config_with_scheme(provider, "http", addr)
+}
+
+fn config_with_scheme(provider: ProviderKind, scheme: &str, addr: SocketAddr) -> LlmConfig {
     let base_url = match provider {
-        ProviderKind::Openai => format!("http://{addr}/v1"),
-        _ => format!("http://{addr}"),
+        ProviderKind::Openai => format!("{scheme}://{addr}/v1"),
+        _ => format!("{scheme}://{addr}"),
     };
     LlmConfig {
         provider,
@@ -671,4 +699,84 @@ fn invalid_settings_fail_at_construction_naming_the_key() {
     let err = Llm::new(&cfg).unwrap_err();
     let want = "llm.model: required for provider anthropic".to_string();
     assert_eq!(err, LlmError::NotConfigured(want));
+}
+
+// ---------------------------------------------------------------------------------------
+// Over TLS: the fake behind a certificate of a test CA that no system trusts.
+
+const TLS_KEY: &str = "sk-tls-never-shown";
+
+/// What the provider must have sent as its key header for `key`.
+fn key_header(provider: ProviderKind, key: &str) -> (&'static str, String) {
+    match provider {
+        ProviderKind::Openai => ("authorization", format!("Bearer {key}")),
+        _ => ("x-api-key", key.to_string()),
+    }
+}
+
+fn last_header(fake: &Fake, name: &str) -> Option<String> {
+    let seen = fake.seen.lock().unwrap();
+    let last = seen.last()?;
+    Some(last.headers.get(name)?.to_str().ok()?.to_string())
+}
+
+/// Both providers over HTTPS: trusted through `llm.ca_file` (the key reaches the server, as
+/// `api_key` or from `api_key_file`), refused without it with a certificate error that does
+/// not carry the key (and nothing reaches the server), and the key never in a `Debug`.
+#[tokio::test]
+async fn providers_over_tls_trust_the_ca_file_and_never_show_the_key() {
+    let pki = Pki::new();
+    for (provider, ok) in [
+        (ProviderKind::Openai, openai_ok("Done.")),
+        (ProviderKind::Anthropic, anthropic_ok(&["Done."])),
+    ] {
+        let (fake, addr) = Fake::start_tls(vec![], ok, &pki).await;
+        let mut c = config_with_scheme(provider, "https", addr);
+        c.api_key = Some(TLS_KEY.into());
+        c.ca_file = Some(pki.ca.clone());
+        let llm = Llm::new(&c).unwrap();
+        let done = complete(&llm, request()).await.unwrap();
+        assert_eq!(done.text, "Done.", "{provider}");
+        let (name, value) = key_header(provider, TLS_KEY);
+        assert_eq!(last_header(&fake, name), Some(value), "{provider}");
+        for shown in [format!("{c:?}"), format!("{llm:?}")] {
+            assert!(!shown.contains(TLS_KEY), "{provider}: {shown}");
+        }
+
+        // The system's roots do not include the test CA: a certificate error, no panic.
+        let hits = fake.hits();
+        let untrusting = LlmConfig {
+            ca_file: None,
+            ..c.clone()
+        };
+        let err = complete(&Llm::new(&untrusting).unwrap(), request())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LlmError::Transport(_)), "{provider}: {err:?}");
+        let text = err.to_string();
+        assert!(text.contains("certificate"), "{provider}: {text}");
+        assert!(
+            !text.contains(TLS_KEY) && !format!("{err:?}").contains(TLS_KEY),
+            "{provider}: {text}"
+        );
+        assert_eq!(
+            fake.hits(),
+            hits,
+            "{provider}: a request got past the handshake"
+        );
+
+        // The key from a file.
+        let key_file = pki.dir().join(format!("{provider}-key"));
+        std::fs::write(&key_file, "sk-from-a-file\n").unwrap();
+        let from_file = LlmConfig {
+            api_key: None,
+            api_key_file: Some(key_file),
+            ..c.clone()
+        };
+        let llm = Llm::new(&from_file).unwrap();
+        complete(&llm, request()).await.unwrap();
+        let (name, value) = key_header(provider, "sk-from-a-file");
+        assert_eq!(last_header(&fake, name), Some(value), "{provider}");
+        assert!(!format!("{llm:?}").contains("sk-from-a-file"), "{provider}");
+    }
 }

@@ -11,6 +11,11 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/https.rs"]
+mod https;
+#[path = "common/pki.rs"]
+mod pki;
+
 /// Outer guard against a hung call; never an assertion about speed.
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -26,6 +31,9 @@ fn shell_tools(allow: &[&str]) -> (Tools, TempDir) {
     tools_with(|c| {
         c.shell.enabled = true;
         c.shell.allow = allow.iter().map(|s| s.to_string()).collect();
+        // The tests run `sh` and `env`, which run anything: an explicit opt-in.
+        c.shell.allow_run_anything = true;
+        c.shell.env_allow = vec!["GREETING".into()];
     })
 }
 
@@ -65,7 +73,8 @@ fn names_and_config_defaults_and_validation() {
     assert_eq!(config.default_timeout_secs, 60.0);
     assert_eq!(config.max_output_bytes, 1024 * 1024);
     assert!(!config.shell.enabled);
-    assert_eq!(config.http.allow_hosts, vec!["127.0.0.1", "localhost"]);
+    assert!(config.http.allow_hosts.is_empty());
+    assert!(config.http.allow_cidrs.is_empty());
     assert_eq!(config.file.workspace, Path::new("data/workspace"));
     assert_eq!(config.validate(), Ok(()));
 
@@ -136,6 +145,29 @@ async fn echo_with_and_without_input() {
         matches!(&err, ToolError::InvalidArgs(m) if m.contains("text")),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn echo_repeating_a_long_input_keeps_only_the_output_cap() {
+    let (tools, _dir) = tools_with(|c| c.max_output_bytes = 1000);
+    let input = "x".repeat(1 << 20);
+    // 100 000 copies of 1 MiB would be 100 GiB if the text were built before the cap.
+    let text = "{{input}}".repeat(100_000);
+    let out = run(&tools, "echo", json!({ "text": text }), Some(&input))
+        .await
+        .unwrap();
+    assert!(out.truncated);
+    assert_eq!(out.text, "x".repeat(1000));
+    assert_eq!(out.bytes, 100_000 << 20);
+}
+
+#[tokio::test]
+async fn sleep_ms_out_of_range_is_refused_before_running() {
+    let (tools, _dir) = tools_with(|_| {});
+    for ms in [json!(3_600_001), json!(-1), json!(1e308), json!(u64::MAX)] {
+        let err = tools.validate("sleep", &json!({ "ms": ms })).unwrap_err();
+        assert!(matches!(err, ToolError::InvalidArgs(_)), "{ms}: {err:?}");
+    }
 }
 
 #[tokio::test]

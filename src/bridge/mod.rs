@@ -9,8 +9,10 @@
 pub mod agent_service;
 pub mod envelope;
 pub mod forwarder;
+pub mod refused;
 pub mod remote_admin;
 pub mod remote_agents;
+pub mod seal;
 pub mod subjects;
 pub mod work_queue;
 
@@ -18,14 +20,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use actors::events::Events;
 use async_nats::{Client, ConnectOptions, Message, Subscriber};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use envelope::{Envelope, EnvelopeError};
+pub use seal::Check;
 pub use subjects::Subjects;
 
 use crate::config::Settings;
+use refused::Refusals;
+use seal::Sealer;
 
 /// How often the client pings the server: a cut connection is noticed within two of these.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -60,6 +66,8 @@ struct Counters {
     sent: AtomicU64,
     decode_errors: AtomicU64,
     ever_connected: AtomicBool,
+    /// Why the last connection attempt failed, until one succeeds (to log each reason once).
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// The node's NATS connection; cheap to clone.
@@ -69,14 +77,18 @@ pub struct Bridge {
     subjects: Subjects,
     node: String,
     counters: Arc<Counters>,
+    sealer: Arc<Sealer>,
+    refusals: Arc<Refusals>,
 }
 
 impl Bridge {
     /// Starts connecting to `nats.url` (in the background: this returns at once even when
-    /// NATS is down).
-    pub async fn connect(settings: &Settings, url: &str) -> anyhow::Result<Bridge> {
+    /// NATS is down). Refused messages are audited on `events`.
+    pub async fn connect(settings: &Settings, url: &str, events: Events) -> anyhow::Result<Bridge> {
         let counters = Arc::new(Counters::default());
+        let refusals = Arc::new(Refusals::new(events));
         let events = counters.clone();
+        let shown_url = url.to_string();
         let node = settings.node.name.clone();
         let mut options = ConnectOptions::new()
             .name(format!("mister-smith {node}"))
@@ -88,11 +100,35 @@ impl Bridge {
             })
             .event_callback(move |event| {
                 let counters = events.clone();
+                let nats_url = shown_url.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
                             counters.ever_connected.store(true, Ordering::SeqCst);
+                            counters
+                                .last_failure
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .take();
                             tracing::info!("NATS connected");
+                        }
+                        async_nats::Event::ClientError(error) => {
+                            // Said once per distinct reason (attempts repeat every 500 ms):
+                            // a refused TLS handshake or bad credentials keep the node not
+                            // ready, and this line is where the operator learns why.
+                            let reason = error.to_string();
+                            let mut last = counters
+                                .last_failure
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner());
+                            if last.as_deref() != Some(reason.as_str()) {
+                                tracing::warn!(
+                                    url = %nats_url,
+                                    error = %reason,
+                                    "NATS connection failed; retrying (check nats.url, nats.tls_ca, nats.tls_cert/tls_key and the credentials; the server's log says why it refused)"
+                                );
+                                *last = Some(reason);
+                            }
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("NATS disconnected; serving locally, reconnecting")
@@ -101,20 +137,39 @@ impl Bridge {
                     }
                 }
             });
-        if let Some(creds) = &settings.nats.credentials {
+        // async-nats builds its TLS config from rustls' process default (see the function).
+        actors::tls::install_default_provider();
+        let n = &settings.nats;
+        if let Some(creds) = &n.credentials {
             options = options.credentials_file(creds).await.map_err(|e| {
                 anyhow::anyhow!("nats.credentials: cannot read {}: {e}", creds.display())
             })?;
+        }
+        if let Some(seed) = n.nkey_seed()? {
+            options = options.nkey(seed);
+        }
+        if let Some(ca) = &n.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&n.tls_cert, &n.tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if n.tls_required || url.starts_with("tls://") {
+            options = options.require_tls(true);
         }
         let client = options
             .connect(url)
             .await
             .map_err(|e| anyhow::anyhow!("nats.url {url}: {e}"))?;
+        // Validation requires a cookie with nats.url; an empty one would still seal.
+        let cookie = settings.cluster.cookie.clone().unwrap_or_default();
         Ok(Bridge {
             client,
             subjects: Subjects::new(&settings.cluster.name),
             node,
             counters,
+            sealer: Arc::new(Sealer::new(&cookie)),
+            refusals,
         })
     }
 
@@ -163,14 +218,60 @@ impl Bridge {
         self.publish_bytes(subject, bytes).await
     }
 
-    /// Publishes an encoded envelope (a reply, or one encoded once for many subjects).
+    /// Publishes an encoded envelope (a reply, or one encoded once for many subjects),
+    /// sealed for `subject`.
     pub async fn publish_bytes(
         &self,
         subject: String,
         bytes: bytes::Bytes,
     ) -> Result<(), BridgeError> {
+        let headers = self.seal(&subject, &bytes);
         self.client
-            .publish(subject, bytes)
+            .publish_with_headers(subject, headers, bytes)
+            .await
+            .map_err(|e| BridgeError::Nats(e.to_string()))?;
+        self.sent();
+        Ok(())
+    }
+
+    /// The headers that carry the MAC of `bytes` on `subject` (for what is sent by other
+    /// means than [`Bridge::publish_bytes`]: JetStream, requests, service replies).
+    pub fn seal(&self, subject: &str, bytes: &[u8]) -> async_nats::HeaderMap {
+        self.sealer.headers(subject, bytes)
+    }
+
+    /// A sealed request with `timeout`; the reply is read with [`Bridge::open`].
+    pub async fn request(
+        &self,
+        subject: String,
+        bytes: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<Message, async_nats::RequestError> {
+        let request = async_nats::Request::new()
+            .headers(self.seal(&subject, &bytes))
+            .payload(bytes)
+            .timeout(Some(timeout));
+        let reply = self.client.send_request(subject, request).await;
+        self.sent();
+        reply
+    }
+
+    /// Answers a NATS service request with an encoded envelope, sealed for the
+    /// requester's inbox.
+    pub async fn respond(
+        &self,
+        request: &async_nats::service::Request,
+        bytes: bytes::Bytes,
+    ) -> Result<(), BridgeError> {
+        let inbox = request
+            .message
+            .reply
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let headers = self.seal(&inbox, &bytes);
+        request
+            .respond_with_headers(Ok(bytes), headers)
             .await
             .map_err(|e| BridgeError::Nats(e.to_string()))?;
         self.sent();
@@ -184,9 +285,48 @@ impl Bridge {
             .map_err(|e| BridgeError::Nats(e.to_string()))
     }
 
-    /// Reads a received message as an envelope of `kind`. Bytes that are not one are
-    /// counted (`ms_bridge_decode_errors_total`) and logged, and give `None`.
+    /// Reads a received live message as an envelope of `kind`, authentic, fresh and new
+    /// ([`Check::Fresh`]). Bytes that are not one are counted
+    /// (`ms_bridge_decode_errors_total`) and logged; a message without a valid MAC, stale
+    /// or replayed is refused ([`refused`]); both give `None`.
     pub fn open<T: DeserializeOwned>(&self, message: &Message, kind: &str) -> Option<Envelope<T>> {
+        self.open_checked(message, kind, Check::Fresh)
+    }
+
+    /// [`Bridge::open`] with the check to make.
+    pub fn open_checked<T: DeserializeOwned>(
+        &self,
+        message: &Message,
+        kind: &str,
+        check: Check,
+    ) -> Option<Envelope<T>> {
+        let envelope = self.decode(message, kind)?;
+        let mac = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(seal::HEADER))
+            .map(|v| v.as_str());
+        let subject = message.subject.as_str();
+        let verdict = self
+            .sealer
+            .authentic(subject, &message.payload, mac)
+            .and_then(|()| match check {
+                Check::Fresh => {
+                    self.sealer
+                        .fresh(envelope.id, envelope.sent_at, actors::task::store::now_ms())
+                }
+                Check::Stored => Ok(()),
+            });
+        match verdict {
+            Ok(()) => Some(envelope),
+            Err(reason) => {
+                self.refusals.refuse(kind, &envelope.from, subject, reason);
+                None
+            }
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&self, message: &Message, kind: &str) -> Option<Envelope<T>> {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ms_bridge_messages_total", "direction" => "in").increment(1);
         match envelope::decode(&message.payload, Some(kind)) {
@@ -207,6 +347,13 @@ impl Bridge {
                 None
             }
         }
+    }
+
+    /// Records a security event (see `actors::events::Events::audit`).
+    pub fn audit(&self, action: &str, principal: &str, outcome: &str, detail: impl Into<String>) {
+        self.refusals
+            .events()
+            .audit(action, principal, outcome, detail);
     }
 
     fn sent(&self) {

@@ -62,10 +62,19 @@ pub async fn serve(bridge: Bridge, handler: Handler) -> Result<JoinHandle<()>, B
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
+            // Counted, logged and audited by `open` when not the cookie's.
             let Some(request) = bridge.open::<AdminRequest>(&message, REQUEST) else {
                 continue;
             };
+            let verb = request.payload.verb.clone();
             let answer = handler(request.payload.clone()).await;
+            // Who asked this node what (a drain above all), for the security record.
+            bridge.audit(
+                &format!("admin.{}", audit_verb(&verb)),
+                &format!("peer:{}", request.from),
+                if answer.status < 400 { "ok" } else { "failed" },
+                format!("over NATS, status {}", answer.status),
+            );
             let reply = Envelope::reply_to(&request, REPLY, bridge.node(), answer);
             match reply.encode() {
                 Ok(bytes) => {
@@ -77,6 +86,15 @@ pub async fn serve(bridge: Bridge, handler: Handler) -> Result<JoinHandle<()>, B
             }
         }
     }))
+}
+
+/// The verb as an audit action: one of the verbs this node answers, or `other` (the
+/// verb is the requester's word).
+fn audit_verb(verb: &str) -> &str {
+    match verb {
+        "actors" | "actor" | "agents" | "drain" | "stop" => verb,
+        _ => "other",
+    }
 }
 
 /// Asks `node` over NATS.
@@ -93,22 +111,24 @@ pub async fn ask(
     let bytes = Envelope::new(REQUEST, bridge.node(), request)
         .encode()
         .map_err(BridgeError::from)?;
-    let asked = async_nats::Request::new()
-        .payload(bytes)
-        .timeout(Some(timeout));
     let message = bridge
-        .client()
-        .send_request(subject, asked)
+        .request(subject, bytes, timeout)
         .await
         .map_err(|e| match e.kind() {
             RequestErrorKind::NoResponders => AskError::NoSuchNode(node.to_string()),
             RequestErrorKind::TimedOut => AskError::Timeout(node.to_string(), timeout),
             _ => AskError::Bridge(BridgeError::Nats(e.to_string())),
         })?;
+    // The reply is sealed for this request's inbox: one from a node without the cookie
+    // (or anyone answering on the subject) is refused like any other message.
     bridge
         .open::<AdminReply>(&message, REPLY)
         .map(|e| e.payload)
-        .ok_or_else(|| AskError::Bridge(BridgeError::Nats(format!("unreadable reply from {node}"))))
+        .ok_or_else(|| {
+            AskError::Bridge(BridgeError::Nats(format!(
+                "no readable, authenticated reply from {node}"
+            )))
+        })
 }
 
 /// Asks every node of `nodes` the same, side by side; each answer (or why there is none)

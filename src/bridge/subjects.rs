@@ -56,6 +56,11 @@ impl Subjects {
         format!("{}_TASKS", self.prefix.replace('.', "_")).to_uppercase()
     }
 
+    /// A cancel of a step another node serves (every node hears it): `agents.cancel`.
+    pub fn agents_cancel(&self) -> String {
+        format!("{}.agents.cancel", self.prefix)
+    }
+
     /// An admin request to one node: `admin.<node>.<verb>`.
     pub fn admin(&self, node: &str, verb: &str) -> String {
         format!("{}.admin.{node}.{verb}", self.prefix)

@@ -26,7 +26,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use super::{Bridge, BusState, Envelope};
+use super::{Bridge, BusState, Check, Envelope};
 use crate::store::Store;
 
 pub const TICKET: &str = "task.ticket";
@@ -71,7 +71,8 @@ impl WorkQueue for NatsWorkQueue {
             };
             let js = jetstream::new(self.bridge.client().clone());
             // Offered only once JetStream has stored it.
-            match js.publish(subject, bytes).await {
+            let headers = self.bridge.seal(&subject, &bytes);
+            match js.publish_with_headers(subject, headers, bytes).await {
                 Ok(ack) => match ack.await {
                     Ok(_) => {
                         metrics::counter!("ms_work_queue_offered_total").increment(1);
@@ -256,7 +257,11 @@ async fn room(args: &PullerArgs) -> usize {
 }
 
 async fn take(args: &PullerArgs, held: &mut Held, message: jetstream::Message) {
-    let Some(ticket) = args.bridge.open::<Ticket>(&message, TICKET) else {
+    // A ticket is stored and may be redelivered later: its MAC is checked, not its age.
+    let Some(ticket) = args
+        .bridge
+        .open_checked::<Ticket>(&message, TICKET, Check::Stored)
+    else {
         // Counted and logged by `open`; acked so it is not delivered forever.
         let _ = message.ack_with(AckKind::Term).await;
         return;
@@ -273,6 +278,8 @@ async fn take(args: &PullerArgs, held: &mut Held, message: jetstream::Message) {
         enqueued_ms: 0,
         warm: None,
         spill: false,
+        // The run may claim it from the node that offered it, while nobody started it.
+        origin: Some(ticket.from),
     });
     held.insert(task_id, (message, Instant::now()));
 }

@@ -6,12 +6,16 @@
 //!   takeover rounds, the view the admin listener reads);
 //! - [`detector`]: phi accrual and deadline failure detectors;
 //! - [`peers`]: the ractor_cluster node server and its sessions;
-//! - [`takeover`]: one round of taking a gone node's unfinished tasks over.
+//! - [`peer_tls`]: that link over mutual TLS, when configured;
+//! - [`takeover`]: one round of taking a gone node's unfinished tasks over;
+//! - [`lease`]: the `lease` actor, this node's lease in the database (the arbiter of who
+//!   may take whose tasks).
 
 pub mod detector;
+pub mod lease;
 pub mod membership;
+pub mod peer_tls;
 pub mod peers;
-pub mod proof;
 pub mod takeover;
 pub mod view;
 

@@ -6,13 +6,14 @@
 //! the NATS heartbeats and liveness from their timing; this module only keeps the links
 //! and says when one was refused (a different cookie, or not a Mister Smith node).
 
-use std::net::SocketAddr;
-
 use ractor::{Actor, ActorCell, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+use ractor_cluster::{
+    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+};
 
-use super::membership::MembershipMsg;
+use super::membership::{ClusterConfig, MembershipMsg};
+use super::peer_tls::PeerTls;
 
 /// What happened to one ractor_cluster session.
 #[derive(Debug, Clone)]
@@ -33,17 +34,20 @@ pub enum PeerEvent {
 /// the membership actor.
 pub async fn start_server(
     node: &str,
-    host: &str,
-    cookie: &str,
-    listen: SocketAddr,
+    config: &ClusterConfig,
     membership: &ActorRef<MembershipMsg>,
 ) -> anyhow::Result<ActorRef<NodeServerMessage>> {
+    let listen = config.listen;
+    let encryption = config
+        .tls
+        .as_ref()
+        .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone()));
     let server = NodeServer::new(
         listen.port(),
-        cookie.to_string(),
+        config.cookie.clone(),
         node.to_string(),
-        host.to_string(),
-        None,
+        config.advertise.clone(),
+        encryption,
         Some(NodeConnectionMode::Isolated),
     )
     .with_listen_addr(listen.ip());
@@ -57,11 +61,21 @@ pub async fn start_server(
     Ok(server)
 }
 
-/// Opens a session to a peer's ractor_cluster server (authentication follows).
-pub async fn connect(server: &ActorRef<NodeServerMessage>, addr: &str) -> anyhow::Result<()> {
-    ractor_cluster::client_connect(server, addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("{addr}: {e}"))
+/// Opens a session to a peer's ractor_cluster server (authentication follows), over TLS
+/// when `tls` is set (the peer's certificate must name the host of `addr`).
+pub async fn connect(
+    server: &ActorRef<NodeServerMessage>,
+    addr: &str,
+    tls: Option<&PeerTls>,
+) -> anyhow::Result<()> {
+    let connected = match tls {
+        Some(tls) => {
+            let name = PeerTls::server_name(addr).map_err(|e| anyhow::anyhow!(e))?;
+            ractor_cluster::client_connect_enc(server, addr, tls.connector.clone(), name).await
+        }
+        None => ractor_cluster::client_connect(server, addr).await,
+    };
+    connected.map_err(|e| anyhow::anyhow!("{addr}: {e}"))
 }
 
 /// The cell of this node's ractor_cluster server, for the actor tree.

@@ -33,6 +33,9 @@ pub struct Done {
     pub more: bool,
     /// Nodes with unfinished tasks never heard yet (left alone until overdue).
     pub unheard: Vec<String>,
+    /// A gone node still holds tasks under a lease that has not expired yet (it may be
+    /// alive and cut from NATS only, or dead a moment ago): look again soon.
+    pub leased: bool,
 }
 
 pub async fn round(store: &Store, ctx: &NodeContext, round: Round) -> Done {
@@ -40,6 +43,7 @@ pub async fn round(store: &Store, ctx: &NodeContext, round: Round) -> Done {
         taken: 0,
         more: false,
         unheard: Vec::new(),
+        leased: false,
     };
     let survivors = round.alive.len() + 1;
     let nodes = match store.known_nodes().await {
@@ -68,7 +72,10 @@ pub async fn round(store: &Store, ctx: &NodeContext, round: Round) -> Done {
         let share = held.div_ceil(survivors).min(round.batch);
         match store.take_over(gone, &ctx.node, share).await {
             Ok(tasks) => {
-                done.more |= tasks.len() < held;
+                // None taken: its lease still holds (alive, cut from NATS only); the
+                // regular sweep looks again.
+                done.more |= !tasks.is_empty() && tasks.len() < held;
+                done.leased |= tasks.is_empty();
                 done.taken += tasks.len();
                 if !tasks.is_empty() {
                     adopt(ctx, gone, tasks);
@@ -101,6 +108,7 @@ fn adopt(ctx: &NodeContext, from: &str, tasks: Vec<(String, actors::task::Priori
             enqueued_ms: 0,
             warm: None,
             spill: false,
+            origin: None,
         });
     }
 }

@@ -6,6 +6,8 @@ use std::sync::RwLock;
 use ractor::ActorRef;
 use serde::Serialize;
 
+use tokio_util::sync::CancellationToken;
+
 use super::membership::MembershipMsg;
 
 /// One node of the cluster, as seen from here.
@@ -68,6 +70,9 @@ pub struct ClusterSnapshot {
 pub struct ClusterView {
     snapshot: RwLock<ClusterSnapshot>,
     membership: RwLock<Option<ActorRef<MembershipMsg>>>,
+    /// Cancelled when this node starts draining (never undone): its agent services then
+    /// leave the roles' queue groups.
+    draining: CancellationToken,
 }
 
 impl ClusterView {
@@ -97,5 +102,15 @@ impl ClusterView {
 
     pub fn membership(&self) -> Option<ActorRef<MembershipMsg>> {
         self.membership.read().ok().and_then(|m| m.clone())
+    }
+
+    /// Marks this node draining (see [`ClusterView::draining`]).
+    pub fn start_draining(&self) {
+        self.draining.cancel();
+    }
+
+    /// Done once this node is draining.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
     }
 }

@@ -44,6 +44,13 @@ pub async fn ready(State(node): State<AppState>) -> (StatusCode, Json<Value>) {
             Err(_) => "down: no answer within 2s".to_string(),
         },
     };
+    // The ping can succeed between two failed batches (a flapping connection): the
+    // writer's own last word says whether accepted work is being recorded.
+    let writes = match node.tasks.get().and_then(|t| t.write_failing()) {
+        None => "ok".to_string(),
+        Some(e) => format!("failing, retrying: {e}"),
+    };
+    let lease = node.ctx.lease().describe();
     let tree = if node.root().is_some() { "up" } else { "down" };
     // A bus lost after it was up degrades the node (it serves what it can locally);
     // one never reached yet keeps it not ready.
@@ -53,7 +60,7 @@ pub async fn ready(State(node): State<AppState>) -> (StatusCode, Json<Value>) {
         Some(BusState::Degraded) => "degraded: NATS disconnected, reconnecting",
         Some(BusState::Connecting) => "connecting",
     };
-    let ready = storage == "up" && tree == "up" && bus != "connecting";
+    let ready = storage == "up" && writes == "ok" && tree == "up" && bus != "connecting";
     let status = if ready {
         StatusCode::OK
     } else {
@@ -67,7 +74,7 @@ pub async fn ready(State(node): State<AppState>) -> (StatusCode, Json<Value>) {
     let body = json!({
         "status": label,
         "node": node.ctx.node,
-        "checks": {"storage": storage, "supervision": tree, "bus": bus},
+        "checks": {"storage": storage, "writes": writes, "lease": lease, "supervision": tree, "bus": bus},
     });
     (status, Json(body))
 }

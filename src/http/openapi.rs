@@ -16,12 +16,17 @@ use actors::task::store::TaskEvent;
 use actors::task::{
     Attempt, Expectation, FieldError, Priority, StepSpec, StepStatus, TaskSpec, TaskStatus, Verdict,
 };
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::openapi::content::Content;
+use utoipa::openapi::header::Header;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::http::{agents, health, metrics, task_events, tasks};
+use crate::http::{agents, auth, health, metrics, task_events, task_output, tasks};
 use crate::store::tasks::{StepView, TaskSummary, TaskView};
 
 #[derive(OpenApi)]
@@ -43,6 +48,7 @@ use crate::store::tasks::{StepView, TaskSummary, TaskView};
         tasks::get,
         tasks::cancel,
         task_events::stream,
+        task_output::get,
     ),
     components(schemas(
         Live,
@@ -74,7 +80,9 @@ use crate::store::tasks::{StepView, TaskSummary, TaskView};
         InvalidTaskBody,
         InvalidTaskDetail,
         FieldError,
+        StepOutput,
     )),
+    modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness and readiness"),
         (name = "metrics", description = "Prometheus metrics"),
@@ -83,6 +91,91 @@ use crate::store::tasks::{StepView, TaskSummary, TaskView};
     )
 )]
 pub struct ApiDoc;
+
+/// The name of the security scheme in the document.
+pub const BEARER_SCHEME: &str = "bearer";
+
+/// What `auth.rs` enforces, written into the document: the `bearer` scheme, and on every
+/// `/api/v1` operation the scope it needs (read from [`auth::required_scope`], so the
+/// handlers' annotations say nothing about it and cannot disagree) with its 401 and 403.
+/// With auth off the node answers neither; documenting them is still right, since whether
+/// a node asks for tokens is its configuration.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                BEARER_SCHEME,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .description(Some(
+                            "A JWT (HS256 with `auth.secret`, or RS256/ES256 from the JWKS) \
+                             with `sub`, `exp` and the scopes the operation lists \
+                             (`mister-smith token issue` mints one).",
+                        ))
+                        .build(),
+                ),
+            );
+        for (path, item) in &mut openapi.paths.paths {
+            if !path.starts_with("/api/v1/") {
+                continue;
+            }
+            let operations = [
+                (Method::GET, &mut item.get),
+                (Method::PUT, &mut item.put),
+                (Method::POST, &mut item.post),
+                (Method::DELETE, &mut item.delete),
+                (Method::OPTIONS, &mut item.options),
+                (Method::HEAD, &mut item.head),
+                (Method::PATCH, &mut item.patch),
+                (Method::TRACE, &mut item.trace),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let scope = auth::required_scope(&method, path);
+                operation.security = Some(vec![SecurityRequirement::new(BEARER_SCHEME, [scope])]);
+                let refusals = [
+                    (
+                        "401",
+                        "No bearer token, or one that is expired, badly signed or otherwise \
+                         invalid (`unauthorized`)",
+                    ),
+                    (
+                        "403",
+                        "The token is valid but lacks the scope this operation needs \
+                         (`forbidden`)",
+                    ),
+                ];
+                for (status, description) in refusals {
+                    operation
+                        .responses
+                        .responses
+                        .insert(status.to_string(), refusal(description).into());
+                }
+            }
+        }
+    }
+}
+
+/// A 401 or 403: the error shape, with its `WWW-Authenticate` challenge.
+fn refusal(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .header(
+            "WWW-Authenticate",
+            Header::new(ObjectBuilder::new().schema_type(Type::String)),
+        )
+        .build()
+}
 
 /// The document, built once.
 pub fn document() -> &'static str {
@@ -109,7 +202,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// What went wrong, for programs: `bad_request`, `not_found`, `unavailable`,
     /// `malformed_json`, `unsupported_media_type`, `too_large`, `queue_full`,
-    /// `not_cancellable`, `method_not_allowed`.
+    /// `not_cancellable`, `method_not_allowed`, `idempotency_conflict`, `unauthorized`,
+    /// `forbidden`.
     #[schema(example = "not_found")]
     pub code: String,
     /// What went wrong, for people (names the field or value at fault).
@@ -159,6 +253,14 @@ pub struct ReadyChecks {
     /// `up`, `starting`, or `down: <why>`.
     #[schema(example = "up")]
     pub storage: String,
+    /// `ok`, or `failing, retrying: <why>` while accepted work cannot be recorded (the
+    /// node is then not ready; runs wait for storage and go on when it is back).
+    #[schema(example = "ok")]
+    pub writes: String,
+    /// This node's lease on its work in the database: `held`, `not kept (single node)`,
+    /// `not acquired yet`, or `expired … ms ago; renewing` (steps with side effects wait).
+    #[schema(example = "held")]
+    pub lease: String,
     /// `up` or `down`.
     #[schema(example = "up")]
     pub supervision: String,
@@ -197,4 +299,15 @@ pub struct TaskList {
     /// Pass as `cursor` for the next page; `null` on the last page.
     #[schema(required)]
     pub next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/tasks/{id}/steps/{step}/output`: one step's whole output.
+#[derive(Serialize, ToSchema)]
+pub struct StepOutput {
+    pub task_id: String,
+    pub step_id: String,
+    pub status: StepStatus,
+    /// The tool's output (any JSON value); `null` when the step has none yet.
+    #[schema(required)]
+    pub output: Option<serde_json::Value>,
 }

@@ -47,6 +47,7 @@ struct Follow {
 )]
 pub async fn stream(
     State(node): State<AppState>,
+    caller: crate::http::owned::Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Path(task_id) = path?;
@@ -56,11 +57,7 @@ pub async fn stream(
         .cloned()
         .ok_or_else(|| ApiError::unavailable("storage is not open"))?;
     let live = node.ctx.events.subscribe();
-    let view = tasks
-        .get(&task_id)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .ok_or_else(|| ApiError::not_found(format!("no task {task_id}")))?;
+    let view = crate::http::owned::readable(&node, &task_id, &caller).await?;
     let follow = Follow {
         task_id,
         tasks,

@@ -6,15 +6,18 @@ use std::time::Duration;
 use actors::scheduler::{SchedulerMsg, SubmitError};
 use actors::task::store::{NewTask, StoreError};
 use actors::task::{Priority, TaskSpec, TaskStatus};
-use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::http::auth::{may_change, owner_filter};
 use crate::http::error::{ApiError, ask};
+use crate::http::owned::{Caller, readable};
+use crate::http::task_output::{InlineOutput, cap_outputs};
 use crate::state::AppState;
 use crate::store::tasks::TaskFilter;
 
@@ -34,6 +37,7 @@ const MAX_PAGE: i64 = 1000;
         (status = 202, description = "Accepted and stored: a new task", body = crate::http::openapi::Submission),
         (status = 200, description = "An earlier task with the same `idempotency_key`; nothing new stored", body = crate::http::openapi::Submission),
         (status = 400, description = "`malformed_json`: the body is not JSON; `bad_request`: the body could not be read", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`idempotency_conflict`: the `idempotency_key` was used before with another request", body = crate::http::openapi::ErrorBody),
         (status = 413, description = "`too_large`: the body is larger than `http.body_limit_bytes`", body = crate::http::openapi::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = crate::http::openapi::ErrorBody),
         (status = 422, description = "`invalid_task`: unknown fields, wrong types, or a task that does not validate (then `fields` lists every problem)", body = crate::http::openapi::InvalidTaskBody),
@@ -44,6 +48,7 @@ const MAX_PAGE: i64 = 1000;
 )]
 pub async fn submit(
     State(node): State<AppState>,
+    caller: Caller,
     body: Result<Json<TaskSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(spec) = body.map_err(json_rejection)?;
@@ -97,7 +102,8 @@ pub async fn submit(
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
     }
     let scheduler = scheduler(&node)?;
-    let task = NewTask::new(spec);
+    let mut task = NewTask::new(spec);
+    task.principal = caller.map(|Extension(p)| p.sub);
     let reply = ask(
         &scheduler,
         |r| SchedulerMsg::Submit(task, r),
@@ -131,6 +137,11 @@ pub async fn submit(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             Ok(response)
         }
+        Err(e @ SubmitError::KeyReused(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::unavailable(e.to_string())),
     }
 }
@@ -143,27 +154,24 @@ pub async fn submit(
     tag = "tasks",
     params(("id" = String, Path, description = "The task's id")),
     responses(
-        (status = 200, description = "The task", body = crate::store::tasks::TaskView),
-        (status = 400, description = "`bad_request`: the id cannot be decoded", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "The task; each output shown up to `tasks.inline_output_bytes` (`output_truncated` on a step whose output was cut: read it whole at `/api/v1/tasks/{id}/steps/{step}/output`)", body = crate::store::tasks::TaskView),
         (status = 404, description = "`not_found`: no such task", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
     ),
 )]
 pub async fn get(
     State(node): State<AppState>,
+    caller: Caller,
+    inline: Option<Extension<InlineOutput>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(id) = path?;
-    let tasks = node
-        .tasks
-        .get()
-        .ok_or_else(|| ApiError::unavailable("storage is not open"))?;
-    let view = tasks
-        .get(&id)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .ok_or_else(|| ApiError::not_found(format!("no task {id}")))?;
-    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+    // An id that cannot be decoded names no task.
+    let Path(id) = path.map_err(|_| ApiError::not_found("no such task"))?;
+    let view = readable(&node, &id, &caller).await?;
+    let mut view = serde_json::to_value(view).unwrap_or_default();
+    let Extension(InlineOutput(cap)) = inline.unwrap_or_default();
+    cap_outputs(&mut view, cap);
+    Ok(Json(view))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -179,7 +187,10 @@ pub struct ListQuery {
     /// Page size.
     #[param(minimum = 1, maximum = 1000, default = 50)]
     limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (a task id); anything else is a 400.
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     cursor: Option<String>,
 }
 
@@ -192,12 +203,13 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "One page of tasks", body = crate::http::openapi::TaskList),
-        (status = 400, description = "`bad_request`: an unknown status or priority, a limit out of range, or an unknown or malformed query parameter", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`bad_request`: an unknown status or priority, a limit out of range, a `cursor` that is not a `next_cursor`, or an unknown or malformed query parameter", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
     ),
 )]
 pub async fn list(
     State(node): State<AppState>,
+    caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
@@ -219,6 +231,15 @@ pub async fn list(
             ))
         })?),
     };
+    // A cursor is a task id this API gave as `next_cursor`; anything else would be
+    // ignored silently (a client paging wrongly would not know).
+    if let Some(cursor) = &q.cursor
+        && uuid::Uuid::parse_str(cursor).is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "cursor: `{cursor}` is not a cursor; pass the `next_cursor` of the previous page"
+        )));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -234,6 +255,7 @@ pub async fn list(
         priority,
         limit,
         cursor: q.cursor,
+        principal: owner_filter(caller.as_deref()).map(str::to_string),
     };
     let page = tasks
         .list(&filter)
@@ -254,7 +276,6 @@ pub async fn list(
     params(("id" = String, Path, description = "The task's id")),
     responses(
         (status = 202, description = "Cancelled, now or earlier (`status` is `cancelled`)", body = actors::scheduler::CancelOutcome),
-        (status = 400, description = "`bad_request`: the id cannot be decoded", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "`not_found`: no such task", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "`not_cancellable`: the task has already succeeded, failed or timed out", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the scheduler is not running or did not answer", body = crate::http::openapi::ErrorBody),
@@ -262,9 +283,25 @@ pub async fn list(
 )]
 pub async fn cancel(
     State(node): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Path(id) = path?;
+    let Path(id) = path.map_err(|_| ApiError::not_found("no such task"))?;
+    if caller.is_some() {
+        let tasks = node
+            .tasks
+            .get()
+            .ok_or_else(|| ApiError::unavailable("storage is not open"))?;
+        let submitter = tasks
+            .principal(&id)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        // Another principal's task is not there for this caller (not even a 403: that
+        // would tell it the id exists).
+        if !submitter.is_some_and(|s| may_change(caller.as_deref(), s.as_deref())) {
+            return Err(ApiError::not_found(format!("no task {id}")));
+        }
+    }
     let scheduler = scheduler(&node)?;
     let reply = ask(
         &scheduler,

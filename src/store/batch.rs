@@ -31,6 +31,7 @@ pub struct TaskRow {
     description: Option<String>,
     spec: String,
     owner: String,
+    principal: Option<String>,
     created_at_ms: i64,
 }
 
@@ -38,13 +39,27 @@ impl From<NewTask> for TaskRow {
     fn from(task: NewTask) -> TaskRow {
         TaskRow {
             spec: json(&*task.spec),
-            idempotency_key: task.spec.idempotency_key.clone(),
+            idempotency_key: task
+                .spec
+                .idempotency_key
+                .as_deref()
+                .map(|key| stored_key(task.principal.as_deref(), key)),
             priority: task.spec.priority,
             description: task.spec.description.clone(),
             id: task.id,
             owner: task.owner,
+            principal: task.principal,
             created_at_ms: task.created_at_ms,
         }
+    }
+}
+
+/// An idempotency key as stored: one namespace per principal (a key holds no control
+/// character, so `principal\nkey` is never another principal's key nor an unprefixed one).
+fn stored_key(principal: Option<&str>, key: &str) -> String {
+    match principal {
+        Some(p) => format!("{p}\n{key}"),
+        None => key.to_string(),
     }
 }
 
@@ -63,28 +78,44 @@ pub struct ProgressRows {
     events: Vec<EventRow>,
 }
 
-impl From<Progress> for ProgressRows {
-    fn from(p: Progress) -> ProgressRows {
+/// Encoded from a borrow: the run keeps its progress until the write is committed (to
+/// write it again if storage was unreachable), so nothing is copied but the text.
+impl From<&Progress> for ProgressRows {
+    fn from(p: &Progress) -> ProgressRows {
         ProgressRows {
             epoch: p.epoch,
             status: p.status.map(|s| s.as_str()),
             finished: p.status.is_some_and(|s| s.is_final()),
             plan: p.plan.as_ref().map(json),
-            error: p.error,
+            // PostgreSQL's text refuses NUL; a tool's error message may carry one.
+            error: p.error.as_ref().map(|e| e.replace('\0', "\u{FFFD}")),
             steps: p
                 .steps
-                .into_iter()
+                .iter()
                 .map(|s| {
                     let output = s.output.as_ref().map(json);
-                    (s.step_id, s.status.as_str(), json(&s.attempts), output)
+                    (
+                        s.step_id.clone(),
+                        s.status.as_str(),
+                        json(&s.attempts),
+                        output,
+                    )
                 })
                 .collect(),
             events: p
                 .events
-                .into_iter()
-                .map(|e| (p.task_id.clone(), e.seq, e.at_ms, e.kind, json(&e.data)))
+                .iter()
+                .map(|e| {
+                    (
+                        p.task_id.clone(),
+                        e.seq,
+                        e.at_ms,
+                        e.kind.clone(),
+                        json(&e.data),
+                    )
+                })
                 .collect(),
-            task_id: p.task_id,
+            task_id: p.task_id.clone(),
         }
     }
 }
@@ -112,7 +143,7 @@ macro_rules! batch_backend {
                 for chunk in tasks.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(
                         "INSERT INTO tasks (id, idempotency_key, priority, status, description, spec, \
-                         owner, lease_epoch, created_at, updated_at) ",
+                         owner, principal, lease_epoch, created_at, updated_at) ",
                     );
                     q.push_values(chunk, |mut row, task| {
                         row.push_bind(task.id.clone())
@@ -122,6 +153,7 @@ macro_rules! batch_backend {
                             .push_bind(task.description.clone())
                             .push_bind(task.spec.clone())
                             .push_bind(task.owner.clone())
+                            .push_bind(task.principal.clone())
                             .push_bind(FIRST_EPOCH)
                             .push_bind(task.created_at_ms)
                             .push_bind(task.created_at_ms);
@@ -131,6 +163,9 @@ macro_rules! batch_backend {
                         let ids: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
                         inserted.extend(ids.into_iter().map(|(id,)| id));
                     } else {
+                        // Ids are fresh, so a conflict can only be this very write replayed
+                        // after a commit whose answer was lost: it is stored, as asked.
+                        q.push(" ON CONFLICT (id) DO NOTHING");
                         q.build().execute(&mut **tx).await?;
                         inserted.extend(chunk.iter().map(|t| t.id.clone()));
                     }
@@ -144,20 +179,26 @@ macro_rules! batch_backend {
                         out.push(Submitted {
                             task_id: task.id.clone(),
                             created: true,
+                            conflict: false,
                             status: TaskStatus::Queued,
                             priority: task.priority,
                         });
                     } else {
                         // Rare: an idempotency key seen before (or earlier in this batch).
-                        let (id, status, priority): (String, String, i64) = sqlx::query_as(
-                            "SELECT id, status, priority FROM tasks WHERE idempotency_key = $1",
+                        let (id, status, priority, spec): (String, String, i64, String) = sqlx::query_as(
+                            "SELECT id, status, priority, spec FROM tasks WHERE idempotency_key = $1",
                         )
                         .bind(&task.idempotency_key)
                         .fetch_one(&mut **tx)
                         .await?;
+                        // The same key with another request is a conflict, not that task
+                        // (as Stripe does): the specs are compared as parsed JSON.
+                        let same = serde_json::from_str::<serde_json::Value>(&spec).ok()
+                            == serde_json::from_str::<serde_json::Value>(&task.spec).ok();
                         out.push(Submitted {
                             task_id: id,
                             created: false,
+                            conflict: !same,
                             status: status_of(&status),
                             priority: Priority::from_rank(priority),
                         });
@@ -166,35 +207,41 @@ macro_rules! batch_backend {
                 Ok(out)
             }
 
-            /// Claims tasks for `node`: bumps their epochs (fencing earlier owners) and reads
-            /// back what is recorded. The run records `started` itself.
+            /// Claims tasks for `node`: bumps their epochs (fencing earlier holders) and reads
+            /// back what is recorded. Only tasks `node` owns, or still-queued ones `origin`
+            /// owns (work-queue tickets), are claimed. The run records `started` itself.
             pub async fn claim(
                 tx: &mut Tx<'_>,
                 ids: &[&str],
                 node: &str,
+                origin: Option<&str>,
                 now: i64,
             ) -> Result<Vec<Option<Claim>>, sqlx::Error> {
-                let mut claimed: HashMap<String, (i64, String, String, Option<String>, i64)> = HashMap::new();
+                let mut claimed: HashMap<String, (i64, String, String, Option<String>, i64, Option<String>)> = HashMap::new();
                 for chunk in ids.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new("UPDATE tasks SET lease_epoch = lease_epoch + 1, owner = ");
                     q.push_bind(node.to_string())
                         .push(", updated_at = ")
                         .push_bind(now)
-                        .push(" WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') AND id IN (");
+                        .push(" WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') AND (owner = ")
+                        .push_bind(node.to_string())
+                        .push(" OR (status = 'queued' AND owner = ")
+                        .push_bind(origin.map(str::to_string))
+                        .push(")) AND id IN (");
                     let mut list = q.separated(", ");
                     for id in chunk {
                         list.push_bind(id.to_string());
                     }
-                    q.push(") RETURNING id, lease_epoch, status, spec, plan, created_at");
-                    let rows: Vec<(String, i64, String, String, Option<String>, i64)> =
+                    q.push(") RETURNING id, lease_epoch, status, spec, plan, created_at, principal");
+                    let rows: Vec<(String, i64, String, String, Option<String>, i64, Option<String>)> =
                         q.build_query_as().fetch_all(&mut **tx).await?;
-                    for (id, epoch, status, spec, plan, created) in rows {
-                        claimed.insert(id, (epoch, status, spec, plan, created));
+                    for (id, epoch, status, spec, plan, created, principal) in rows {
+                        claimed.insert(id, (epoch, status, spec, plan, created, principal));
                     }
                 }
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let Some((epoch, status, spec, plan, created_at_ms)) = claimed.remove(*id) else {
+                    let Some((epoch, status, spec, plan, created_at_ms, principal)) = claimed.remove(*id) else {
                         out.push(None);
                         continue;
                     };
@@ -227,6 +274,7 @@ macro_rules! batch_backend {
                         steps: steps.into_iter().map(step_state).collect(),
                         next_seq,
                         created_at_ms,
+                        principal,
                     }));
                 }
                 Ok(out)

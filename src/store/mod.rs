@@ -218,6 +218,11 @@ impl Tasks {
         Tasks { store, writer }
     }
 
+    /// Why writes are failing right now, if they are (the database is unreachable).
+    pub fn write_failing(&self) -> Option<String> {
+        self.writer.failing()
+    }
+
     /// Stops the group-commit writer (before the pool closes: it holds a connection).
     pub async fn close(&self) {
         self.writer.close().await;
@@ -227,6 +232,14 @@ impl Tasks {
         Ok(match &self.store {
             Store::Sqlite(pool) => tasks::sqlite::get(pool, task_id).await?,
             Store::Postgres(pool) => tasks::postgres::get(pool, task_id).await?,
+        })
+    }
+
+    /// Whether task `task_id` exists (`None` if not) and who submitted it.
+    pub async fn principal(&self, task_id: &str) -> Result<Option<Option<String>>, StoreError> {
+        Ok(match &self.store {
+            Store::Sqlite(pool) => tasks::sqlite::principal(pool, task_id).await?,
+            Store::Postgres(pool) => tasks::postgres::principal(pool, task_id).await?,
         })
     }
 
@@ -256,11 +269,12 @@ impl actors::task::store::TaskStore for Tasks {
         &self,
         task_id: String,
         node: String,
+        origin: Option<String>,
     ) -> PortFuture<'_, Option<actors::task::store::Claim>> {
-        Box::pin(self.writer.claim(task_id, node))
+        Box::pin(self.writer.claim(task_id, node, origin))
     }
 
-    fn record(&self, progress: actors::task::store::Progress) -> PortFuture<'_, ()> {
+    fn record<'a>(&'a self, progress: &'a actors::task::store::Progress) -> PortFuture<'a, ()> {
         Box::pin(self.writer.record(progress))
     }
 
@@ -274,12 +288,15 @@ impl actors::task::store::TaskStore for Tasks {
 
     fn unfinished(
         &self,
-        owner: Option<String>,
+        owner: String,
+        started_only: bool,
     ) -> PortFuture<'_, Vec<(String, actors::task::Priority)>> {
         Box::pin(async move {
             let rows = match &self.store {
-                Store::Sqlite(pool) => tasks::sqlite::unfinished(pool, owner.as_deref()).await,
-                Store::Postgres(pool) => tasks::postgres::unfinished(pool, owner.as_deref()).await,
+                Store::Sqlite(pool) => tasks::sqlite::unfinished(pool, &owner, started_only).await,
+                Store::Postgres(pool) => {
+                    tasks::postgres::unfinished(pool, &owner, started_only).await
+                }
             };
             rows.map_err(|e| PortError::Unavailable(e.to_string()))
         })

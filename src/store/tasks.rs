@@ -18,6 +18,8 @@ pub struct TaskFilter {
     pub limit: i64,
     /// The `id` of the last task of the previous page (ids are time-ordered UUIDv7).
     pub cursor: Option<String>,
+    /// Only this principal's tasks (`None`: everyone's).
+    pub principal: Option<String>,
 }
 
 /// A task as `GET /api/v1/tasks/{id}` shows it.
@@ -30,8 +32,12 @@ pub struct TaskView {
     pub priority: String,
     #[schema(required)]
     pub description: Option<String>,
+    /// The node that runs it (or last ran it).
     #[schema(required)]
     pub owner: Option<String>,
+    /// Who submitted it (the API token's `sub`); `null` when the API does not authenticate.
+    #[schema(required)]
+    pub principal: Option<String>,
     pub lease_epoch: i64,
     #[schema(required)]
     pub error: Option<String>,
@@ -53,8 +59,12 @@ pub struct StepView {
     #[schema(value_type = StepStatus)]
     pub status: String,
     pub attempts: Vec<Attempt>,
+    /// Shown up to `tasks.inline_output_bytes`: see `output_truncated`.
     #[schema(required)]
     pub output: Option<Value>,
+    /// An output of this step (its own or an attempt's) was cut here; the whole one is at
+    /// `/api/v1/tasks/{id}/steps/{step}/output`.
+    pub output_truncated: bool,
 }
 
 /// A task in a listing.
@@ -96,10 +106,11 @@ type TaskRow = (
     i64,            // created_at
     i64,            // updated_at
     Option<i64>,    // finished_at
+    Option<String>, // principal
 );
 
 const SELECT_TASK: &str = "SELECT id, priority, status, description, spec, plan, owner, lease_epoch, \
-                           error, created_at, updated_at, finished_at FROM tasks WHERE id = $1";
+                           error, created_at, updated_at, finished_at, principal FROM tasks WHERE id = $1";
 
 pub(super) type StepRow = (String, String, String, Option<String>);
 
@@ -126,6 +137,7 @@ fn view(row: TaskRow, steps: Vec<StepRow>, events: Vec<(i64, i64, String, String
         created,
         updated,
         finished,
+        principal,
     ) = row;
     let spec: Option<TaskSpec> = serde_json::from_str(&spec).ok();
     let plan: Vec<StepSpec> = plan
@@ -157,6 +169,7 @@ fn view(row: TaskRow, steps: Vec<StepRow>, events: Vec<(i64, i64, String, String
                     .map(|s| s.attempts.clone())
                     .unwrap_or_default(),
                 output: state.and_then(|s| s.output),
+                output_truncated: false,
                 id: p.id,
                 tool: p.tool,
                 depends_on: p.depends_on,
@@ -169,6 +182,7 @@ fn view(row: TaskRow, steps: Vec<StepRow>, events: Vec<(i64, i64, String, String
         priority: Priority::from_rank(priority).as_str().to_string(),
         description,
         owner,
+        principal,
         lease_epoch,
         error,
         created_at: rfc3339(created),
@@ -257,16 +271,27 @@ macro_rules! backend {
                 Ok(Some(view(row, steps, events)))
             }
 
+            /// Whether task `task_id` exists and, if so, who submitted it.
+            pub async fn principal(pool: &Pool<$db>, task_id: &str) -> Result<Option<Option<String>>, sqlx::Error> {
+                let row: Option<(Option<String>,)> = sqlx::query_as("SELECT principal FROM tasks WHERE id = $1")
+                    .bind(task_id)
+                    .fetch_optional(pool)
+                    .await?;
+                Ok(row.map(|(p,)| p))
+            }
+
             pub async fn list(pool: &Pool<$db>, f: &TaskFilter) -> Result<Vec<TaskSummary>, sqlx::Error> {
                 let rows: Vec<(String, String, i64, Option<String>, i64, Option<i64>)> = sqlx::query_as(
                     "SELECT id, status, priority, description, created_at, finished_at FROM tasks \
                      WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR priority = $2) \
-                     AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+                     AND ($3 IS NULL OR id < $3) AND ($5 IS NULL OR principal = $5) \
+                     ORDER BY id DESC LIMIT $4",
                 )
                 .bind(f.status.map(|s| s.as_str()))
                 .bind(f.priority.map(|p| p.rank()))
                 .bind(&f.cursor)
                 .bind(f.limit)
+                .bind(&f.principal)
                 .fetch_all(pool)
                 .await?;
                 Ok(rows
@@ -282,18 +307,23 @@ macro_rules! backend {
                     .collect())
             }
 
+            /// `owner`'s unfinished tasks, oldest first; only those a run has started
+            /// (`planning`, `running`: found by the status index, so a deep queue costs
+            /// nothing) when `started_only`.
             pub async fn unfinished(
                 pool: &Pool<$db>,
-                owner: Option<&str>,
+                owner: &str,
+                started_only: bool,
             ) -> Result<Vec<(String, Priority)>, sqlx::Error> {
-                let rows: Vec<(String, i64)> = sqlx::query_as(
+                let q = if started_only {
+                    "SELECT id, priority FROM tasks \
+                     WHERE status IN ('planning', 'running') AND owner = $1 ORDER BY id"
+                } else {
                     "SELECT id, priority FROM tasks \
                      WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out') \
-                       AND ($1 IS NULL OR owner = $1) ORDER BY id",
-                )
-                .bind(owner)
-                .fetch_all(pool)
-                .await?;
+                       AND owner = $1 ORDER BY id"
+                };
+                let rows: Vec<(String, i64)> = sqlx::query_as(q).bind(owner).fetch_all(pool).await?;
                 Ok(rows.into_iter().map(|(id, p)| (id, Priority::from_rank(p))).collect())
             }
         }

@@ -26,9 +26,16 @@ pub const MAX_BATCH: usize = 512;
 
 pub enum Op {
     Submit(batch::TaskRow),
-    Claim { task_id: String, node: String },
+    Claim {
+        task_id: String,
+        node: String,
+        origin: Option<String>,
+    },
     Record(batch::ProgressRows),
-    CancelQueued { task_id: String, at_ms: i64 },
+    CancelQueued {
+        task_id: String,
+        at_ms: i64,
+    },
 }
 
 type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
@@ -38,6 +45,7 @@ type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 pub struct Writer {
     tx: mpsc::Sender<(Op, Reply)>,
     control: Arc<Control>,
+    health: Arc<WriteHealth>,
 }
 
 /// How the node stops the writer (it holds connections the pool waits for at close).
@@ -74,12 +82,14 @@ impl Writer {
             stop: watch::channel(false).0,
             thread: Mutex::new(None),
         });
+        let health = Arc::new(WriteHealth::default());
         match runtime {
             Ok(rt) => {
                 let stop = control.stop.subscribe();
+                let health = health.clone();
                 let spawned = std::thread::Builder::new()
                     .name("ms-store-writer".into())
-                    .spawn(move || rt.block_on(run(store, lanes, rx, stop)));
+                    .spawn(move || rt.block_on(run(store, lanes, rx, stop, health)));
                 match spawned {
                     Ok(thread) => *lock(&control.thread) = Some(thread),
                     Err(e) => tracing::error!(error = %e, "cannot start the store writer thread"),
@@ -87,7 +97,16 @@ impl Writer {
             }
             Err(e) => tracing::error!(error = %e, "cannot start the store writer's runtime"),
         }
-        Writer { tx, control }
+        Writer {
+            tx,
+            control,
+            health,
+        }
+    }
+
+    /// Why writes are failing right now, if they are (readiness says it).
+    pub fn failing(&self) -> Option<String> {
+        self.health.failing()
     }
 
     /// Stops the writer after the batches in flight and waits until it has let go of its
@@ -118,18 +137,30 @@ impl Writer {
         }
     }
 
-    pub async fn claim(&self, task_id: String, node: String) -> Result<Option<Claim>, StoreError> {
-        match self.send(Op::Claim { task_id, node }).await? {
+    pub async fn claim(
+        &self,
+        task_id: String,
+        node: String,
+        origin: Option<String>,
+    ) -> Result<Option<Claim>, StoreError> {
+        let op = Op::Claim {
+            task_id,
+            node,
+            origin,
+        };
+        match self.send(op).await? {
             Outcome::Claimed(c) => Ok(c),
             _ => Err(unexpected()),
         }
     }
 
-    pub async fn record(&self, progress: Progress) -> Result<(), StoreError> {
-        let task_id = progress.task_id.clone();
+    pub async fn record(&self, progress: &Progress) -> Result<(), StoreError> {
         match self.send(Op::Record(progress.into())).await? {
             Outcome::Recorded(Ok(())) => Ok(()),
-            Outcome::Recorded(Err(epoch)) => Err(StoreError::Fenced { task_id, epoch }),
+            Outcome::Recorded(Err(epoch)) => Err(StoreError::Fenced {
+                task_id: progress.task_id.clone(),
+                epoch,
+            }),
             _ => Err(unexpected()),
         }
     }
@@ -180,9 +211,10 @@ async fn run(
     lanes: usize,
     rx: mpsc::Receiver<(Op, Reply)>,
     stop: watch::Receiver<bool>,
+    health: Arc<WriteHealth>,
 ) {
     let rx = tokio::sync::Mutex::new(rx);
-    let lanes = (0..lanes).map(|_| pipeline(&store, &rx, stop.clone()));
+    let lanes = (0..lanes).map(|_| pipeline(&store, &rx, stop.clone(), &health));
     futures::future::join_all(lanes).await;
 }
 
@@ -192,6 +224,7 @@ async fn pipeline(
     store: &Store,
     rx: &tokio::sync::Mutex<mpsc::Receiver<(Op, Reply)>>,
     mut stop: watch::Receiver<bool>,
+    health: &WriteHealth,
 ) {
     let mut held = Held::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -209,9 +242,25 @@ async fn pipeline(
         let started = std::time::Instant::now();
         let applied = apply(store, &mut held, &ops).await;
         metrics::histogram!("ms_store_batch_seconds").record(started.elapsed().as_secs_f64());
+        // A lost connection (killed backend, restarted server) says nothing about the
+        // writes: the batch is tried once more on a fresh connection before anyone hears
+        // of it. Every write is idempotent when replayed after a commit whose answer was
+        // lost (fresh ids, fenced epochs, trace entries kept as they were).
+        let applied = match applied {
+            Err(e) if connection_lost(&e) => {
+                tracing::warn!(error = %e, writes = ops.len(), "store connection lost; retrying the batch once");
+                metrics::counter!("ms_store_batch_retries_total").increment(1);
+                apply(store, &mut held, &ops).await
+            }
+            other => other,
+        };
+        health.note(&applied);
         let results = match applied {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(e) if ops.len() == 1 => vec![Err(unavailable(e))],
+            Err(e) if ops.len() == 1 || connection_lost(&e) => {
+                let e = unavailable(e);
+                ops.iter().map(|_| Err(e.clone())).collect()
+            }
             Err(_) => {
                 let mut results = Vec::with_capacity(ops.len());
                 for op in ops.chunks(1) {
@@ -231,8 +280,63 @@ async fn pipeline(
     }
 }
 
+/// The error a caller hears: `Unavailable` (wait and retry) when the database could not
+/// be reached or the failure is transient, `Rejected` when the write itself was refused.
 fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    if transient(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Rejected(e.to_string())
+    }
+}
+
+/// Lost connections, and database errors that pass (SQLSTATE 40: serialization and
+/// deadlocks, 53: resources, 55: lock not available, 57: cancelled or shutting down).
+fn transient(e: &sqlx::Error) -> bool {
+    connection_lost(e)
+        || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+            ["40", "53", "55", "57"].iter().any(|class| c.starts_with(class))
+        }))
+}
+
+/// Whether `e` is about reaching the database rather than about the writes: the
+/// connection broke, none could be had, or the server is going away (SQLSTATE class 08,
+/// and 57P01–57P03: terminated by an administrator, crash or shutdown, not accepting).
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// What the writer last saw of the database, for readiness: why writes fail, if they do.
+#[derive(Default)]
+pub struct WriteHealth {
+    failing: Mutex<Option<String>>,
+}
+
+impl WriteHealth {
+    fn note<T>(&self, applied: &Result<T, sqlx::Error>) {
+        let mut failing = lock(&self.failing);
+        match applied {
+            Ok(_) => *failing = None,
+            Err(e) if connection_lost(e) => *failing = Some(e.to_string()),
+            Err(_) => {}
+        }
+    }
+
+    /// Why the last batch could not reach the database (none once one commits again).
+    pub fn failing(&self) -> Option<String> {
+        lock(&self.failing).clone()
+    }
 }
 
 /// Applies the writes in one transaction; all or nothing. Writes of a kind go together
@@ -248,14 +352,21 @@ async fn apply(store: &Store, held: &mut Held, ops: &[Op]) -> Result<Vec<Outcome
 async fn apply_on(store: &Store, held: &mut Held, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
     let now = now_ms();
     let mut submits = Vec::new();
-    let mut claims: HashMap<&str, Vec<(usize, &str)>> = HashMap::new();
+    // Claims by (node, origin): each group is one statement.
+    type ClaimGroup<'a> = (&'a str, Option<&'a str>);
+    let mut claims: HashMap<ClaimGroup, Vec<(usize, &str)>> = HashMap::new();
     let mut records = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
             Op::Submit(task) => submits.push((i, task)),
-            Op::Claim { task_id, node } => {
-                claims.entry(node.as_str()).or_default().push((i, task_id))
-            }
+            Op::Claim {
+                task_id,
+                node,
+                origin,
+            } => claims
+                .entry((node.as_str(), origin.as_deref()))
+                .or_default()
+                .push((i, task_id)),
             Op::Record(progress) => records.push((i, progress)),
             Op::CancelQueued { .. } => {}
         }
@@ -274,11 +385,11 @@ async fn apply_on(store: &Store, held: &mut Held, ops: &[Op]) -> Result<Vec<Outc
                     out[*i] = Some(Outcome::Submitted(s));
                 }
             }
-            for (node, wanted) in &claims {
+            for ((node, origin), wanted) in &claims {
                 let ids: Vec<&str> = wanted.iter().map(|(_, id)| *id).collect();
                 for ((i, _), c) in wanted
                     .iter()
-                    .zip(batch::$backend::claim(&mut tx, &ids, node, now).await?)
+                    .zip(batch::$backend::claim(&mut tx, &ids, node, *origin, now).await?)
                 {
                     out[*i] = Some(Outcome::Claimed(c));
                 }

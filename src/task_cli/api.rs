@@ -1,13 +1,12 @@
 //! The node's task API as the `task` commands use it.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
 use super::{READ_TIMEOUT, TaskError};
-use crate::client::{ClientError, root_cause, text};
+use crate::client::{ClientError, auth_refusal, challenge, refusal, root_cause, text};
 
 // ---------------------------------------------------------------------------------------
 // HTTP.
@@ -16,6 +15,8 @@ use crate::client::{ClientError, root_cause, text};
 pub(super) struct Api {
     pub(super) base: Url,
     pub(super) client: reqwest::Client,
+    /// Sent as `Authorization: Bearer` on every request.
+    pub(super) token: Option<String>,
 }
 
 /// What the node answered.
@@ -23,6 +24,10 @@ pub(super) struct Answer {
     pub(super) url: String,
     pub(super) status: StatusCode,
     pub(super) retry_after: Option<String>,
+    /// The `WWW-Authenticate` challenge of a 401 or 403.
+    pub(super) challenge: Option<String>,
+    /// Whether the request carried a bearer token.
+    pub(super) token_sent: bool,
     pub(super) body: Value,
 }
 
@@ -35,14 +40,27 @@ impl Answer {
     }
 
     pub(super) fn refused(&self) -> ClientError {
-        let mut message = self.message();
-        if let Some(after) = &self.retry_after {
-            let _ = write!(message, " (Retry-After: {after} s)");
-        }
-        ClientError::Refused {
-            url: self.url.clone(),
-            status: self.status.as_u16(),
-            message,
+        let refusal = refusal(
+            self.url.clone(),
+            self.status,
+            self.challenge.as_deref(),
+            &self.body,
+            self.token_sent,
+        );
+        match (refusal, &self.retry_after) {
+            (
+                ClientError::Refused {
+                    url,
+                    status,
+                    message,
+                },
+                Some(after),
+            ) => ClientError::Refused {
+                url,
+                status,
+                message: format!("{message} (Retry-After: {after} s)"),
+            },
+            (refusal, _) => refusal,
         }
     }
 
@@ -65,7 +83,7 @@ impl Answer {
 }
 
 impl Api {
-    pub(super) fn new(addr: &str) -> Result<Api, ClientError> {
+    pub(super) fn new(addr: &str, token: Option<&str>) -> Result<Api, ClientError> {
         let base = if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.to_string()
         } else {
@@ -85,7 +103,11 @@ impl Api {
             .no_proxy()
             .build()
             .map_err(|e| bad(e.to_string()))?;
-        Ok(Api { base, client })
+        Ok(Api {
+            base,
+            client,
+            token: token.map(str::to_string),
+        })
     }
 
     /// The URL of `segments` (each one escaped, so an id cannot change the route).
@@ -118,6 +140,9 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             url: shown.clone(),
             reason: root_cause(&e),
@@ -128,14 +153,23 @@ impl Api {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body: Value = response.json().await.map_err(|e| ClientError::BadAnswer {
-            url: shown.clone(),
-            reason: format!("{status}: {}", root_cause(&e)),
-        })?;
+        let challenge = challenge(response.headers());
+        let body: Value = match response.json().await {
+            Ok(body) => body,
+            Err(_) if auth_refusal(status) => Value::Null,
+            Err(e) => {
+                return Err(ClientError::BadAnswer {
+                    url: shown,
+                    reason: format!("{status}: {}", root_cause(&e)),
+                });
+            }
+        };
         Ok(Answer {
             url: shown,
             status,
             retry_after,
+            challenge,
+            token_sent: self.token.is_some(),
             body,
         })
     }

@@ -15,7 +15,9 @@ use serde_json::{Map, Value, json};
 mod api;
 mod render;
 
-use crate::cli::{TaskArgs, TaskCommand, TaskIdArgs, TaskListArgs, TaskSubmitArgs};
+use crate::cli::{
+    TaskArgs, TaskClientFlags, TaskCommand, TaskIdArgs, TaskListArgs, TaskSubmitArgs,
+};
 use crate::client::{ClientError, pretty, text};
 use api::Api;
 use render::*;
@@ -105,6 +107,13 @@ pub async fn run(args: &TaskArgs) -> u8 {
     }
 }
 
+impl TaskClientFlags {
+    /// The node's task API these flags point at, with their token.
+    fn api(&self) -> Result<Api, ClientError> {
+        Api::new(&self.http, self.bearer.token.as_deref())
+    }
+}
+
 /// The exit code of a final status; `None` while the task is not finished.
 pub fn final_exit_code(status: &str) -> Option<u8> {
     match status {
@@ -121,7 +130,7 @@ pub fn final_exit_code(status: &str) -> Option<u8> {
 
 async fn submit(args: &TaskSubmitArgs) -> Result<u8, TaskError> {
     let body = task_body(args)?;
-    let api = Api::new(&args.client.http)?;
+    let api = args.client.api()?;
     let url = api.url(&["api", "v1", "tasks"])?;
     let answer = api
         .send(Method::POST, url, &[], Some(&body), SUBMIT_TIMEOUT)
@@ -163,7 +172,7 @@ async fn submit(args: &TaskSubmitArgs) -> Result<u8, TaskError> {
 }
 
 async fn get(args: &TaskIdArgs) -> Result<u8, TaskError> {
-    let api = Api::new(&args.client.http)?;
+    let api = args.client.api()?;
     let task = api.task(&args.id).await?;
     if args.client.json {
         print!("{}", pretty(&task));
@@ -174,7 +183,7 @@ async fn get(args: &TaskIdArgs) -> Result<u8, TaskError> {
 }
 
 async fn list(args: &TaskListArgs) -> Result<u8, TaskError> {
-    let api = Api::new(&args.client.http)?;
+    let api = args.client.api()?;
     let url = api.url(&["api", "v1", "tasks"])?;
     let limit = args.limit.map(|n| n.to_string());
     let mut cursor = args.cursor.clone();
@@ -249,7 +258,7 @@ async fn list(args: &TaskListArgs) -> Result<u8, TaskError> {
 }
 
 async fn cancel(args: &TaskIdArgs) -> Result<u8, TaskError> {
-    let api = Api::new(&args.client.http)?;
+    let api = args.client.api()?;
     let url = api.url(&["api", "v1", "tasks", &args.id, "cancel"])?;
     let answer = api
         .send(Method::POST, url, &[], None, SUBMIT_TIMEOUT)
@@ -266,7 +275,7 @@ async fn cancel(args: &TaskIdArgs) -> Result<u8, TaskError> {
 }
 
 async fn watch(args: &TaskIdArgs) -> Result<u8, TaskError> {
-    let api = Api::new(&args.client.http)?;
+    let api = args.client.api()?;
     follow(&api, &args.id, args.client.json).await
 }
 
@@ -528,6 +537,9 @@ fn transient(e: &ClientError) -> bool {
     match e {
         ClientError::Unreachable { .. } | ClientError::BadAnswer { .. } => true,
         ClientError::Refused { status, .. } => *status >= 500 || *status == 429,
+        ClientError::NoToken { .. }
+        | ClientError::BadToken { .. }
+        | ClientError::MissingScope { .. } => false,
     }
 }
 
@@ -576,8 +588,9 @@ mod tests {
             timeout_secs: Some(1.5),
             max_attempts: Some(2),
             wait: false,
-            client: crate::cli::TaskClientFlags {
+            client: TaskClientFlags {
                 http: "x".into(),
+                bearer: crate::cli::BearerToken::default(),
                 json: false,
             },
         };

@@ -8,12 +8,20 @@ use serde_json::Value;
 
 use super::nats::stable_port;
 use super::tasks::{eventually_within, write_config};
-use super::{Launch, PgDatabase, TestNode, free_port, temp_dir};
+use super::{Launch, PgDatabase, TestNode, Wait, free_port, temp_dir};
 
 /// How long membership changes may take before a test fails (the machine is noisy).
 pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(30);
 
 pub const COOKIE: &str = "secret";
+
+/// A node with no executors (only orchestration): its steps must run elsewhere.
+pub const NO_EXECUTORS: &str = r#"
+[[domains]]
+name = "orchestration"
+agents = [ { role = "coordinator", instances = 1 }, { role = "router", instances = 1 },
+           { role = "critic", instances = 1 }, { role = "planner", instances = 1 } ]
+"#;
 
 /// A cluster name of this test alone (subjects and streams are per cluster).
 pub fn cluster_name(test: &str) -> String {
@@ -30,6 +38,8 @@ pub struct Member<'a> {
     /// A `--config` file's text.
     pub config: Option<&'a str>,
     pub cookie: &'a str,
+    /// What [`Member::start`] waits for (ready by default).
+    pub wait: Wait,
 }
 
 impl<'a> Member<'a> {
@@ -42,6 +52,7 @@ impl<'a> Member<'a> {
             env: Vec::new(),
             config: None,
             cookie: COOKIE,
+            wait: Wait::Ready,
         }
     }
 
@@ -52,6 +63,12 @@ impl<'a> Member<'a> {
 
     pub fn env(mut self, key: &'a str, value: &'a str) -> Self {
         self.env.push((key, value));
+        self
+    }
+
+    /// Starts without waiting for readiness (for a node that is not meant to reach NATS).
+    pub fn live_only(mut self) -> Self {
+        self.wait = Wait::Live;
         self
     }
 
@@ -121,6 +138,7 @@ impl<'a> Member<'a> {
                 ("MISTER_SMITH__DATABASE__MAX_CONNECTIONS", "4"),
             ])
             .envs(&self.env)
+            .wait_for(self.wait)
     }
 }
 
@@ -147,6 +165,23 @@ pub async fn wait_status(node: &TestNode, peers: &[&str], status: &str) -> Value
     .await
 }
 
+/// Waits until `node` has a ractor_cluster link in `state` to every one of `peers`
+/// (a member is `up` from its first heartbeat, a little before its session authenticates).
+pub async fn wait_link(node: &TestNode, peers: &[&str], state: &str) -> Value {
+    let what = format!("links to {peers:?} {state}");
+    eventually_within(CLUSTER_DEADLINE, &what, || async {
+        let view = cluster_view(node).await;
+        let members = view["members"].as_array().cloned().unwrap_or_default();
+        let ok = peers.iter().all(|p| {
+            members
+                .iter()
+                .any(|m| m["node"] == *p && m["link"] == state)
+        });
+        if ok { Ok(view) } else { Err(view.to_string()) }
+    })
+    .await
+}
+
 /// A metric's value on a node's `/metrics` (0 when absent), summed over its labels.
 pub async fn metric(node: &TestNode, name: &str) -> f64 {
     let url = format!("{}/metrics", node.http_url());
@@ -164,4 +199,23 @@ pub async fn metric(node: &TestNode, name: &str) -> f64 {
             }
         })
         .sum()
+}
+
+/// A node of a test cluster: the process and the `--node` name it was started with.
+pub struct Node {
+    pub name: String,
+    pub process: TestNode,
+}
+
+impl std::ops::Deref for Node {
+    type Target = TestNode;
+    fn deref(&self) -> &TestNode {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut TestNode {
+        &mut self.process
+    }
 }

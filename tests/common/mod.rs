@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod cluster;
+pub mod faults;
 pub mod nats;
 pub mod tasks;
 
@@ -99,9 +100,15 @@ pub fn command(dir: &Path) -> Command {
 }
 
 /// A reqwest client that never goes through a proxy (the tests talk to 127.0.0.1).
+///
+/// Pooled connections are dropped after 5 s idle: the node closes a keep-alive connection
+/// that has been idle for its `header_timeout_secs` (10 s; hyper's header-read timer runs
+/// while it waits for the next request), and a request sent just as it does so fails
+/// (as after a node's pause). Real clients retry; a test would flake.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .build()
         .expect("building the HTTP client")
@@ -652,6 +659,26 @@ impl PgDatabase {
             .unwrap_or_else(|e| panic!("terminating connections to {}: {e}", self.name));
         }
         let _ = conn.close().await;
+    }
+
+    /// Kills every connection to this database (`pg_terminate_backend`, from a connection
+    /// to the server's own database) and returns how many there were. New connections are
+    /// still allowed.
+    pub async fn terminate_backends(&self) -> usize {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.server)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test server: {e}"));
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("terminating connections to {}: {e}", self.name));
+        let _ = conn.close().await;
+        killed.iter().filter(|(done,)| *done).count()
     }
 
     /// A connection to this database.

@@ -1,7 +1,8 @@
 //! NATS for the cluster tests: a real `nats-server` of the test's own (JetStream on, on a
 //! free port, storage in a temp dir) that can be stopped and started again on the same
 //! port and storage, and a TCP proxy in front of it that can cut one node's connection
-//! and heal it (a partition without root or network namespaces).
+//! and heal it, or stall it silently and resume it (a partition without root or network
+//! namespaces).
 //!
 //! Like the PostgreSQL tests, these never skip: without a `nats-server` binary the test
 //! fails, naming what to install.
@@ -91,11 +92,19 @@ pub struct NatsServer {
     dir: TempDir,
     child: Option<Child>,
     starts: u32,
+    /// More arguments for every start (TLS settings, say).
+    extra_args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a server on a free port ([`stable_port`]) and waits until it accepts clients.
     pub async fn spawn() -> NatsServer {
+        NatsServer::spawn_with(&[]).await
+    }
+
+    /// [`Self::spawn`] with more command-line arguments (kept for restarts).
+    pub async fn spawn_with(extra_args: &[&str]) -> NatsServer {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let binary = nats_server_binary();
         let mut dir = temp_dir();
         const ATTEMPTS: u32 = 5;
@@ -106,6 +115,7 @@ impl NatsServer {
                 dir,
                 child: None,
                 starts: 0,
+                extra_args: extra_args.clone(),
             };
             match server.try_start().await {
                 Ok(()) => return server,
@@ -183,6 +193,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store_dir())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log file"))
             .stderr(log)
@@ -268,14 +279,18 @@ fn read(path: &Path) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// A TCP proxy that can be cut.
+// A TCP proxy that can be cut or stalled.
 
 /// Forwards TCP connections from a port of its own to `target`. [`Self::cut`] drops every
 /// proxied connection and refuses new ones (they are accepted and closed at once) until
-/// [`Self::heal`]. Runs on the test's runtime; stopped on drop.
+/// [`Self::heal`]. [`Self::stall`] keeps every connection open but forwards no byte in
+/// either direction (nor answers new connections) until [`Self::resume`]: a silent
+/// black hole, as a stuck network path looks to both ends. Runs on the test's runtime;
+/// stopped on drop.
 pub struct TcpProxy {
     addr: SocketAddr,
     cut: Arc<watch::Sender<bool>>,
+    stalled: Arc<watch::Sender<bool>>,
     accept: JoinHandle<()>,
 }
 
@@ -287,8 +302,14 @@ impl TcpProxy {
             .expect("binding the proxy's port");
         let addr = listener.local_addr().expect("the proxy's address");
         let cut = Arc::new(watch::Sender::new(false));
-        let accept = tokio::spawn(accept_loop(listener, target, cut.clone()));
-        TcpProxy { addr, cut, accept }
+        let stalled = Arc::new(watch::Sender::new(false));
+        let accept = tokio::spawn(accept_loop(listener, target, cut.clone(), stalled.clone()));
+        TcpProxy {
+            addr,
+            cut,
+            stalled,
+            accept,
+        }
     }
 
     /// `nats://<proxy>` (for a node's `--nats`).
@@ -305,17 +326,34 @@ impl TcpProxy {
     pub fn heal(&self) {
         self.cut.send_replace(false);
     }
+
+    /// Stops forwarding bytes either way, keeping every connection open (what is read
+    /// already is held, not dropped); new connections wait unanswered.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Forwards bytes again on the connections kept through the stall.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.accept.abort();
         // Ends every connection task.
+        self.stalled.send_replace(false);
         self.cut.send_replace(true);
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, cut: Arc<watch::Sender<bool>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    cut: Arc<watch::Sender<bool>>,
+    stalled: Arc<watch::Sender<bool>>,
+) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
@@ -325,16 +363,54 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, cut: Arc<watch::
             continue;
         }
         let mut is_cut = cut.subscribe();
+        let stalled = stalled.subscribe();
         tokio::spawn(async move {
-            let Ok(mut server) = TcpStream::connect(target).await else {
-                return;
+            let proxied = async {
+                // A connection made during a stall waits for it to end before reaching
+                // the target: nothing answers it meanwhile.
+                flowing(&mut stalled.clone()).await;
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::select! {
+                    _ = pump(client_read, server_write, stalled.clone()) => {}
+                    _ = pump(server_read, client_write, stalled.clone()) => {}
+                }
             };
-            let mut client = client;
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = proxied => {}
                 _ = is_cut.wait_for(|cut| *cut) => {}
             }
             // Both sockets are closed here, whichever way it ended.
         });
+    }
+}
+
+/// Returns once the proxy is not stalled.
+async fn flowing(stalled: &mut watch::Receiver<bool>) {
+    let _ = stalled.wait_for(|stalled| !*stalled).await;
+}
+
+/// Copies `from` to `to` until either end closes, reading nothing and writing nothing
+/// while stalled (a chunk read just before a stall is held until it ends).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        flowing(&mut stalled).await;
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        flowing(&mut stalled).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::{TestNode, actor_at};
+use super::{TestNode, actor_at, assert_error_shape};
 
 /// How long a task (or anything a task test waits for) may take before the test fails.
 /// Generous: the machine has two cores and the tests of a file run side by side.
@@ -22,6 +22,13 @@ pub const SHELL_ON: &str = r#"
 [tools.shell]
 enabled = true
 allow = ["wc", "sh", "cat", "false", "head"]
+# `sh` runs anything: the tests opt in explicitly.
+allow_run_anything = true
+
+# The pipeline's http step calls a local upstream server.
+[tools.http]
+allow_hosts = ["127.0.0.1"]
+allow_cidrs = ["127.0.0.1/32"]
 "#;
 
 /// Writes `toml` to `name` in `dir` and returns the absolute path (for `--config`).
@@ -145,28 +152,31 @@ pub async fn wait_final(node: &TestNode, id: &str) -> Value {
 /// A short account of a task for failure messages: its status, its steps' statuses and
 /// its event kinds.
 pub fn summary(task: &Value) -> String {
-    let steps: Vec<String> = task["steps"]
-        .as_array()
-        .map(|s| {
-            s.iter()
-                .map(|s| {
-                    format!(
-                        "{}={}({} attempts)",
-                        s["id"].as_str().unwrap_or("?"),
-                        s["status"].as_str().unwrap_or("?"),
-                        s["attempts"].as_array().map_or(0, Vec::len)
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     format!(
         "status={} error={} steps=[{}] events={:?}",
         task["status"],
         task["error"],
-        steps.join(", "),
+        step_states(task).join(", "),
         event_kinds(task)
     )
+}
+
+/// Each step as `id=status(N attempts)`.
+pub fn step_states(task: &Value) -> Vec<String> {
+    let Some(steps) = task["steps"].as_array() else {
+        return Vec::new();
+    };
+    steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{}={}({} attempts)",
+                s["id"].as_str().unwrap_or("?"),
+                s["status"].as_str().unwrap_or("?"),
+                s["attempts"].as_array().map_or(0, Vec::len)
+            )
+        })
+        .collect()
 }
 
 /// The step with this id (the test fails if there is none).
@@ -277,4 +287,36 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in {path}:\n{text}"))
+}
+
+/// Submits `body` and checks the status, the error shape, and that the message (or one of
+/// the listed fields) names each of `names`.
+pub async fn refused(
+    node: &TestNode,
+    case: &str,
+    body: &str,
+    content_type: Option<&str>,
+    want: StatusCode,
+    names: &[&str],
+) -> Value {
+    let (status, answer) = post_raw(node, body.to_string(), content_type).await;
+    assert_eq!(status, want, "{case}: {answer}");
+    let (_, message) = assert_error_shape(&answer, case);
+    for name in names {
+        assert!(
+            message.contains(name),
+            "{case}: the message does not name {name:?}: {answer}"
+        );
+    }
+    answer
+}
+
+/// The `field` of every entry of `error.fields`.
+pub fn fields(answer: &Value) -> Vec<String> {
+    answer["error"]["fields"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no error.fields in {answer}"))
+        .iter()
+        .map(|f| f["field"].as_str().unwrap_or_default().to_string())
+        .collect()
 }

@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 pub(crate) struct Anthropic {
     http: HttpClient,
     url: String,
-    api_key: String,
+    api_key: super::Secret,
     model: String,
 }
 
@@ -92,7 +92,7 @@ impl Anthropic {
         Anthropic {
             http,
             url: format!("{root}/v1/messages"),
-            api_key: api_key.to_string(),
+            api_key: super::Secret::new(api_key),
             model: model.to_string(),
         }
     }
@@ -128,7 +128,7 @@ impl Anthropic {
             temperature: request.temperature,
         };
         let headers = [
-            ("x-api-key", self.api_key.as_str()),
+            ("x-api-key", self.api_key.expose()),
             ("anthropic-version", ANTHROPIC_VERSION),
         ];
         let answer = self.http.post_json(&self.url, &headers, &body).await?;

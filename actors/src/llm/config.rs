@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+
 /// Which LLM provider answers completions.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[serde(rename_all = "snake_case")]
@@ -51,8 +53,17 @@ pub struct LlmConfig {
     /// `{base_url}/chat/completions`); anthropic: default `https://api.anthropic.com`
     /// (requests go to `{base_url}/v1/messages`).
     pub base_url: Option<String>,
-    /// Secret sent as `Authorization: Bearer` (openai) or `x-api-key` (anthropic).
-    pub api_key: Option<String>,
+    /// Secret sent as `Authorization: Bearer` (openai) or `x-api-key` (anthropic). Also
+    /// from the environment (`MISTER_SMITH__LLM__API_KEY`) or a file (`api_key_file`). Printed as
+    /// `[redacted]`.
+    pub api_key: Option<Secret>,
+    /// A file holding the API key (surrounding whitespace ignored); read at start. Used
+    /// when `api_key` is not set.
+    pub api_key_file: Option<PathBuf>,
+    /// A PEM file of extra CA certificates trusted for https, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Largest answer body read, in bytes; a bigger one fails the call. Default 16 MiB.
+    pub max_response_bytes: usize,
     /// Model name sent with every request; required for openai and anthropic.
     pub model: Option<String>,
     /// The scripted provider's reply file (JSON, see [`super::scripted`]).
@@ -76,6 +87,9 @@ impl Default for LlmConfig {
             provider: ProviderKind::None,
             base_url: None,
             api_key: None,
+            api_key_file: None,
+            ca_file: None,
+            max_response_bytes: 16 << 20,
             model: None,
             script: None,
             timeout_secs: 60.0,
@@ -115,10 +129,6 @@ impl Default for BreakerConfig {
     }
 }
 
-/// Whether this build can speak TLS. reqwest is built without a TLS backend for now;
-/// enabling its `rustls` feature is the only other change needed to flip this.
-pub(crate) const TLS_SUPPORTED: bool = false;
-
 fn positive_secs(key: &str, value: f64) -> Result<(), String> {
     // Also rejects NaN, infinities and values `Duration` cannot hold.
     if value > 0.0 && value <= 1.0e9 {
@@ -134,6 +144,12 @@ impl LlmConfig {
     /// Checks the settings together; the error names the key (`llm.…`) and what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         positive_secs("llm.timeout_secs", self.timeout_secs)?;
+        if self.max_response_bytes == 0 || self.max_response_bytes > 1 << 30 {
+            return Err(format!(
+                "llm.max_response_bytes: must be between 1 and 1073741824, got {}",
+                self.max_response_bytes
+            ));
+        }
         if self.retry_initial_ms > self.retry_max_ms {
             return Err(format!(
                 "llm.retry_initial_ms: must not exceed llm.retry_max_ms ({} > {})",
@@ -171,22 +187,33 @@ impl LlmConfig {
                 if let Some(url) = &self.base_url {
                     check_url(url)?;
                 }
-                let key_missing = self.api_key.as_deref().is_none_or(str::is_empty);
+                let key_missing = self.api_key.as_ref().is_none_or(Secret::is_empty)
+                    && self.api_key_file.is_none();
                 // A self-hosted OpenAI-compatible server (base_url set) often needs no key.
                 let key_needed = provider == ProviderKind::Anthropic || self.base_url.is_none();
                 if key_missing && key_needed {
                     return Err(format!("llm.api_key: required for provider {provider}"));
                 }
-                if !TLS_SUPPORTED && self.endpoint_root().starts_with("https://") {
-                    return Err(format!(
-                        "llm.base_url: {} needs TLS, which this build lacks; \
-                         use an http:// endpoint (e.g. a local proxy or server)",
-                        self.endpoint_root()
-                    ));
-                }
                 Ok(())
             }
         }
+    }
+
+    /// The API key in effect: `api_key`, else the content of `api_key_file` (trimmed).
+    pub fn resolved_api_key(&self) -> Result<Option<Secret>, String> {
+        if let Some(key) = self.api_key.as_ref().filter(|k| !k.is_empty()) {
+            return Ok(Some(key.clone()));
+        }
+        let Some(path) = &self.api_key_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("llm.api_key_file: cannot read {}: {e}", path.display()))?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(format!("llm.api_key_file: {} is empty", path.display()));
+        }
+        Ok(Some(Secret::new(key)))
     }
 
     /// The endpoint root in effect: `base_url` without a trailing `/`, or the provider's default.
@@ -279,10 +306,32 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_while_tls_is_not_built_in() {
+    fn https_is_accepted_and_the_key_is_redacted() {
         let mut c = openai();
         c.base_url = Some("https://api.example.com/v1".into());
-        assert_eq!(c.validate().is_ok(), TLS_SUPPORTED);
+        c.api_key = Some("sk-secret-value".into());
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("sk-secret-value"));
+    }
+
+    #[test]
+    fn api_key_file_is_read_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "sk-from-file\n").unwrap();
+        let mut c = openai();
+        c.api_key = None;
+        c.api_key_file = Some(path);
+        assert_eq!(
+            c.resolved_api_key().unwrap().unwrap().expose(),
+            "sk-from-file"
+        );
+        c.api_key_file = Some(dir.path().join("missing"));
+        assert!(
+            c.resolved_api_key()
+                .unwrap_err()
+                .starts_with("llm.api_key_file:")
+        );
     }
 
     #[test]

@@ -15,9 +15,6 @@ use super::{LlmError, ProviderError};
 /// Longest `Retry-After` we are willing to wait between two attempts.
 pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
 
-/// Largest answer body read; a bigger one is a [`LlmError::BadResponse`].
-pub(crate) const MAX_BODY: usize = 16 << 20;
-
 /// How much of an unparseable body is quoted in an error message.
 const QUOTE_LIMIT: usize = 300;
 
@@ -26,6 +23,9 @@ const QUOTE_LIMIT: usize = 300;
 pub(crate) struct HttpClient {
     client: reqwest::Client,
     timeout: Duration,
+    /// Largest answer body read (`llm.max_response_bytes`); a bigger one is a
+    /// [`LlmError::BadResponse`].
+    max_body: usize,
 }
 
 /// An answer that arrived in full: status, `Retry-After` if any, body.
@@ -36,11 +36,23 @@ pub(crate) struct Answer {
 }
 
 impl HttpClient {
-    pub fn new(timeout: Duration) -> Result<HttpClient, LlmError> {
+    /// rustls with the system's roots plus `ca_file` (`llm.ca_file`).
+    pub fn new(
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+        max_body: usize,
+    ) -> Result<HttpClient, LlmError> {
+        let (tls, _roots) = crate::tls::client_config(ca_file, "llm.ca_file")
+            .map_err(|e| LlmError::NotConfigured(e.to_string()))?;
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|e| LlmError::NotConfigured(format!("llm: cannot build HTTP client: {e}")))?;
-        Ok(HttpClient { client, timeout })
+        Ok(HttpClient {
+            client,
+            timeout,
+            max_body,
+        })
     }
 
     /// POSTs `body` as JSON; the whole exchange (connect, send, read) gets one timeout.
@@ -60,10 +72,10 @@ impl HttpClient {
             let retry_after = parse_retry_after(response.headers());
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(transport)? {
-                if body.len() + chunk.len() > MAX_BODY {
-                    let limit = MAX_BODY >> 20;
+                if body.len() + chunk.len() > self.max_body {
+                    let limit = self.max_body;
                     return Err(LlmError::BadResponse(format!(
-                        "answer larger than {limit} MiB (HTTP {status})"
+                        "answer larger than {limit} bytes (llm.max_response_bytes) (HTTP {status})"
                     )));
                 }
                 body.extend_from_slice(&chunk);

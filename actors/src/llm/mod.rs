@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::Secret;
 pub use breaker::{BreakerState, CircuitBreaker, Outcome};
 pub use config::{BreakerConfig, LlmConfig, ProviderKind};
 
@@ -213,9 +214,21 @@ impl Llm {
     /// file is read now. Errors are [`LlmError::NotConfigured`] naming the setting.
     pub fn new(config: &LlmConfig) -> Result<Llm, LlmError> {
         config.validate().map_err(LlmError::NotConfigured)?;
-        let http = || http::HttpClient::new(Duration::from_secs_f64(config.timeout_secs));
+        let http = || {
+            http::HttpClient::new(
+                Duration::from_secs_f64(config.timeout_secs),
+                config.ca_file.as_deref(),
+                config.max_response_bytes,
+            )
+        };
         let model = config.model.as_deref().unwrap_or_default();
-        let api_key = config.api_key.as_deref();
+        let api_key = match config.provider {
+            ProviderKind::Openai | ProviderKind::Anthropic => {
+                config.resolved_api_key().map_err(LlmError::NotConfigured)?
+            }
+            _ => None,
+        };
+        let api_key = api_key.as_ref().map(Secret::expose);
         let root = config.endpoint_root();
         let provider: Option<Box<dyn Provider>> = match config.provider {
             ProviderKind::None => None,

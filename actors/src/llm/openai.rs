@@ -17,7 +17,7 @@ use super::{
 pub(crate) struct OpenAi {
     http: HttpClient,
     url: String,
-    authorization: Option<String>,
+    authorization: Option<super::Secret>,
     model: String,
 }
 
@@ -81,7 +81,7 @@ impl OpenAi {
             url: format!("{root}/chat/completions"),
             authorization: api_key
                 .filter(|k| !k.is_empty())
-                .map(|k| format!("Bearer {k}")),
+                .map(|k| super::Secret::new(format!("Bearer {k}"))),
             model: model.to_string(),
         }
     }
@@ -107,7 +107,7 @@ impl OpenAi {
         let headers: Vec<(&str, &str)> = self
             .authorization
             .iter()
-            .map(|value| ("authorization", value.as_str()))
+            .map(|value| ("authorization", value.expose()))
             .collect();
         let answer = self.http.post_json(&self.url, &headers, &body).await?;
         let response: WireResponse = answer.into_result(|body| {

@@ -17,6 +17,9 @@ pub const CAPABILITIES: &[&str] = &["memory.kv", "memory.search", "memory.blackb
 
 /// Most entries a search returns.
 pub const SEARCH_LIMIT: i64 = 100;
+/// Longest time to live an entry may be given, in seconds: ten years (beyond it, keep the
+/// entry without one). Bounded so that its deadline in milliseconds cannot overflow.
+pub const MAX_TTL_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
 
 /// One stored entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,11 +98,25 @@ fn parse(args: &Value) -> Result<MemoryArgs, String> {
         ));
     }
     if let Some(ttl) = a.ttl_secs
-        && !(ttl.is_finite() && ttl > 0.0)
+        && !(ttl.is_finite() && ttl > 0.0 && ttl <= MAX_TTL_SECS)
     {
-        return Err("args.ttl_secs: must be a positive number".into());
+        return Err(format!(
+            "args.ttl_secs: must be a number of seconds above 0 and at most {MAX_TTL_SECS} (ten years), got {ttl}"
+        ));
     }
     Ok(a)
+}
+
+/// The scope id of `id` (a session's name, or `""` for `global`) as `principal` sees it:
+/// each principal has its own sessions and its own global memory, so one API caller never
+/// reads or overwrites another's. Without authentication (no principal) there is one
+/// namespace, as before. A principal's ids carry its name and a newline, which no
+/// session name can hold (validated at submission), so namespaces never overlap.
+fn owned_by(principal: Option<&str>, id: &str) -> String {
+    match principal {
+        Some(p) => format!("{p}\n{id}"),
+        None => id.to_string(),
+    }
 }
 
 /// Checks a `memory` step's arguments at submission.
@@ -107,11 +124,13 @@ pub fn validate(args: &Value) -> Result<(), String> {
     parse(args).map(drop)
 }
 
-/// Runs a `memory` step for task `task_id` (of `session`, if it belongs to one).
+/// Runs a `memory` step for task `task_id` (of `session`, if it belongs to one) that
+/// `principal` submitted.
 pub async fn run(
     store: &dyn MemoryStore,
     task_id: &str,
     session: Option<&str>,
+    principal: Option<&str>,
     args: &Value,
     input: Option<&str>,
 ) -> Result<ToolOutput, ToolError> {
@@ -119,12 +138,13 @@ pub async fn run(
     let scope = a.scope.clone().unwrap_or_else(|| "task".into());
     let scope_id = match scope.as_str() {
         "task" => task_id.to_string(),
-        "session" => session
-            .ok_or_else(|| {
+        "session" => {
+            let session = session.ok_or_else(|| {
                 ToolError::InvalidArgs("args.scope: `session` needs the task's `session`".into())
-            })?
-            .to_string(),
-        _ => String::new(),
+            })?;
+            owned_by(principal, session)
+        }
+        _ => owned_by(principal, ""),
     };
     let key = a.key.clone().unwrap_or_default();
     let failed = |e: StoreError| ToolError::Failed(e.to_string());
@@ -140,7 +160,10 @@ pub async fn run(
                     ));
                 }
             };
-            let expires_at_ms = a.ttl_secs.map(|t| now_ms() + (t * 1000.0) as i64);
+            // `as` saturates, and so does the sum: no overflow even past validation.
+            let expires_at_ms = a
+                .ttl_secs
+                .map(|t| now_ms().saturating_add((t * 1000.0) as i64));
             let entry = MemoryEntry {
                 scope,
                 scope_id,
@@ -177,4 +200,25 @@ pub async fn run(
         text,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(ttl: Value) -> Value {
+        json!({"op": "put", "key": "k", "value": "v", "ttl_secs": ttl})
+    }
+
+    #[test]
+    fn ttl_is_a_bounded_number_of_seconds() {
+        for ttl in [json!(0), json!(-1), json!(1e308), json!(MAX_TTL_SECS * 2.0)] {
+            let e = validate(&put(ttl.clone())).unwrap_err();
+            assert!(e.starts_with("args.ttl_secs:"), "{ttl}: {e}");
+        }
+        let e = validate(&put(json!("soon"))).unwrap_err();
+        assert!(e.contains("ttl_secs") || e.contains("invalid type"), "{e}");
+        validate(&put(json!(0.2))).unwrap();
+        validate(&put(json!(MAX_TTL_SECS))).unwrap();
+    }
 }

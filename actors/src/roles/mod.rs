@@ -102,6 +102,16 @@ pub fn capability_for(tool: &str) -> String {
     }
 }
 
+/// Tools whose steps change nothing outside the run: they may start before their attempt
+/// is recorded (DESIGN §5's fast path). Every other tool — `shell`, `http`, `file`,
+/// `memory`, `llm` and any added later — has its attempt committed first.
+pub const PURE_TOOLS: &[&str] = &["echo", "sleep", "json", "template", "hash"];
+
+/// Whether a step with `tool` may have side effects (record before effect).
+pub fn has_effects(tool: &str) -> bool {
+    !PURE_TOOLS.contains(&tool)
+}
+
 /// Checks a step's tool and arguments at submission (worker or executor tool).
 pub fn validate_step_tool(
     tools: &crate::tools::Tools,

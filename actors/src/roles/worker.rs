@@ -5,10 +5,13 @@
 //! here rather than among the Executor's tools; they share the tools' output envelope
 //! ([`ToolOutput`]) so the Critic judges them the same way.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::llm::{CompletionRequest, Llm};
+use crate::tools::output::{Capped, parse_json, render};
 use crate::tools::{ToolError, ToolOutput};
 
 /// Capabilities the registry indexes this role under.
@@ -29,6 +32,9 @@ pub const TOOLS: &[(&str, &str)] = &[
 
 /// Inputs larger than this are hashed on a blocking thread.
 const BLOCKING_ABOVE: usize = 64 * 1024;
+
+/// Most tokens an `llm` step may ask for.
+pub const MAX_TOKENS: u64 = 1_000_000;
 
 pub fn is_worker_tool(tool: &str) -> bool {
     TOOLS.iter().any(|(t, _)| *t == tool)
@@ -53,6 +59,9 @@ pub fn validate(tool: &str, args: &Value, llm_configured: bool) -> Result<(), St
     match tool {
         "llm" if !llm_configured => Err(format!("`llm` steps need a provider: {}", crate::llm::NOT_CONFIGURED)),
         "llm" if !obj.get("prompt").is_some_and(Value::is_string) => Err("args.prompt: a string is required".into()),
+        "llm" if obj.get("max_tokens").is_some_and(|n| !n.as_u64().is_some_and(|n| (1..=MAX_TOKENS).contains(&n))) => {
+            Err(format!("args.max_tokens: must be a whole number from 1 to {MAX_TOKENS}"))
+        }
         "json" => match (obj.get("pointer"), obj.get("select")) {
             (Some(Value::String(p)), None) if p.is_empty() || p.starts_with('/') => Ok(()),
             (None, Some(Value::Object(sel))) if sel.values().all(|v| v.as_str().is_some_and(|p| p.is_empty() || p.starts_with('/'))) => Ok(()),
@@ -67,12 +76,14 @@ pub fn validate(tool: &str, args: &Value, llm_configured: bool) -> Result<(), St
     }
 }
 
-/// Runs a worker step on `input` (the output of its `input_from` step).
+/// Runs a worker step on `input` (the output of its `input_from` step); texts it builds
+/// are kept up to `cap` bytes (`tools.max_output_bytes`).
 pub async fn run(
     tool: &str,
     args: &Value,
     input: Option<&str>,
     llm: &Llm,
+    cap: usize,
 ) -> Result<ToolOutput, ToolError> {
     validate(tool, args, llm.is_configured()).map_err(ToolError::InvalidArgs)?;
     let text = match tool {
@@ -81,7 +92,9 @@ pub async fn run(
                 args["prompt"].as_str().unwrap_or_default(),
                 input,
                 &Map::new(),
-            );
+                cap,
+            )
+            .into_text();
             let request = CompletionRequest {
                 system: args
                     .get("system")
@@ -90,7 +103,7 @@ pub async fn run(
                 max_tokens: args
                     .get("max_tokens")
                     .and_then(Value::as_u64)
-                    .map(|n| n as u32),
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
                 ..CompletionRequest::user(prompt)
             };
             llm.complete(request)
@@ -105,7 +118,22 @@ pub async fn run(
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
-            fill(args["template"].as_str().unwrap_or_default(), input, &vars)
+            let out = fill(
+                args["template"].as_str().unwrap_or_default(),
+                input,
+                &vars,
+                cap,
+            );
+            let (bytes, truncated) = (out.bytes(), out.truncated());
+            let text = out.into_text();
+            return Ok(ToolOutput {
+                bytes,
+                json: parse_json(&text, truncated),
+                exit_code: Some(0),
+                text,
+                truncated,
+                ..Default::default()
+            });
         }
         "hash" => {
             let data = args
@@ -142,16 +170,23 @@ pub async fn run(
     })
 }
 
-/// `{{input}}` and `{{name}}` (from `vars`) replaced; unknown names are left as they are.
-fn fill(template: &str, input: Option<&str>, vars: &Map<String, Value>) -> String {
-    let mut out = template.replace("{{input}}", input.unwrap_or_default());
-    for (name, value) in vars {
-        let text = value
-            .as_str()
-            .map_or_else(|| value.to_string(), str::to_string);
-        out = out.replace(&format!("{{{{{name}}}}}"), &text);
-    }
-    out
+/// `{{input}}` and `{{name}}` (from `vars`) replaced in one pass, within `cap` bytes;
+/// unknown names are left as they are, and what is put in is not expanded again.
+fn fill<'v>(
+    template: &str,
+    input: Option<&'v str>,
+    vars: &'v Map<String, Value>,
+    cap: usize,
+) -> Capped {
+    render(template, cap, |name| {
+        if name == "input" {
+            return Some(Cow::Borrowed(input.unwrap_or_default()));
+        }
+        vars.get(name).map(|value| match value.as_str() {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(value.to_string()),
+        })
+    })
 }
 
 fn transform(args: &Value, input: Option<&str>) -> Result<String, ToolError> {
@@ -187,6 +222,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const CAP: usize = 1 << 20;
+
     fn none() -> Llm {
         Llm::new(&crate::llm::LlmConfig::default()).unwrap()
     }
@@ -195,7 +232,7 @@ mod tests {
     async fn data_steps_compute_what_they_say() {
         let llm = none();
         let doc = r#"{"a": [{"b": "x"}, {"b": 2}]}"#;
-        let out = run("json", &json!({"pointer": "/a/1/b"}), Some(doc), &llm)
+        let out = run("json", &json!({"pointer": "/a/1/b"}), Some(doc), &llm, CAP)
             .await
             .unwrap();
         assert_eq!(out.text, "2");
@@ -204,6 +241,7 @@ mod tests {
             &json!({"select": {"first": "/a/0/b"}}),
             Some(doc),
             &llm,
+            CAP,
         )
         .await
         .unwrap();
@@ -213,25 +251,71 @@ mod tests {
             &json!({"template": "{{greet}}, {{input}}!", "vars": {"greet": "Hi"}}),
             Some("Bob"),
             &llm,
+            CAP,
         )
         .await
         .unwrap();
         assert_eq!(out.text, "Hi, Bob!");
-        let out = run("hash", &json!({}), Some("abc"), &llm).await.unwrap();
+        let out = run("hash", &json!({}), Some("abc"), &llm, CAP)
+            .await
+            .unwrap();
         assert_eq!(
             out.text,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert!(
-            run("json", &json!({"pointer": "/zz"}), Some(doc), &llm)
+            run("json", &json!({"pointer": "/zz"}), Some(doc), &llm, CAP)
                 .await
                 .is_err()
         );
         assert!(
-            run("json", &json!({"pointer": "/a"}), Some("not json"), &llm)
-                .await
-                .is_err()
+            run(
+                "json",
+                &json!({"pointer": "/a"}),
+                Some("not json"),
+                &llm,
+                CAP
+            )
+            .await
+            .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn templates_expand_once_and_within_the_cap() {
+        let llm = none();
+        // Values are not expanded again: no doubling from one variable to the next.
+        let vars = json!({"a": "{{b}}{{b}}", "b": "{{input}}{{input}}"});
+        let args = json!({"template": "{{a}}|{{b}}|{{input}}", "vars": vars});
+        let out = run("template", &args, Some("{{a}}"), &llm, CAP)
+            .await
+            .unwrap();
+        assert_eq!(out.text, "{{b}}{{b}}|{{input}}{{input}}|{{a}}");
+        // A template repeating its input is cut at the cap and counted in full.
+        let args = json!({"template": "{{input}}".repeat(10_000)});
+        let input = "y".repeat(100_000);
+        let out = run("template", &args, Some(&input), &llm, 64)
+            .await
+            .unwrap();
+        assert!(out.truncated);
+        assert_eq!(out.text, "y".repeat(64));
+        assert_eq!(out.bytes, 1_000_000_000);
+    }
+
+    #[test]
+    fn max_tokens_is_a_bounded_count() {
+        for n in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!(1e308),
+            json!(MAX_TOKENS + 1),
+        ] {
+            let args = json!({"prompt": "x", "max_tokens": n});
+            let e = validate("llm", &args, true).unwrap_err();
+            assert!(e.starts_with("args.max_tokens"), "{n}: {e}");
+        }
+        validate("llm", &json!({"prompt": "x", "max_tokens": 64}), true).unwrap();
     }
 
     #[test]

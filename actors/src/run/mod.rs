@@ -8,6 +8,16 @@
 //! was in flight is retried). Every write is fenced by the lease epoch, so a run that lost
 //! its task to another owner stops instead of overwriting the new owner's results.
 //!
+//! Record before effect: an attempt of a step whose tool has side effects
+//! ([`crate::roles::has_effects`]) starts only after the write that records it has committed
+//! (fenced by the lease epoch, so a run that lost its task starts nothing) and while this
+//! node can prove it holds its lease; every step starts only after the results it depends
+//! on are committed. Pure tools start at once and their running state shares a later write.
+//!
+//! Storage being unreachable is not a crash: the run keeps what it has not written, waits
+//! with backoff and writes it when storage is back, starting nothing that depends on it
+//! meanwhile. Only a real fault counts as one of the run's incarnations.
+//!
 //! Writes per task are what bound throughput (one group-commit writer), so a run writes
 //! as little as it can without weakening a promise: the first run of a task this node
 //! just accepted needs no claim (the task was stored with its lease, [`Warm`]), and what
@@ -23,19 +33,29 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Work;
 use crate::context::{NodeContext, Services};
-use crate::roles::{coordinator, critic};
+use crate::roles::critic;
 use crate::scheduler::SchedulerMsg;
 use crate::task::store::{Claim, FIRST_EPOCH, Progress, StoreError, TaskEvent, now_ms};
-use crate::task::{Attempt, StepSpec, StepStatus, TaskSpec, TaskStatus};
+use crate::task::{StepSpec, StepStatus, TaskSpec, TaskStatus};
 use crate::tools::{ToolError, ToolOutput};
 use plan::Plan;
 
+mod budget;
+mod launch;
 mod plan;
+mod record;
 
 /// A run that crashes this many times fails its task instead of looping.
 const MAX_INCARNATIONS: u32 = 5;
 /// How long a write that only marks work as started may wait for the write of its result.
 pub const LAUNCH_FLUSH: Duration = Duration::from_millis(20);
+/// First wait before writing again while storage is unreachable; it doubles up to
+/// [`STORAGE_BACKOFF_MAX`].
+const STORAGE_BACKOFF: Duration = Duration::from_millis(100);
+const STORAGE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How soon a step whose attempt could not start (this node could not prove that it held
+/// its lease) is tried again.
+const LEASE_RECHECK: Duration = Duration::from_millis(250);
 
 /// A task this node has just accepted: its spec is in memory and it was stored with the
 /// lease ([`FIRST_EPOCH`]) its first run holds, so that run skips the claim.
@@ -43,6 +63,7 @@ pub const LAUNCH_FLUSH: Duration = Duration::from_millis(20);
 pub struct Warm {
     pub spec: Arc<TaskSpec>,
     pub created_at_ms: i64,
+    pub principal: Option<String>,
 }
 
 pub enum RunMsg {
@@ -58,6 +79,8 @@ pub enum RunMsg {
     },
     /// Internal: a retry's backoff has passed.
     Retry(usize),
+    /// Internal: an attempt with side effects was not started (the lease did not hold).
+    NotStarted(usize),
     /// Internal: the task's deadline has passed.
     Deadline,
     /// Internal: time to write what waited to share a later write.
@@ -76,6 +99,7 @@ pub struct RunArgs {
     task_id: String,
     incarnation: u32,
     warm: Option<Warm>,
+    origin: Option<String>,
 }
 
 pub struct RunState {
@@ -84,8 +108,13 @@ pub struct RunState {
     task_id: String,
     incarnation: u32,
     warm: Option<Warm>,
+    /// The node that accepted the task, when this node pulled it from the cluster's work
+    /// queue: the claim may take it from that node (otherwise only from this one).
+    origin: Option<String>,
     epoch: i64,
     spec: Arc<TaskSpec>,
+    /// Who submitted the task (from the claim): its steps' memory is this principal's.
+    principal: Option<String>,
     plan: Plan,
     next_seq: i64,
     done: bool,
@@ -97,6 +126,24 @@ pub struct RunState {
     flush_now: bool,
     /// A [`RunMsg::Flush`] is on its way.
     flush_armed: bool,
+    /// Attempts ready to start once what they depend on is committed (see [`Run`]).
+    launching: Vec<(usize, Work)>,
+    /// This node's lease as of just before the last commit ([`crate::lease::NodeLease::until`]).
+    lease_at_commit: u64,
+    /// The claim is done (the run knows its lease epoch).
+    started: bool,
+    /// Storage is unreachable: the wait before the next try.
+    storage_backoff: Option<Duration>,
+    /// The retry of a failed write is due (its [`RunMsg::Flush`] came).
+    retry_due: bool,
+    /// The task was taken over by another owner: stop without writing.
+    lost: bool,
+    /// Cancellers waiting for the cancelled outcome to be committed.
+    cancel_replies: Vec<RpcReplyPort<TaskStatus>>,
+    /// The scheduler was told this run ended.
+    reported: bool,
+    /// Bytes of outputs and trace this task has stored ([`budget`]).
+    output_used: u64,
 }
 
 pub struct Run;
@@ -107,6 +154,7 @@ impl Run {
         task_id: String,
         incarnation: u32,
         warm: Option<Warm>,
+        origin: Option<String>,
         supervisor: ActorCell,
     ) -> Result<ActorCell, SpawnErr> {
         let args = RunArgs {
@@ -114,6 +162,7 @@ impl Run {
             task_id,
             incarnation,
             warm,
+            origin,
         };
         Actor::spawn_linked(None, Run, args, supervisor)
             .await
@@ -139,8 +188,10 @@ impl Actor for Run {
             task_id: args.task_id,
             incarnation: args.incarnation,
             warm: args.warm,
+            origin: args.origin,
             epoch: 0,
             spec: Arc::default(),
+            principal: None,
             plan: Plan::default(),
             next_seq: 0,
             done: false,
@@ -148,6 +199,15 @@ impl Actor for Run {
             pending: None,
             flush_now: false,
             flush_armed: false,
+            launching: Vec::new(),
+            lease_at_commit: 0,
+            started: false,
+            storage_backoff: None,
+            retry_due: false,
+            lost: false,
+            cancel_replies: Vec::new(),
+            reported: false,
+            output_used: 0,
         })
     }
 
@@ -161,6 +221,9 @@ impl Actor for Run {
                 cancel.cancel();
             }
         }
+        // Stopped from outside (an operator, the `runs` supervisor shutting down): the
+        // scheduler's slot is freed and the unfinished task queued again.
+        state.report_finished();
         Ok(())
     }
 
@@ -170,21 +233,30 @@ impl Actor for Run {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if state.done {
-            if let RunMsg::Cancel(reply) = msg {
-                let _ = reply.send(state.outcome.unwrap_or(TaskStatus::Cancelled));
+        let mut result = Ok(());
+        match msg {
+            // Once done, only the write of the outcome (if storage kept it waiting) and
+            // cancellers (answered once it is committed) are of interest.
+            RunMsg::Cancel(reply) if state.done => state.cancel_replies.push(reply),
+            RunMsg::Flush => {
+                state.flush_armed = false;
+                state.flush_now = true;
+                state.retry_due = true;
             }
-            return Ok(());
-        }
-        let mut cancelled = None;
-        let result = match msg {
-            RunMsg::Start => state.start(&myself).await,
+            _ if state.done => {}
+            RunMsg::Start => result = state.start(&myself).await,
+            // The agent found the lease lapsed when the step's turn came.
+            RunMsg::StepDone {
+                index,
+                result: Err(ToolError::NotStarted),
+                ..
+            } => state.not_started(&myself, index),
             RunMsg::StepDone {
                 index,
                 agent,
-                result,
+                result: done,
                 judged,
-            } => state.step_done(&myself, index, agent, result, judged),
+            } => result = state.step_done(&myself, index, agent, done, judged),
             RunMsg::Retry(index) => {
                 // A cancel or deadline during the backoff has already settled the step.
                 if state
@@ -193,48 +265,49 @@ impl Actor for Run {
                     .get(index)
                     .is_some_and(|s| s.state.status == StepStatus::Pending)
                 {
-                    state.launch(&myself, index);
+                    state.launch(index);
                 }
-                Ok(())
             }
-            RunMsg::Flush => {
-                state.flush_armed = false;
-                state.flush_now = true;
-                Ok(())
+            RunMsg::NotStarted(index) => state.not_started(&myself, index),
+            RunMsg::Deadline => {
+                result = state.stop_all(TaskStatus::TimedOut, "the task's timeout passed")
             }
-            RunMsg::Deadline => state.stop_all(TaskStatus::TimedOut, "the task's timeout passed"),
-            RunMsg::Planned(Ok(plan)) => state.planned(&myself, plan),
-            RunMsg::Planned(Err(e)) => state.finish(TaskStatus::Failed, Some(e.to_string())),
+            RunMsg::Planned(Ok(plan)) => result = state.planned(plan),
+            RunMsg::Planned(Err(e)) => {
+                result = state.finish(TaskStatus::Failed, Some(e.to_string()))
+            }
             RunMsg::Cancel(reply) => {
-                cancelled = Some(reply);
-                state.stop_all(TaskStatus::Cancelled, "cancelled on request")
+                state.cancel_replies.push(reply);
+                result = state.stop_all(TaskStatus::Cancelled, "cancelled on request");
             }
-        };
+        }
         let result = match result {
             Ok(()) => state.flush(&myself).await,
             Err(e) => Err(e),
         };
-        // The canceller hears back only once the cancellation is committed; if it could
-        // not be, the dropped reply tells the canceller so (503, not a wrong status).
-        if let Some(reply) = cancelled
-            && result.is_ok()
-        {
-            let _ = reply.send(TaskStatus::Cancelled);
-        }
         match result {
-            Ok(()) => {}
+            Ok(()) => state.start_launches(&myself),
             Err(StoreError::Fenced { task_id, epoch }) => {
                 tracing::warn!(%task_id, epoch, "lost the task's lease; stopping this run");
-                state.done = true;
+                state.lost = true;
+                state.launching.clear();
             }
+            Err(StoreError::Unavailable(e)) => state.wait_for_storage(&myself, &e),
             Err(e) => return Err(e.into()),
         }
-        if state.done {
-            if let Some(scheduler) = state.ctx.scheduler() {
-                let _ = scheduler.cast(SchedulerMsg::RunFinished {
-                    task_id: state.task_id.clone(),
-                });
+        let committed = state.done && state.pending.is_none();
+        if committed || state.lost {
+            // The canceller hears back only once the outcome is committed; a run that lost
+            // its task drops the replies, which tells the canceller so (503, not a wrong
+            // status).
+            let replies = std::mem::take(&mut state.cancel_replies);
+            if committed {
+                let outcome = state.outcome.unwrap_or(TaskStatus::Cancelled);
+                for reply in replies {
+                    let _ = reply.send(outcome);
+                }
             }
+            state.report_finished();
             myself.stop(None);
         }
         Ok(())
@@ -259,54 +332,17 @@ impl RunState {
         }
     }
 
-    /// Adds a result to what will be written when this message's handling ends.
-    fn record(&mut self, progress: Progress) {
-        self.flush_now = true;
-        self.note(progress);
-    }
-
-    /// Adds changes that may wait (up to [`LAUNCH_FLUSH`]) to share a later write.
-    fn note(&mut self, progress: Progress) {
-        match &mut self.pending {
-            Some(pending) => pending.merge(progress),
-            None => self.pending = Some(progress),
+    /// Tells the scheduler this run is over (once), so its slot is free.
+    fn report_finished(&mut self) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
         }
-    }
-
-    /// Writes what is pending in one fenced transaction — now if it holds a result, else
-    /// after [`LAUNCH_FLUSH`] — then publishes its trace entries (so live watchers only
-    /// ever see what is committed).
-    async fn flush(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
-        if self.pending.is_none() {
-            return Ok(());
+        if let Some(scheduler) = self.ctx.scheduler() {
+            let _ = scheduler.cast(SchedulerMsg::RunFinished {
+                task_id: self.task_id.clone(),
+                requeue: !self.done && !self.lost,
+            });
         }
-        if !self.flush_now {
-            if !self.flush_armed {
-                self.flush_armed = true;
-                myself.send_after(LAUNCH_FLUSH, || RunMsg::Flush);
-            }
-            return Ok(());
-        }
-        self.flush_now = false;
-        let Some(progress) = self.pending.take() else {
-            return Ok(());
-        };
-        let events = progress.events.clone();
-        self.services()?.store.record(progress).await?;
-        for event in events {
-            self.publish(event);
-        }
-        Ok(())
-    }
-
-    fn publish(&self, event: TaskEvent) {
-        self.ctx.events.publish(crate::events::Event::Task {
-            task_id: self.task_id.clone(),
-            seq: event.seq,
-            at_ms: event.at_ms,
-            what: event.kind,
-            data: event.data,
-        });
     }
 
     fn progress(&self) -> Progress {
@@ -328,11 +364,16 @@ impl RunState {
                 steps: Vec::new(),
                 next_seq: 1, // after `submitted`
                 created_at_ms: warm.created_at_ms,
+                principal: warm.principal,
             },
             None => {
                 let claimed = services
                     .store
-                    .claim(self.task_id.clone(), self.ctx.node.clone())
+                    .claim(
+                        self.task_id.clone(),
+                        self.ctx.node.clone(),
+                        self.origin.clone(),
+                    )
                     .await?;
                 let Some(claim) = claimed else {
                     self.done = true; // already final
@@ -347,9 +388,15 @@ impl RunState {
                 run: myself.clone(),
             });
         }
+        self.started = true;
+        if self.storage_backoff.take().is_some() {
+            tracing::info!(task_id = %self.task_id, "storage is back; the run starts");
+        }
         self.epoch = claim.epoch;
         self.next_seq = claim.next_seq;
         self.spec = claim.spec;
+        self.principal = claim.principal;
+        self.output_used = budget::recorded(&claim.steps);
         let started = self.event(
             "started",
             json!({"node": self.ctx.node, "epoch": claim.epoch}),
@@ -366,14 +413,17 @@ impl RunState {
             return self.finish(TaskStatus::Failed, Some(reason));
         }
         if let Some(timeout) = self.spec.timeout_secs {
-            let deadline = claim.created_at_ms + (timeout * 1000.0) as i64;
+            let deadline =
+                claim.created_at_ms.saturating_add(
+                    crate::time::secs(timeout).as_millis().min(i64::MAX as u128) as i64,
+                );
             let left = Duration::from_millis((deadline - now_ms()).max(0) as u64);
             myself.send_after(left, || RunMsg::Deadline);
         }
         match claim.plan.or_else(|| self.spec.steps.clone()) {
             Some(plan) => {
                 self.plan = Plan::new(plan, claim.steps);
-                self.advance(myself)
+                self.advance()
             }
             None => self.ask_planner(myself),
         }
@@ -403,11 +453,7 @@ impl RunState {
     }
 
     /// Stores the Planner's plan and starts running it.
-    fn planned(
-        &mut self,
-        myself: &ActorRef<RunMsg>,
-        plan: Vec<StepSpec>,
-    ) -> Result<(), StoreError> {
+    fn planned(&mut self, plan: Vec<StepSpec>) -> Result<(), StoreError> {
         let mut progress = self.progress();
         progress.status = Some(TaskStatus::Running);
         progress.plan = Some(plan.clone());
@@ -416,15 +462,15 @@ impl RunState {
             .push(self.event("planned", json!({"steps": plan.len()})));
         self.record(progress);
         self.plan = Plan::new(plan, Vec::new());
-        self.advance(myself)
+        self.advance()
     }
 
     /// Launches every step whose prerequisites succeeded, skips those whose prerequisites
     /// failed, and finishes the task when nothing is left to run.
-    fn advance(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
+    fn advance(&mut self) -> Result<(), StoreError> {
         let (ready, skipped) = self.plan.scan();
         for i in ready {
-            self.launch(myself, i);
+            self.launch(i);
         }
         if !skipped.is_empty() {
             let mut progress = self.progress();
@@ -435,57 +481,6 @@ impl RunState {
             Some((status, error)) => self.finish(status, error),
             None => Ok(()),
         }
-    }
-
-    /// Starts an attempt of step `i` on an executor chosen by the Router.
-    fn launch(&mut self, myself: &ActorRef<RunMsg>, i: usize) {
-        let input = self.plan.input_for(i);
-        let timeout = self.plan.steps[i]
-            .spec
-            .timeout_secs
-            .map(Duration::from_secs_f64)
-            .or_else(|| {
-                self.services
-                    .as_ref()
-                    .map(|s| Duration::from_secs_f64(s.tools.config().default_timeout_secs))
-            });
-        let step = &mut self.plan.steps[i];
-        let cancel = CancellationToken::new();
-        step.cancel = Some(cancel.clone());
-        step.state.status = StepStatus::Running;
-        step.state.attempts.push(Attempt {
-            attempt: step.state.attempts.len() as u32 + 1,
-            agent: None,
-            node: None,
-            output: None,
-            error: None,
-            verdict: None,
-            started_at: Some(crate::time::now_rfc3339()),
-            finished_at: None,
-        });
-        let work = Work {
-            task_id: self.task_id.clone(),
-            session: self.spec.session.clone(),
-            step: step.spec.clone(),
-            input,
-            timeout,
-            cancel,
-        };
-        let running = step.state.clone();
-        let mut progress = self.progress();
-        progress.steps.push(running);
-        self.note(progress);
-        let ctx = self.ctx.clone();
-        let me = myself.clone();
-        tokio::spawn(async move {
-            let done = coordinator::attempt(&ctx, work).await;
-            let _ = me.cast(RunMsg::StepDone {
-                index: i,
-                agent: done.agent,
-                result: done.result,
-                judged: done.judged,
-            });
-        });
     }
 
     fn step_done(
@@ -507,27 +502,65 @@ impl RunState {
             rules if rules.passed => judged.unwrap_or(rules),
             failed => failed,
         };
-        let max_attempts = step.spec.max_attempts.unwrap_or(self.spec.max_attempts);
-        let output = result
+        let mut max_attempts = step.spec.max_attempts.unwrap_or(self.spec.max_attempts);
+        let mut output = result
             .as_ref()
             .ok()
             .and_then(|o| serde_json::to_value(o).ok());
+        let mut error = result.as_ref().err().map(ToString::to_string);
+        let mut verdict = verdict;
+        // The task's output budget: a result that does not fit is kept out of storage and
+        // fails the step for good (a retry would meet the same wall).
+        let limit = self
+            .services
+            .as_ref()
+            .map_or(u64::MAX, |s| s.scheduler.max_task_output_bytes);
+        let cost = budget::cost(
+            output.as_ref(),
+            verdict.passed,
+            error.as_deref(),
+            &verdict.reason,
+        );
+        if self.output_used.saturating_add(cost) > limit {
+            let reason = budget::exhausted(limit);
+            tracing::warn!(task_id = %self.task_id, step = %step.spec.id, limit, "{reason}");
+            output = None;
+            error = Some(reason.clone());
+            verdict = crate::task::Verdict {
+                passed: false,
+                reason,
+            };
+            max_attempts = 0;
+        }
+        self.output_used = self.output_used.saturating_add(budget::cost(
+            output.as_ref(),
+            verdict.passed,
+            error.as_deref(),
+            &verdict.reason,
+        ));
         if let Some(attempt) = step.state.attempts.last_mut() {
             attempt.agent = agent.as_ref().map(|a| a.0.clone());
             attempt.node = agent.map(|a| a.1);
             attempt.output = output.clone();
-            attempt.error = result.as_ref().err().map(ToString::to_string);
+            attempt.error = error;
             attempt.verdict = Some(verdict.clone());
             attempt.finished_at = Some(crate::time::now_rfc3339());
         }
-        let attempts = step.state.attempts.len() as u32;
+        // An attempt cut short by a crash or a lost node is the infrastructure's, not the
+        // step's: it does not count against the step's attempts.
+        let attempts = step
+            .state
+            .attempts
+            .iter()
+            .filter(|a| !plan::interrupted(a))
+            .count() as u32;
         let kind = if verdict.passed {
             step.state.status = StepStatus::Succeeded;
             step.state.output = output;
             "step.succeeded"
         } else if attempts < max_attempts {
             step.state.status = StepStatus::Pending;
-            let backoff = Duration::from_millis(100u64.saturating_mul(1 << (attempts - 1).min(6)))
+            let backoff = Duration::from_millis(100u64 << attempts.saturating_sub(1).min(6))
                 .min(Duration::from_secs(5));
             step.cancel = Some(CancellationToken::new()); // holds the slot until the retry
             myself.send_after(backoff, move || RunMsg::Retry(i));
@@ -543,11 +576,12 @@ impl RunState {
         progress.steps.push(state);
         progress.events.push(event);
         self.record(progress);
-        self.advance(myself)
+        self.advance()
     }
 
     /// Cancels or times out the task: stops running steps and records the outcome.
     fn stop_all(&mut self, status: TaskStatus, reason: &str) -> Result<(), StoreError> {
+        self.launching.clear(); // readied, never started
         let mut touched = Vec::new();
         for step in &mut self.plan.steps {
             if let Some(cancel) = step.cancel.take() {

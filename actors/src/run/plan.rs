@@ -8,10 +8,19 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::task::store::StepState;
-use crate::task::{StepSpec, StepStatus, TaskStatus};
+use crate::task::{Attempt, StepSpec, StepStatus, TaskStatus};
 
 /// What an attempt that was in flight when its run stopped (node killed, run crashed) reads.
 const INTERRUPTED: &str = "interrupted: the run making this attempt stopped before it finished";
+/// What a recorded attempt reads that never started its tool (no proof of the lease).
+pub const NOT_STARTED: &str =
+    "interrupted: not started, this node could not prove that it still held its lease";
+
+/// Whether `attempt` was cut short by the infrastructure (its run stopped, or it never
+/// started for want of the lease), not by the step's own failure.
+pub fn interrupted(attempt: &Attempt) -> bool {
+    attempt.error.as_deref() == Some(INTERRUPTED) || attempt.error.as_deref() == Some(NOT_STARTED)
+}
 
 pub struct StepRun {
     pub spec: StepSpec,

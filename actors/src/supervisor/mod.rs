@@ -300,8 +300,15 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         spec: ChildSpec,
     ) -> Result<u64, SupervisorError> {
-        if self.slot_index(&spec.id).is_some() {
-            return Err(SupervisorError::DuplicateChild(spec.id));
+        if let Some(idx) = self.slot_index(&spec.id) {
+            // A dynamic child an operator stopped keeps its slot (so it can be restarted
+            // by name); starting it afresh takes that slot over, as OTP's
+            // `simple_one_for_one` would start a new child.
+            let slot = &self.slots[idx];
+            if !(slot.dynamic && slot.state == SlotState::Stopped) {
+                return Err(SupervisorError::DuplicateChild(spec.id));
+            }
+            self.slots.remove(idx);
         }
         let id = spec.id.clone();
         let cell =

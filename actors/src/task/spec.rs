@@ -16,6 +16,10 @@ use crate::supervisor::spec::parse_from_string;
 pub const MAX_STEPS: usize = 1000;
 /// Most attempts a step may be given.
 pub const MAX_ATTEMPTS: u32 = 100;
+/// Longest timeout a task or a step may be given, in seconds: thirty days, the bound of
+/// `tools.default_timeout_secs` too. Bounded so that every conversion of it (to a
+/// `Duration`, to a deadline in milliseconds) stays far inside its type.
+pub const MAX_TIMEOUT_SECS: f64 = crate::tools::MAX_TIMEOUT_SECS;
 
 #[derive(
     Debug,
@@ -83,9 +87,14 @@ impl fmt::Display for Priority {
     }
 }
 
-/// A submitted task.
+/// A submitted task. `steps` is required unless an LLM provider is configured for the
+/// Planner (then a `description` alone will do).
 #[derive(Debug, Clone, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "description": "say hello",
+    "steps": [{"id": "hello", "tool": "echo", "args": {"text": "hello"}}]
+}))]
 pub struct TaskSpec {
     #[serde(default)]
     pub description: Option<String>,
@@ -97,7 +106,7 @@ pub struct TaskSpec {
     pub idempotency_key: Option<String>,
     /// The whole task must finish within this; `None`: no limit.
     #[serde(default)]
-    #[schema(exclusive_minimum = 0)]
+    #[schema(exclusive_minimum = 0, maximum = 2592000)]
     pub timeout_secs: Option<f64>,
     /// Attempts per step unless the step says otherwise.
     #[serde(default = "default_attempts")]
@@ -105,6 +114,7 @@ pub struct TaskSpec {
     pub max_attempts: u32,
     /// The plan; when absent the Planner makes one from the description.
     #[serde(default)]
+    #[schema(required, value_type = Vec<StepSpec>, min_items = 1, max_items = 1000)]
     pub steps: Option<Vec<StepSpec>>,
     /// A session this task belongs to: its `memory` steps with `scope: "session"` share
     /// entries with the other tasks of the same session.
@@ -123,6 +133,7 @@ fn default_attempts() -> u32 {
 pub struct StepSpec {
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub id: String,
+    #[schema(example = "echo")]
     pub tool: String,
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
@@ -135,7 +146,7 @@ pub struct StepSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(exclusive_minimum = 0)]
+    #[schema(exclusive_minimum = 0, maximum = 2592000)]
     pub timeout_secs: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 100)]
@@ -214,18 +225,14 @@ impl TaskSpec {
             ));
         }
         if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > 200)
+            && !is_name(key)
         {
             errors.push(FieldError::new(
                 "idempotency_key",
-                "must be 1-200 characters",
+                "must be 1-200 characters, none of them a control character",
             ));
         }
-        if let Some(t) = self.timeout_secs
-            && !(t.is_finite() && t > 0.0)
-        {
-            errors.push(FieldError::new("timeout_secs", "must be a positive number"));
-        }
+        check_timeout("timeout_secs", self.timeout_secs, &mut errors);
         if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
             errors.push(FieldError::new(
                 "max_attempts",
@@ -233,9 +240,12 @@ impl TaskSpec {
             ));
         }
         if let Some(session) = &self.session
-            && (session.is_empty() || session.len() > 200)
+            && !is_name(session)
         {
-            errors.push(FieldError::new("session", "must be 1-200 characters"));
+            errors.push(FieldError::new(
+                "session",
+                "must be 1-200 characters, none of them a control character",
+            ));
         }
         if let Some(steps) = &self.steps {
             validate_plan(steps, &check_tool, &mut errors);
@@ -255,6 +265,27 @@ impl TaskSpec {
         } else {
             Err(errors)
         }
+    }
+}
+
+/// A caller's name for something (an idempotency key, a session): 1-200 bytes and no
+/// control character, so that the store can put it beside the principal's name behind a
+/// newline without two names ever meaning the same.
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 200 && !s.chars().any(char::is_control)
+}
+
+/// A timeout must be a number of seconds above 0 and at most [`MAX_TIMEOUT_SECS`].
+fn check_timeout(field: &str, secs: Option<f64>, errors: &mut Vec<FieldError>) {
+    if let Some(t) = secs
+        && !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS)
+    {
+        errors.push(FieldError::new(
+            field,
+            format!(
+                "must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS} (30 days), got {t}"
+            ),
+        ));
     }
 }
 
@@ -299,14 +330,7 @@ pub fn validate_plan(
         if let Err(reason) = check_tool(&step.tool, &step.args) {
             errors.push(FieldError::new(format!("{at}.tool"), reason));
         }
-        if let Some(t) = step.timeout_secs
-            && !(t.is_finite() && t > 0.0)
-        {
-            errors.push(FieldError::new(
-                format!("{at}.timeout_secs"),
-                "must be a positive number",
-            ));
-        }
+        check_timeout(&format!("{at}.timeout_secs"), step.timeout_secs, errors);
         if let Some(n) = step.max_attempts
             && !(1..=MAX_ATTEMPTS).contains(&n)
         {
@@ -500,6 +524,55 @@ mod tests {
             "{}",
             errors[0].message
         );
+    }
+
+    #[test]
+    fn timeouts_are_bounded_numbers_of_seconds() {
+        let bad = [
+            0.0,
+            -1.0,
+            1e308,
+            MAX_TIMEOUT_SECS * 1.01,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        for t in bad {
+            let mut s = spec(json!([{"id": "a", "tool": "echo"}]));
+            s.timeout_secs = Some(t);
+            s.steps.as_mut().unwrap()[0].timeout_secs = Some(t);
+            assert_eq!(
+                fields(&s),
+                vec!["timeout_secs", "steps[0].timeout_secs"],
+                "{t}"
+            );
+        }
+        let mut s = spec(json!([{"id": "a", "tool": "echo", "timeout_secs": 0.001}]));
+        s.timeout_secs = Some(MAX_TIMEOUT_SECS);
+        s.validate(any_tool).unwrap();
+    }
+
+    #[test]
+    fn a_plan_checked_alone_bounds_its_timeouts_too() {
+        // What the Planner's plans go through.
+        let steps: Vec<StepSpec> =
+            serde_json::from_value(json!([{"id": "a", "tool": "echo", "timeout_secs": 1e308}]))
+                .unwrap();
+        let mut errors = Vec::new();
+        validate_plan(&steps, &any_tool, &mut errors);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["steps[0].timeout_secs"]);
+        assert!(errors[0].message.contains("at most"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn json_numbers_too_large_for_a_float_do_not_parse() {
+        // serde_json refuses them (no infinity sneaks in); the API answers 400.
+        let e = serde_json::from_str::<TaskSpec>(r#"{"timeout_secs": 1e400, "description": "x"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = serde_json::from_str::<TaskSpec>(r#"{"max_attempts": 1e308, "description": "x"}"#)
+            .unwrap_err();
+        assert!(e.is_data(), "{e}");
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum StoreError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Storage refused the write itself (bad data, a constraint): trying again cannot
+    /// help, so a run that gets it fails like a crash would, not waits.
+    #[error("storage refused the write: {0}")]
+    Rejected(String),
     #[error("task {task_id}: lease epoch {epoch} is no longer current; another owner took over")]
     Fenced { task_id: String, epoch: i64 },
     #[error("no task {0}")]
@@ -33,6 +37,9 @@ pub struct NewTask {
     pub spec: Arc<TaskSpec>,
     pub created_at_ms: i64,
     pub owner: String,
+    /// Who submitted it (the API token's `sub`), when the API authenticates: the task, its
+    /// trace and its `session`/`global` memory are that principal's.
+    pub principal: Option<String>,
 }
 
 impl NewTask {
@@ -44,6 +51,7 @@ impl NewTask {
             spec: Arc::new(spec),
             created_at_ms: now_ms(),
             owner: String::new(),
+            principal: None,
         }
     }
 }
@@ -56,6 +64,10 @@ pub const FIRST_EPOCH: i64 = 1;
 pub struct Submitted {
     pub task_id: String,
     pub created: bool,
+    /// The idempotency key was used before with another request: `task_id` is the earlier
+    /// task, which this request must not be mistaken for.
+    #[serde(skip)]
+    pub conflict: bool,
     pub status: TaskStatus,
     pub priority: Priority,
 }
@@ -90,6 +102,8 @@ pub struct Claim {
     pub steps: Vec<StepState>,
     pub next_seq: i64,
     pub created_at_ms: i64,
+    /// Who submitted it ([`NewTask::principal`]).
+    pub principal: Option<String>,
 }
 
 /// Changes a run records in one go (one transaction, fenced by `epoch`).
@@ -127,16 +141,21 @@ pub trait TaskStore: Send + Sync + 'static {
     /// after the commit.
     fn submit(&self, task: NewTask) -> BoxFuture<'_, Result<Submitted, StoreError>>;
 
-    /// Takes a task over for `node`: bumps its lease epoch (fencing any earlier owner)
-    /// and returns what is recorded. `None` when the task is already final.
+    /// Takes a task for a run on `node`: bumps its lease epoch (fencing any earlier
+    /// holder) and returns what is recorded. Only a task `node` owns (accepted, resumed or
+    /// taken over through the arbiter), or one `origin` owns and nobody started (a ticket
+    /// of the cluster's work queue that `origin` offered), can be claimed: a node that lost
+    /// a task never claims it back. `None` when the task is final or not claimable.
     fn claim(
         &self,
         task_id: String,
         node: String,
+        origin: Option<String>,
     ) -> BoxFuture<'_, Result<Option<Claim>, StoreError>>;
 
     /// Records a run's progress, unless its lease epoch is stale.
-    fn record(&self, progress: Progress) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// `progress` is borrowed: the caller keeps it until the write is committed.
+    fn record<'a>(&'a self, progress: &'a Progress) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Cancels a task that is still queued (no run has recorded anything of it), bumping
     /// its lease epoch so a run that holds it is fenced; returns its status after the attempt.
@@ -146,11 +165,13 @@ pub trait TaskStore: Send + Sync + 'static {
         at_ms: i64,
     ) -> BoxFuture<'_, Result<TaskStatus, StoreError>>;
 
-    /// Tasks not final (to resume after a restart), oldest first: all of them, or those
-    /// owned by `owner` (in a cluster, the others' tasks are theirs or taken over).
+    /// The tasks `owner` holds that are not final, oldest first (to resume and
+    /// reconcile); only those a run has started (`planning`, `running`) when
+    /// `started_only`, a cheap question however deep the queue.
     fn unfinished(
         &self,
-        owner: Option<String>,
+        owner: String,
+        started_only: bool,
     ) -> BoxFuture<'_, Result<Vec<(String, Priority)>, StoreError>>;
 }
 

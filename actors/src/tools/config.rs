@@ -4,9 +4,12 @@
 //! and print. [`ToolsConfig::validate`] names the offending key so the node can stop with a
 //! clear message (exit code 2) instead of running with a setting it does not understand.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use super::programs::{forbidden_env, runs_anything};
 
 /// Longest timeout a step may be given (and the default may be set to): thirty days.
 pub const MAX_TIMEOUT_SECS: f64 = 30.0 * 24.0 * 3600.0;
@@ -29,22 +32,38 @@ pub struct ToolsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ShellConfig {
     pub enabled: bool,
-    /// Programs allowed as `argv[0]`, matched exactly (names looked up in `PATH`, or
-    /// absolute paths); `"*"` allows any program.
+    /// Programs allowed as `argv[0]`, matched exactly: names (resolved once, with the
+    /// node's `PATH` at start) or absolute paths; `"*"` allows any program.
     pub allow: Vec<String>,
     /// Whether `cmd` strings may run through `sh -c`; needs `"sh"` (or `"*"`) in `allow`.
     pub use_sh: bool,
+    /// Explicit consent to list programs that run any command they are given (shells,
+    /// `env`, `find`, `xargs`, interpreters…, see [`super::programs::RUN_ANYTHING`]) or `"*"`.
+    pub allow_run_anything: bool,
+    /// Variables a step's `env` may set (none by default); never `PATH`, `LD_*` and the
+    /// like (see [`super::programs::forbidden_env`]).
+    pub env_allow: Vec<String>,
 }
 
-/// `[tools.http]`: which hosts requests (and redirects) may go to.
+/// `[tools.http]`: which hosts requests (and redirects) may go to, and which addresses.
 #[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpToolConfig {
-    /// Exact host names (`"api.example.com"`, `"127.0.0.1"`), wildcard subdomains
-    /// (`"*.example.com"`), or `"*"` for any host.
+    /// Exact host names (`"api.example.com"`, `"203.0.113.7"`), wildcard subdomains
+    /// (`"*.example.com"`), or `"*"` for any host. Empty (the default): every request is
+    /// refused.
     pub allow_hosts: Vec<String>,
+    /// CIDRs (`"127.0.0.1/32"`, `"10.0.0.0/8"`) whose addresses may be connected to although
+    /// they are loopback, private, link-local or otherwise special. Empty by default.
+    pub allow_cidrs: Vec<String>,
+    /// A PEM file of extra CA certificates trusted for https, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Redirects followed per request; each target host is checked again.
     pub max_redirects: usize,
+    /// The node's own listeners (set by the node at start, not configurable): never
+    /// reachable by a step, whatever `allow_cidrs` says.
+    #[serde(skip)]
+    pub node_listeners: Vec<SocketAddr>,
 }
 
 /// `[tools.file]`: the one directory the `file` tool (and `shell`'s `cwd`) may touch.
@@ -69,8 +88,11 @@ impl Default for ToolsConfig {
 impl Default for HttpToolConfig {
     fn default() -> Self {
         HttpToolConfig {
-            allow_hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            allow_hosts: Vec::new(),
+            allow_cidrs: Vec::new(),
+            ca_file: None,
             max_redirects: 5,
+            node_listeners: Vec::new(),
         }
     }
 }
@@ -105,6 +127,25 @@ impl ToolsConfig {
                 ));
             }
         }
+        if !self.shell.allow_run_anything
+            && let Some(program) = self.shell.allow.iter().find(|p| runs_anything(p))
+        {
+            return Err(format!(
+                "tools.shell.allow: {program:?} runs any command it is given; set tools.shell.allow_run_anything = true to allow it anyway"
+            ));
+        }
+        for key in &self.shell.env_allow {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(format!(
+                    "tools.shell.env_allow: {key:?} is not a variable name"
+                ));
+            }
+            if forbidden_env(key) {
+                return Err(format!(
+                    "tools.shell.env_allow: {key:?} may never be set by a step (it chooses which code runs)"
+                ));
+            }
+        }
         if self.shell.use_sh && !self.shell.allows_program("sh") {
             return Err(
                 "tools.shell.use_sh: needs \"sh\" in tools.shell.allow (cmd strings run as sh -c)"
@@ -120,6 +161,15 @@ impl ToolsConfig {
                     "tools.http.allow_hosts: {host:?} is not a host pattern (use \"example.com\", \"*.example.com\" or \"*\")"
                 ));
             }
+        }
+        self.http.cidrs()?;
+        if self
+            .http
+            .ca_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err("tools.http.ca_file: must be a file path".into());
         }
         if self.http.max_redirects > 20 {
             return Err("tools.http.max_redirects: must be at most 20".into());
@@ -139,6 +189,20 @@ impl ShellConfig {
 }
 
 impl HttpToolConfig {
+    /// `allow_cidrs` parsed; the error names the key and the entry.
+    pub fn cidrs(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.allow_cidrs
+            .iter()
+            .map(|cidr| {
+                cidr.trim().parse::<ipnet::IpNet>().map_err(|_| {
+                    format!(
+                        "tools.http.allow_cidrs: {cidr:?} is not a CIDR (use \"127.0.0.1/32\", \"10.0.0.0/8\", \"::1/128\")"
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Whether requests may go to `host` (as `Url::host_str` gives it).
     pub fn allows_host(&self, host: &str) -> bool {
         let unbracket = |h: &str| {

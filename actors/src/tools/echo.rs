@@ -2,9 +2,11 @@
 //! free of side effects, it is how a task is tried out without granting anything, and the
 //! cheapest step for tests and benchmarks of the machinery around the tools.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
-use super::output::{lossy_text, parse_json};
+use super::output::{Capped, parse_json, render};
 use super::{ToolError, ToolOutput, parse_args};
 
 #[derive(Deserialize)]
@@ -23,19 +25,24 @@ pub(super) fn run(
     cap: usize,
 ) -> Result<ToolOutput, ToolError> {
     let args: Args = parse_args("echo", args)?;
-    let text = match (args.text, input) {
-        (Some(text), Some(input)) => text.replace("{{input}}", input),
-        (Some(text), None) => text,
-        (None, Some(input)) => input.to_owned(),
+    // Rendered within the cap: `{{input}}` repeated cannot multiply a long input in memory.
+    let out = match (args.text, input) {
+        (Some(text), input) => render(&text, cap, |name| {
+            input.filter(|_| name == "input").map(Cow::Borrowed)
+        }),
+        (None, Some(input)) => {
+            let mut out = Capped::new(cap);
+            out.push(input.as_bytes());
+            out
+        }
         (None, None) => {
             return Err(ToolError::InvalidArgs(
                 "echo: `text` is required when the step has no input".into(),
             ));
         }
     };
-    let bytes = text.len() as u64;
-    let truncated = text.len() > cap;
-    let text = lossy_text(text.as_bytes(), cap, truncated);
+    let (bytes, truncated) = (out.bytes(), out.truncated());
+    let text = out.into_text();
     Ok(ToolOutput {
         json: parse_json(&text, truncated),
         text,

@@ -5,10 +5,16 @@
 //! Reads and listings are capped like every other output.
 
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, fstatat};
 
 use serde::Deserialize;
 
+use super::beneath::{self, Beneath, BeneathError, Kind};
 use super::output::{Capped, lossy_text, parse_json};
 use super::{ToolError, ToolOutput, parse_args, workspace};
 
@@ -94,14 +100,36 @@ fn io_failed(op: &str, rel: &Path) -> impl Fn(std::io::Error) -> ToolError {
     move |e| ToolError::Failed(format!("file: {op} {path:?}: {e}"))
 }
 
+/// The tool's error for a failure to open `rel` beneath the workspace.
+fn beneath_failed(op: &str, e: BeneathError) -> ToolError {
+    match e {
+        BeneathError::IsDirectory { .. }
+        | BeneathError::NotDirectory { .. }
+        | BeneathError::NoName => ToolError::InvalidArgs(format!("file: {op}: {e}")),
+        e if e.is_refusal() => ToolError::Denied(format!("file: {op}: {e}")),
+        e => ToolError::Failed(format!("file: {op}: {e}")),
+    }
+}
+
 fn read(workspace: &Path, rel: &Path, cap: usize) -> Result<ToolOutput, ToolError> {
-    let path = workspace::existing("file", workspace, rel)?;
     let failed = io_failed("read", rel);
-    let file = std::fs::File::open(&path).map_err(&failed)?;
+    let beneath = Beneath::new(workspace).map_err(|e| beneath_failed("read", e))?;
+    // O_NONBLOCK: opening a FIFO must not hang the step (it is refused below).
+    let fd = beneath
+        .open(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
+        .map_err(|e| beneath_failed("read", e))?;
+    let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(&failed)?;
+    refuse_hard_links(&meta, rel)?;
     if meta.is_dir() {
         return Err(ToolError::InvalidArgs(format!(
             "file: {:?} is a directory; use op list",
+            shown(rel)
+        )));
+    }
+    if !meta.is_file() {
+        return Err(ToolError::InvalidArgs(format!(
+            "file: {:?} is not a regular file",
             shown(rel)
         )));
     }
@@ -122,23 +150,46 @@ fn read(workspace: &Path, rel: &Path, cap: usize) -> Result<ToolOutput, ToolErro
     })
 }
 
+/// A file with another name may be a hard link to a file outside the workspace (made by a
+/// `shell` step, or before): reading or writing it would reach outside.
+fn refuse_hard_links(meta: &std::fs::Metadata, rel: &Path) -> Result<(), ToolError> {
+    if !meta.is_dir() && meta.nlink() > 1 {
+        return Err(ToolError::Denied(format!(
+            "file: {:?} has {} hard links; a file with more than one may be shared with a file outside the workspace",
+            shown(rel),
+            meta.nlink()
+        )));
+    }
+    Ok(())
+}
+
 fn write(workspace: &Path, rel: &Path, op: Op, content: &str) -> Result<ToolOutput, ToolError> {
-    let path = workspace::entry("file", workspace, rel, true)?;
-    let failed = io_failed(if op == Op::Append { "append" } else { "write" }, rel);
-    if path.is_dir() {
+    let verb = if op == Op::Append { "append" } else { "write" };
+    let failed = io_failed(verb, rel);
+    let beneath = Beneath::new(workspace).map_err(|e| beneath_failed(verb, e))?;
+    let (dir, name) = beneath
+        .parent(rel, true)
+        .map_err(|e| beneath_failed(verb, e))?;
+    // Never O_TRUNC: the file is truncated only once it is known to have one link (a hard
+    // link to a file elsewhere must not be emptied either).
+    let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NONBLOCK;
+    if op == Op::Append {
+        flags |= OFlag::O_APPEND;
+    }
+    let fd = beneath::open_in(&dir, name, flags, Mode::from_bits_truncate(0o666))
+        .map_err(|e| beneath_failed(verb, BeneathError::from_errno(rel, e)))?;
+    let mut file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(&failed)?;
+    refuse_hard_links(&meta, rel)?;
+    if !meta.is_file() {
         return Err(ToolError::InvalidArgs(format!(
-            "file: {:?} is a directory",
+            "file: {:?} is not a regular file",
             shown(rel)
         )));
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true);
-    if op == Op::Append {
-        options.append(true);
-    } else {
-        options.write(true).truncate(true);
+    if op == Op::Write {
+        file.set_len(0).map_err(&failed)?;
     }
-    let mut file = options.open(&path).map_err(&failed)?;
     std::io::Write::write_all(&mut file, content.as_bytes()).map_err(&failed)?;
     let verb = if op == Op::Append {
         "appended"
@@ -154,27 +205,33 @@ fn write(workspace: &Path, rel: &Path, op: Op, content: &str) -> Result<ToolOutp
 }
 
 fn list(workspace: &Path, rel: &Path, cap: usize) -> Result<ToolOutput, ToolError> {
-    let path = workspace::existing("file", workspace, rel)?;
-    let failed = io_failed("list", rel);
-    if !path.is_dir() {
-        return Err(ToolError::InvalidArgs(format!(
+    let failed = |e: Errno| beneath_failed("list", BeneathError::from_errno(rel, e));
+    let beneath = Beneath::new(workspace).map_err(|e| beneath_failed("list", e))?;
+    let open = |flags| beneath.open(rel, flags, Mode::empty());
+    let dir = open(OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(|e| match e {
+        BeneathError::NotDirectory { .. } => ToolError::InvalidArgs(format!(
             "file: {:?} is not a directory; use op read",
             shown(rel)
-        )));
-    }
+        )),
+        e => beneath_failed("list", e),
+    })?;
+    // A second descriptor of the same directory to stat its entries by, since reading the
+    // entries consumes the first.
+    let walk = open(OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| beneath_failed("list", e))?;
     let mut entries = Vec::new();
-    for entry in std::fs::read_dir(&path).map_err(&failed)? {
-        let entry = entry.map_err(&failed)?;
-        let meta = entry.path().symlink_metadata().map_err(&failed)?;
-        let kind = if meta.file_type().is_symlink() {
-            "symlink"
-        } else if meta.is_dir() {
-            "dir"
-        } else {
-            "file"
+    for name in beneath::names(dir).map_err(failed)? {
+        let stat =
+            fstatat(&walk, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(failed)?;
+        let kind = match Kind::of(&stat) {
+            Kind::Symlink => "symlink",
+            Kind::Dir => "dir",
+            Kind::File | Kind::Other => "file",
         };
-        let name = entry.file_name().to_string_lossy().into_owned();
-        entries.push((name, kind, meta.len()));
+        entries.push((
+            name.to_string_lossy().into_owned(),
+            kind,
+            stat.st_size as u64,
+        ));
     }
     entries.sort();
     let mut text = Capped::new(cap);
@@ -200,15 +257,10 @@ fn list(workspace: &Path, rel: &Path, cap: usize) -> Result<ToolOutput, ToolErro
 }
 
 fn delete(workspace: &Path, rel: &Path) -> Result<ToolOutput, ToolError> {
-    let path = workspace::entry("file", workspace, rel, false)?;
-    let failed = io_failed("delete", rel);
-    let meta = path.symlink_metadata().map_err(&failed)?;
-    if meta.is_dir() {
-        // Does not follow symlinks inside the directory.
-        std::fs::remove_dir_all(&path).map_err(&failed)?;
-    } else {
-        std::fs::remove_file(&path).map_err(&failed)?;
-    }
+    let beneath = Beneath::new(workspace).map_err(|e| beneath_failed("delete", e))?;
+    beneath
+        .remove(rel)
+        .map_err(|e| beneath_failed("delete", e))?;
     Ok(ToolOutput {
         text: format!("deleted {}", shown(rel)),
         exit_code: Some(0),

@@ -6,11 +6,14 @@
 //! stops once it passes the cap.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
+use super::net_guard::{Guard, GuardedResolver, Refused};
 use super::output::{Capped, parse_json};
 use super::{ToolError, ToolOutput, ToolsConfig, parse_args};
 
@@ -31,14 +34,44 @@ struct Request {
     body: Option<Vec<u8>>,
 }
 
-/// The client every call shares: no automatic redirects (they are checked here) and no
-/// proxy from the environment (requests go where the allowlist says).
-pub(super) fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(|e| format!("tools.http: cannot build the HTTP client: {e}"))
+/// What every call shares: the TLS settings (system roots plus `tools.http.ca_file`) and
+/// the address guard.
+pub(super) struct HttpTool {
+    tls: rustls::ClientConfig,
+    guard: Arc<Guard>,
+}
+
+impl HttpTool {
+    pub(super) fn new(config: &ToolsConfig) -> Result<HttpTool, String> {
+        let (tls, roots) =
+            crate::tls::client_config(config.http.ca_file.as_deref(), "tools.http.ca_file")
+                .map_err(|e| e.to_string())?;
+        if roots == 0 {
+            tracing::warn!(
+                "tools.http: no CA certificate found (install ca-certificates or set tools.http.ca_file); https requests will fail"
+            );
+        }
+        let guard = Guard::new(config.http.cidrs()?, &config.http.node_listeners);
+        Ok(HttpTool {
+            tls,
+            guard: Arc::new(guard),
+        })
+    }
+
+    /// A client for one hop to `port`: no automatic redirects (they are checked here), no
+    /// proxy from the environment, and a resolver that only yields allowed addresses.
+    fn client(&self, port: u16) -> Result<reqwest::Client, ToolError> {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .tls_backend_preconfigured(self.tls.clone())
+            .dns_resolver(Arc::new(GuardedResolver {
+                guard: self.guard.clone(),
+                port,
+            }))
+            .build()
+            .map_err(|e| ToolError::Failed(format!("http: cannot build the HTTP client: {e}")))
+    }
 }
 
 /// Checks that `url` is http(s) and its host is allowed; `what` says where it came from.
@@ -53,6 +86,11 @@ fn check_url(config: &ToolsConfig, url: &Url, what: &str) -> Result<(), ToolErro
             "http: {what} {url} has no host"
         )));
     };
+    if config.http.allow_hosts.is_empty() {
+        return Err(ToolError::Denied(
+            "http: tools.http.allow_hosts is empty, so the http tool refuses every request; list the hosts steps may call".into(),
+        ));
+    }
     if !config.http.allows_host(host) {
         return Err(ToolError::Denied(format!(
             "http: {what} host {host:?} is not in tools.http.allow_hosts {:?}",
@@ -75,6 +113,11 @@ fn parse(config: &ToolsConfig, args: &serde_json::Value) -> Result<Request, Tool
     for (name, value) in &args.headers {
         let bad = || ToolError::InvalidArgs(format!("http: `headers` entry {name:?} is not valid"));
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+        if name == header::HOST {
+            return Err(ToolError::InvalidArgs(
+                "http: `headers` may not set Host (the host is the one in `url`)".into(),
+            ));
+        }
         let value = HeaderValue::from_str(value).map_err(|_| bad())?;
         headers.insert(name, value);
     }
@@ -112,9 +155,37 @@ fn describe(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The port of `url` and, when its host is an IP literal (which no resolver sees), the
+/// guard's verdict on it.
+fn check_address(guard: &Guard, url: &Url) -> Result<u16, ToolError> {
+    let port = url.port_or_known_default().unwrap_or(80);
+    let ip = url
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse::<IpAddr>().ok());
+    if let Some(ip) = ip {
+        guard
+            .check(SocketAddr::new(ip, port))
+            .map_err(|refused| ToolError::Denied(refused.0))?;
+    }
+    Ok(port)
+}
+
+/// The guard's refusal when it is what failed the request, else the error with its causes.
+fn send_error(method: &Method, url: &Url, e: &reqwest::Error) -> ToolError {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return ToolError::Denied(refused.0.clone());
+        }
+        source = cause.source();
+    }
+    ToolError::Failed(format!("http: {method} {url}: {}", describe(e)))
+}
+
 pub(super) async fn run(
     config: &ToolsConfig,
-    client: &reqwest::Client,
+    tool: &HttpTool,
     args: &serde_json::Value,
 ) -> Result<ToolOutput, ToolError> {
     let Request {
@@ -125,6 +196,8 @@ pub(super) async fn run(
     } = parse(config, args)?;
     let mut redirects = 0;
     loop {
+        let port = check_address(&tool.guard, &url)?;
+        let client = tool.client(port)?;
         let mut request = client
             .request(method.clone(), url.clone())
             .headers(headers.clone());
@@ -134,7 +207,7 @@ pub(super) async fn run(
         let response = request
             .send()
             .await
-            .map_err(|e| ToolError::Failed(format!("http: {method} {url}: {}", describe(&e))))?;
+            .map_err(|e| send_error(&method, &url, &e))?;
         let status = response.status();
         let location = response
             .headers()

@@ -10,11 +10,15 @@
 //! disabled tool, bad arguments, denied program, host or path) so most mistakes are rejected
 //! before anything runs; [`Tools::run`] checks again and carries the step out.
 
+mod beneath;
 mod config;
 mod echo;
 mod file;
 mod http;
-mod output;
+mod net_guard;
+pub(crate) mod output;
+pub mod programs;
+mod reaper;
 mod shell;
 mod sleep;
 mod workspace;
@@ -27,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{FileToolConfig, HttpToolConfig, ShellConfig, ToolsConfig};
+pub use config::{FileToolConfig, HttpToolConfig, MAX_TIMEOUT_SECS, ShellConfig, ToolsConfig};
 
 /// One call of one tool, as a step asks for it.
 pub struct ToolCall<'a> {
@@ -76,6 +80,10 @@ pub enum ToolError {
     TimedOut(Duration),
     #[error("cancelled")]
     Cancelled,
+    /// Not started: the node could not prove it still held its lease when the step's turn
+    /// came (see `crate::lease`). The run records the attempt as not started.
+    #[error("not started: this node could not prove that it still held its lease")]
+    NotStarted,
     #[error("failed: {0}")]
     Failed(String),
 }
@@ -90,7 +98,9 @@ struct Inner {
     config: ToolsConfig,
     /// The workspace, canonical (symlinks resolved), created by [`Tools::new`].
     workspace: PathBuf,
-    client: reqwest::Client,
+    http: http::HttpTool,
+    /// `tools.shell.allow`, resolved to files once, with the node's PATH at start.
+    programs: programs::Programs,
 }
 
 const NAMES: &[&str] = &["echo", "sleep", "shell", "http", "file"];
@@ -108,12 +118,22 @@ impl Tools {
                 dir.display()
             )
         })?;
-        let client = http::client()?;
+        let http = http::HttpTool::new(&config)?;
+        let (programs, warnings) = programs::Programs::resolve(&config.shell);
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        if config.shell.enabled && !reaper::available() {
+            tracing::warn!(
+                "tools.shell: /proc/thread-self/children cannot be read; processes a shell step detaches (setsid) may outlive it"
+            );
+        }
         Ok(Tools {
             inner: Arc::new(Inner {
                 config,
                 workspace,
-                client,
+                http,
+                programs,
             }),
         })
     }
@@ -140,7 +160,7 @@ impl Tools {
         match tool {
             "echo" => echo::validate(args),
             "sleep" => sleep::validate(args),
-            "shell" => shell::validate(config, args),
+            "shell" => shell::validate(config, &self.inner.programs, args),
             "http" => http::validate(config, args),
             "file" => file::validate(args),
             other => Err(ToolError::UnknownTool(other.to_owned())),
@@ -152,7 +172,7 @@ impl Tools {
         self.validate(call.tool, call.args)?;
         let timeout = call
             .timeout
-            .unwrap_or_else(|| Duration::from_secs_f64(self.inner.config.default_timeout_secs));
+            .unwrap_or_else(|| crate::time::secs(self.inner.config.default_timeout_secs));
         if call.cancel.is_cancelled() {
             return Err(ToolError::Cancelled);
         }
@@ -163,6 +183,7 @@ impl Tools {
         if call.tool == "shell" {
             return shell::run(
                 &inner.config,
+                &inner.programs,
                 &inner.workspace,
                 call.args,
                 call.input,
@@ -175,7 +196,7 @@ impl Tools {
             match call.tool {
                 "echo" => echo::run(call.args, call.input, cap),
                 "sleep" => sleep::run(call.args).await,
-                "http" => http::run(&inner.config, &inner.client, call.args).await,
+                "http" => http::run(&inner.config, &inner.http, call.args).await,
                 "file" => file::run(&inner.workspace, cap, call.args, call.input).await,
                 other => Err(ToolError::UnknownTool(other.to_owned())),
             }

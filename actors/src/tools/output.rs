@@ -44,6 +44,48 @@ impl Capped {
     }
 }
 
+impl Capped {
+    /// The kept bytes as text, without a copy when they are whole UTF-8.
+    pub(crate) fn into_text(self) -> String {
+        if self.truncated() {
+            return self.text();
+        }
+        String::from_utf8(self.buf).unwrap_or_else(|e| lossy_text(e.as_bytes(), self.cap, false))
+    }
+}
+
+/// `template` with every `{{name}}` that `lookup` knows replaced, kept up to `cap` bytes
+/// and counted beyond it. One pass: what is put in is not scanned again, and a short
+/// template repeating a long value cannot make the node allocate more than the cap.
+pub(crate) fn render<'v>(
+    template: &str,
+    cap: usize,
+    lookup: impl Fn(&str) -> Option<std::borrow::Cow<'v, str>>,
+) -> Capped {
+    let mut out = Capped::new(cap);
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let value = after
+            .find("}}")
+            .and_then(|close| Some((close, lookup(&after[..close])?)));
+        match value {
+            Some((close, value)) => {
+                out.push(&rest.as_bytes()[..open]);
+                out.push(value.as_bytes());
+                rest = &after[close + 2..];
+            }
+            None => {
+                // Not a known name: keep the first brace and look again from the next.
+                out.push(&rest.as_bytes()[..open + 1]);
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    out.push(rest.as_bytes());
+    out
+}
+
 /// Reads `reader` to its end, keeping at most `cap` bytes.
 pub(crate) async fn read_capped<R: AsyncRead + Unpin>(
     mut reader: R,
@@ -130,6 +172,25 @@ mod tests {
         assert_eq!(c.text(), "a");
         assert_eq!(lossy_text(&[0xFF, 0xFF], 2, false).len(), 0);
         assert_eq!(lossy_text(&[0xFF, 0xFF, 0xFF], 3, false), "\u{FFFD}");
+    }
+
+    #[test]
+    fn render_replaces_known_names_once_and_keeps_the_cap() {
+        use std::borrow::Cow;
+        let known = |name: &str| match name {
+            "input" => Some(Cow::Borrowed("{{x}}")),
+            "x" => Some(Cow::Borrowed("X")),
+            _ => None,
+        };
+        let out = render("a {{input}} {{x}} {{y}} {{{x}}} {{x", 100, known);
+        assert_eq!(out.into_text(), "a {{x}} X {{y}} {X} {{x");
+        // A million copies of a long value are counted, not kept.
+        let template = "{{v}}".repeat(1_000_000);
+        let long = "z".repeat(1 << 20);
+        let out = render(&template, 10, |_| Some(Cow::Borrowed(long.as_str())));
+        assert!(out.truncated());
+        assert_eq!(out.bytes(), 1_000_000 << 20);
+        assert_eq!(out.into_text(), "z".repeat(10));
     }
 
     #[test]

@@ -18,18 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::output::{parse_json, read_capped};
-use super::{ToolError, ToolOutput, ToolsConfig, parse_args, workspace};
-
-/// Variables of the node's environment a child may see (the rest may hold secrets).
-const PASSED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+use super::programs::{Programs, STEP_PATH, env_refusal};
+use super::{ToolError, ToolOutput, ToolsConfig, parse_args, reaper, workspace};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,12 +41,18 @@ struct Args {
 /// What to start, after every check.
 struct Plan {
     program: String,
+    /// The file `program` resolved to at start.
+    path: PathBuf,
     args: Vec<String>,
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
 }
 
-fn plan(config: &ToolsConfig, args: &serde_json::Value) -> Result<Plan, ToolError> {
+fn plan(
+    config: &ToolsConfig,
+    programs: &Programs,
+    args: &serde_json::Value,
+) -> Result<Plan, ToolError> {
     let shell = &config.shell;
     if !shell.enabled {
         return Err(ToolError::Disabled(
@@ -97,10 +100,14 @@ fn plan(config: &ToolsConfig, args: &serde_json::Value) -> Result<Plan, ToolErro
             "shell: `argv` contains a NUL byte".into(),
         ));
     }
+    let path = programs.lookup(&program)?;
     for (key, value) in &args.env {
-        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+        if let Some(reason) = env_refusal(shell, key) {
+            return Err(ToolError::Denied(reason));
+        }
+        if value.contains('\0') {
             return Err(ToolError::InvalidArgs(format!(
-                "shell: `env` key {key:?} is not a valid variable"
+                "shell: `env` value of {key:?} contains a NUL byte"
             )));
         }
     }
@@ -110,24 +117,37 @@ fn plan(config: &ToolsConfig, args: &serde_json::Value) -> Result<Plan, ToolErro
     };
     Ok(Plan {
         program,
+        path,
         args: rest,
         env: args.env,
         cwd,
     })
 }
 
-pub(super) fn validate(config: &ToolsConfig, args: &serde_json::Value) -> Result<(), ToolError> {
-    plan(config, args).map(|_| ())
+pub(super) fn validate(
+    config: &ToolsConfig,
+    programs: &Programs,
+    args: &serde_json::Value,
+) -> Result<(), ToolError> {
+    plan(config, programs, args).map(|_| ())
 }
 
-/// Kills the child's process group when dropped while armed, so that even a caller that
-/// drops the run mid-way (an aborted task) leaves no process behind.
+/// Asks the keeper (see [`reaper`]) to kill the step's whole tree when dropped while
+/// armed, so that even a caller that drops the run mid-way (an aborted task) leaves no
+/// process behind.
 struct Group(Option<Pid>);
 
 impl Group {
+    fn stop(&self) {
+        if let Some(keeper) = self.0 {
+            // ESRCH (already gone) is fine.
+            let _ = kill(keeper, Signal::SIGTERM);
+        }
+    }
+
+    /// Last resort if the keeper does not end: its process group (not a detached tree).
     fn kill(&self) {
         if let Some(pgid) = self.0 {
-            // ESRCH (nothing left in the group) is fine.
             let _ = killpg(pgid, Signal::SIGKILL);
         }
     }
@@ -139,9 +159,12 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
+
+/// How long a keeper may take to sweep after being asked before its group is SIGKILLed.
+const SWEEP_GRACE: Duration = Duration::from_secs(10);
 
 enum Stop<T> {
     Done(T),
@@ -151,13 +174,14 @@ enum Stop<T> {
 
 pub(super) async fn run(
     config: &ToolsConfig,
+    programs: &Programs,
     workspace: &Path,
     args: &serde_json::Value,
     input: Option<&str>,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<ToolOutput, ToolError> {
-    let plan = plan(config, args)?;
+    let plan = plan(config, programs, args)?;
     let dir = match &plan.cwd {
         Some(rel) => {
             let dir = workspace::existing("shell", workspace, rel)?;
@@ -171,17 +195,18 @@ pub(super) async fn run(
         }
         None => workspace.to_path_buf(),
     };
-    let mut command = tokio::process::Command::new(&plan.program);
-    command.args(&plan.args).current_dir(dir).env_clear();
-    for key in PASSED_ENV {
-        if let Some(value) = std::env::var_os(key) {
-            command.env(key, value);
-        }
-    }
-    if std::env::var_os("PATH").is_none() {
-        command.env("PATH", DEFAULT_PATH);
-    }
+    let mut command = tokio::process::Command::new(&plan.path);
+    // A clean environment: nothing of the node's (it may hold secrets), a fixed PATH, and
+    // only the variables tools.shell.env_allow lets the step set.
     command
+        .arg0(&plan.program)
+        .args(&plan.args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", STEP_PATH)
+        .env("HOME", workspace)
+        .env("TMPDIR", workspace)
+        .env("LANG", "C.UTF-8")
         .envs(&plan.env)
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -191,15 +216,12 @@ pub(super) async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true);
-    // If the node dies (SIGKILL included), the kernel kills the child: its run will be
-    // resumed and the step retried, so a leftover would only duplicate the work.
-    // SAFETY: the closure runs in the forked child before exec and only makes the
-    // async-signal-safe prctl(2) call.
+        // Never SIGKILL the keeper: it must sweep the tree (Group asks it to).
+        .kill_on_drop(false);
+    // SAFETY: `reaper::split` runs in the forked child before exec and makes only
+    // async-signal-safe calls.
     unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
+        command.pre_exec(|| reaper::split());
     }
     let mut child = command
         .spawn()
@@ -218,12 +240,8 @@ pub(super) async fn run(
                 let _ = pipe.write_all(text.as_bytes()).await;
             }
         };
-        let status = async {
-            let status = child.wait().await;
-            // Whatever the child left running in its group would hold the pipes open.
-            group.kill();
-            status
-        };
+        // The keeper exits once the program and everything it started are gone.
+        let status = child.wait();
         let work = async {
             tokio::join!(
                 feed,
@@ -243,9 +261,17 @@ pub(super) async fn run(
     let (_, out, err, status) = match stop {
         Stop::Done(done) => done,
         stopped => {
-            group.kill();
-            // SIGKILL cannot be ignored: the wait is short, and it reaps the child.
-            let _ = child.wait().await;
+            group.stop();
+            if tokio::time::timeout(SWEEP_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "shell: the step's keeper did not end after SIGTERM; killing its group"
+                );
+                group.kill();
+                let _ = child.wait().await;
+            }
             group.disarm();
             return Err(match stopped {
                 Stop::Cancelled => ToolError::Cancelled,

@@ -174,3 +174,83 @@ async fn paths_out_of_the_workspace_are_denied() {
     assert!(!ws.join("link").exists());
     assert!(outside.join("secret").exists());
 }
+
+/// A hard link made in the workspace to a file outside it can be neither read nor
+/// overwritten (the attack: link, then read or write through the tool).
+#[tokio::test]
+async fn hard_links_are_refused_for_read_write_and_append() {
+    let (tools, dir) = tools_with(|_| {});
+    let outside = dir.path().join("outside-secret");
+    std::fs::write(&outside, "secret").unwrap();
+    std::fs::hard_link(&outside, dir.path().join("ws/linked")).unwrap();
+    for args in [
+        json!({"op": "read", "path": "linked"}),
+        json!({"op": "write", "path": "linked", "content": "pwned"}),
+        json!({"op": "append", "path": "linked", "content": "pwned"}),
+    ] {
+        let err = run(&tools, "file", args.clone(), None).await.unwrap_err();
+        assert!(
+            matches!(&err, ToolError::Denied(m) if m.contains("hard links")),
+            "{args}: {err:?}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret");
+}
+
+/// The kernel refuses links while it resolves the path (openat2 RESOLVE_NO_SYMLINKS from a
+/// descriptor of the workspace), so a link to a directory or to a file outside, or one
+/// swapped in after the step was checked, is never followed, for reading or writing.
+#[tokio::test]
+async fn links_are_refused_by_the_kernel_for_read_and_write() {
+    let (tools, dir) = tools_with(|_| {});
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "secret").unwrap();
+    let ws = dir.path().join("ws");
+    std::os::unix::fs::symlink(&outside, ws.join("to-dir")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), ws.join("to-file")).unwrap();
+    for args in [
+        json!({"op": "read", "path": "to-file"}),
+        json!({"op": "read", "path": "to-dir/secret"}),
+        json!({"op": "write", "path": "to-file", "content": "pwned"}),
+        json!({"op": "append", "path": "to-file", "content": "pwned"}),
+        json!({"op": "write", "path": "to-dir/secret", "content": "pwned"}),
+        json!({"op": "write", "path": "to-dir/new/deeper", "content": "pwned"}),
+    ] {
+        // The path itself is fine; only where it leads is not.
+        tools.validate("file", &args).unwrap();
+        let err = run(&tools, "file", args.clone(), None).await.unwrap_err();
+        assert!(
+            matches!(&err, ToolError::Denied(m) if m.contains("symlink") && m.contains("openat2")),
+            "{args}: {err:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret")).unwrap(),
+        "secret"
+    );
+    assert!(!outside.join("new").exists());
+
+    // A link swapped in for a directory the tool made earlier is refused the same way.
+    run(
+        &tools,
+        "file",
+        json!({"op": "write", "path": "sub/f", "content": "x"}),
+        None,
+    )
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(ws.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, ws.join("sub")).unwrap();
+    for args in [
+        json!({"op": "read", "path": "sub/secret"}),
+        json!({"op": "write", "path": "sub/f", "content": "x"}),
+    ] {
+        let err = run(&tools, "file", args.clone(), None).await.unwrap_err();
+        assert!(
+            matches!(&err, ToolError::Denied(m) if m.contains("RESOLVE_NO_SYMLINKS")),
+            "{args}: {err:?}"
+        );
+    }
+    assert!(!outside.join("f").exists());
+}

@@ -107,6 +107,7 @@ async fn shell_denies_programs_not_allowed_and_cmd_without_use_sh() {
         c.shell.enabled = true;
         c.shell.allow = vec!["sh".into()];
         c.shell.use_sh = true;
+        c.shell.allow_run_anything = true;
     });
     let out = run(&tools, "shell", json!({"cmd": "tr a-z A-Z"}), Some("hi"))
         .await
@@ -217,4 +218,169 @@ async fn shell_leaves_no_background_process_behind() {
     assert_eq!(out.text, "started\n");
     let bg = read_pid(&dir.path().join("ws/bg")).await;
     assert_gone(bg).await;
+}
+
+/// Live processes whose command line holds `marker` (searched in /proc).
+fn with_marker(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(marker)
+            && alive(pid)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn assert_no_marker(marker: &str) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let left = with_marker(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "processes {left:?} with {marker} survived the step"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `setsid -f`, a background job and a double fork all die with the step, whether it
+/// ends by itself, times out or is cancelled.
+#[tokio::test]
+async fn no_process_of_a_step_survives_it_setsid_included() {
+    let (tools, _dir) = shell_tools(&["sh"]);
+    // A unique sleep length marks this test's processes.
+    let script = |secs: &str| {
+        format!(
+            "setsid -f sleep {secs}; sleep {secs} & (sh -c 'sleep {secs} &' &); sleep 0.2; echo started"
+        )
+    };
+    // Ends by itself.
+    let out = run(
+        &tools,
+        "shell",
+        json!({"argv": ["sh", "-c", script("1000.101")]}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.text, "started\n");
+    assert_no_marker("1000.101").await;
+
+    // Times out.
+    let args = json!({"argv": ["sh", "-c", format!("{}; sleep 1000.102", script("1000.102"))]});
+    let call = ToolCall {
+        tool: "shell",
+        args: &args,
+        input: None,
+        timeout: Some(Duration::from_secs(2)),
+        cancel: CancellationToken::new(),
+    };
+    let err = tools.run(call).await.unwrap_err();
+    assert!(matches!(err, ToolError::TimedOut(_)), "{err:?}");
+    assert_no_marker("1000.102").await;
+}
+
+/// The attack: `cp /bin/sh ./date` in the workspace, then `date` with `PATH=.`. PATH is
+/// refused, and `date` is the node's `date` whatever the step's cwd holds.
+#[tokio::test]
+async fn a_program_written_into_the_workspace_never_runs_in_place_of_an_allowed_one() {
+    let (tools, dir) = tools_with(|c| {
+        c.shell.enabled = true;
+        c.shell.allow = vec!["date".into(), "cp".into()];
+    });
+    run(
+        &tools,
+        "shell",
+        json!({"argv": ["cp", "/bin/sh", "./date"]}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(dir.path().join("ws/date").exists());
+    let err = run(
+        &tools,
+        "shell",
+        json!({"argv": ["date", "-c", "echo pwned"], "env": {"PATH": "."}}),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ToolError::Denied(m) if m.contains("\"PATH\"")),
+        "{err:?}"
+    );
+    // Without the env, `date` is /usr/bin/date: `-c` is not a date option.
+    let out = run(
+        &tools,
+        "shell",
+        json!({"argv": ["date", "-c", "echo pwned"]}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(!out.text.contains("pwned"), "{out:?}");
+    assert_ne!(out.exit_code, Some(0));
+    for argv in [json!(["./date"]), json!(["ws/date"])] {
+        let err = run(&tools, "shell", json!({"argv": argv}), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ToolError::Denied(_)), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn loader_variables_and_unlisted_variables_are_refused() {
+    let (tools, _dir) = shell_tools(&["true"]);
+    for key in ["LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "PATH", "IFS"] {
+        let err = tools
+            .validate(
+                "shell",
+                &json!({"argv": ["true"], "env": {key: "/tmp/x.so"}}),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, ToolError::Denied(m) if m.contains(key)),
+            "{err:?}"
+        );
+    }
+    let err = tools
+        .validate("shell", &json!({"argv": ["true"], "env": {"OTHER": "x"}}))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ToolError::Denied(m) if m.contains("tools.shell.env_allow")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn programs_that_run_anything_need_an_explicit_opt_in() {
+    for program in ["find", "env", "xargs", "sh", "/usr/bin/python3.12", "*"] {
+        let mut config = ToolsConfig::default();
+        config.shell.enabled = true;
+        config.shell.allow = vec!["date".into(), program.into()];
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.starts_with("tools.shell.allow") && err.contains("allow_run_anything"),
+            "{program}: {err}"
+        );
+        config.shell.allow_run_anything = true;
+        config.validate().unwrap();
+    }
+    let mut config = ToolsConfig::default();
+    config.shell.env_allow = vec!["LD_PRELOAD".into()];
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .starts_with("tools.shell.env_allow")
+    );
 }

@@ -22,6 +22,17 @@ impl MembershipState {
         };
         if self.drain_deadline.is_none() {
             self.drain_deadline = Some(Instant::now() + self.args.config.drain_timeout);
+            // No new steps from the others either: the agent services leave the queues.
+            self.args.view.start_draining();
+            self.args.ctx.events.audit(
+                "node.drain",
+                &format!("node:{}", self.args.ctx.node),
+                "ok",
+                format!(
+                    "draining: {} running, {} queued",
+                    stats.running, stats.queued
+                ),
+            );
             tracing::info!(
                 running = stats.running,
                 queued = stats.queued,

@@ -8,9 +8,15 @@
 //! statement, which fences it) in batches, so the survivors share them, and handed to
 //! this node's scheduler, whose runs continue from the last recorded step.
 //!
-//! A node without NATS judges nobody: the silence is its own. After it reconnects it
-//! waits the detector's grace before taking anything over, so a NATS restart does not
-//! make every node take over every other's tasks.
+//! A node without NATS judges nobody: the silence is its own. "Without NATS" is decided by
+//! what the node hears, not by its client's word: a node that has not heard its own
+//! heartbeat come back for [`ECHO_LOST`] counts as cut off (a stalled connection looks
+//! connected for seconds). A node whose own timer fired late ([`STALL`]: it was paused or
+//! starved) starts its judgement of everyone afresh, since the silence it saw was its
+//! own. After either it waits the detector's grace before taking anything over, so a NATS
+//! restart or a pause does not make a node take over the others' tasks. And whatever a
+//! node concludes, the database has the last word: a takeover moves only tasks whose
+//! owner's lease there has expired (`store/cluster.rs`).
 
 mod drain;
 mod sessions;
@@ -35,16 +41,24 @@ use tokio::task::JoinHandle;
 
 use super::detector::{Detector, DetectorSettings};
 use super::peers::{self, PeerEvent};
-use super::proof;
 use super::takeover::{self, Round};
 use super::view::{ClusterSnapshot, ClusterView, Load, MemberView, Served};
-use crate::bridge::{Bridge, BusState, Envelope};
+use crate::bridge::{Bridge, BusState};
 use crate::store::Store;
 
 /// How often peers are judged (and the admin view refreshed).
 pub const CHECK: Duration = Duration::from_millis(100);
 /// How often gone nodes are looked for in storage when none is known to be gone.
 const SWEEP: Duration = Duration::from_secs(1);
+/// How soon a gone node whose lease still held is looked at again (a dead node's lease
+/// runs out within `cluster.lease_ms` of its last renewal).
+const LEASE_WAIT: Duration = Duration::from_millis(250);
+/// A check this late means this node was not running (paused, starved): its silence, not
+/// the peers'.
+const STALL: Duration = Duration::from_millis(1000);
+/// Not hearing its own heartbeat for this long (or three heartbeats, if longer), the node
+/// counts itself cut from NATS.
+const ECHO_LOST: Duration = Duration::from_millis(1500);
 /// Waits between ractor_cluster connection attempts to one peer, doubling up to this.
 const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -64,23 +78,19 @@ pub struct Heartbeat {
     /// Taking no new work; it leaves when what it runs is done.
     #[serde(default)]
     pub draining: bool,
-    /// The cookie's proof over this message (see [`super::proof`]).
-    #[serde(default)]
-    pub proof: String,
 }
 
 /// A node's goodbye.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Leave {
-    #[serde(default)]
-    pub proof: String,
-}
+pub struct Leave {}
 
 /// Where this node can be reached, and how it judges others.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub name: String,
     pub cookie: String,
+    /// The ractor_cluster link over mutual TLS (`cluster.tls_*`), when configured.
+    pub tls: Option<super::peer_tls::PeerTls>,
     pub listen: SocketAddr,
     pub advertise: String,
     pub http: String,
@@ -119,8 +129,10 @@ pub enum MembershipMsg {
     Beat,
     /// Judge the peers; take over from gone nodes when due.
     Check,
-    /// A peer's heartbeat, and whether it proved the cluster's cookie.
-    Heard(String, Heartbeat, bool),
+    /// A peer's heartbeat (authenticated: see `crate::bridge::seal`).
+    Heard(String, Heartbeat),
+    /// This node's own heartbeat came back through NATS.
+    Echo,
     /// A peer said it leaves.
     Left(String),
     /// A ractor_cluster session changed.
@@ -136,6 +148,7 @@ pub enum MembershipMsg {
         taken: usize,
         more: bool,
         unheard: Vec<String>,
+        leased: bool,
     },
     /// Stop taking work, let the runs in flight finish, then leave (the node stops).
     Drain(RpcReplyPort<Result<DrainReport, String>>),
@@ -160,9 +173,6 @@ enum Link {
 
 struct Member {
     status: Status,
-    /// Whether its heartbeats prove this cluster's cookie. One that does not is alive
-    /// (its tasks are not taken over) but not admitted: no link, no steps, not listed.
-    trusted: bool,
     detector: Detector,
     beat: Heartbeat,
     link: Link,
@@ -178,6 +188,10 @@ pub struct MembershipState {
     load: Load,
     /// Since when the bus is up without a break (None while it is down).
     connected_since: Option<Instant>,
+    /// When this node last heard its own heartbeat (its NATS path works both ways).
+    echoed: Instant,
+    /// When the peers were last judged (a late check means this node stalled).
+    last_check: Instant,
     next_sweep: Instant,
     sweeping: bool,
     taken_over: u64,
@@ -224,11 +238,10 @@ impl Actor for Membership {
         );
         args.view.set_membership(Some(myself.clone()));
         let c = &args.config;
-        let server =
-            peers::start_server(&args.ctx.node, &c.advertise, &c.cookie, c.listen, &myself).await?;
+        let server = peers::start_server(&args.ctx.node, c, &myself).await?;
         let listeners = vec![
-            listen(&args.bridge, &myself, &args.config.cookie, false).await?,
-            listen(&args.bridge, &myself, &args.config.cookie, true).await?,
+            listen(&args.bridge, &myself, false).await?,
+            listen(&args.bridge, &myself, true).await?,
         ];
         myself.send_interval(c.detector.heartbeat, || MembershipMsg::Beat);
         myself.send_interval(CHECK, || MembershipMsg::Check);
@@ -246,6 +259,8 @@ impl Actor for Membership {
             members: HashMap::new(),
             load: Load::default(),
             connected_since: None,
+            echoed: Instant::now(),
+            last_check: Instant::now(),
             next_sweep: Instant::now(),
             sweeping: false,
             taken_over: 0,
@@ -268,14 +283,12 @@ impl Actor for Membership {
         // Say goodbye so the others take this node's unfinished tasks over at once
         // instead of waiting for the detector.
         let b = &state.args.bridge;
-        if b.is_connected() {
-            let mut envelope = Envelope::new(LEAVE, b.node(), Leave::default());
-            let cookie = &state.args.config.cookie;
-            envelope.payload.proof = proof::sign(cookie, LEAVE, b.node(), envelope.sent_at);
-            if let Ok(bytes) = envelope.encode() {
-                let _ = b.publish_bytes(b.subjects().leave(), bytes).await;
-                let _ = b.client().flush().await;
-            }
+        if b.is_connected()
+            && b.publish(b.subjects().leave(), LEAVE, Leave::default())
+                .await
+                .is_ok()
+        {
+            let _ = b.client().flush().await;
         }
         state.server.stop(Some("node shutdown".into()));
         state.args.view.set_membership(None);
@@ -314,7 +327,8 @@ impl Actor for Membership {
         match msg {
             MembershipMsg::Beat => state.beat(&myself).await,
             MembershipMsg::Check => state.check(&myself),
-            MembershipMsg::Heard(node, beat, trusted) => state.heard(&myself, node, beat, trusted),
+            MembershipMsg::Heard(node, beat) => state.heard(&myself, node, beat),
+            MembershipMsg::Echo => state.echoed = Instant::now(),
             MembershipMsg::Left(node) => state.left(node),
             MembershipMsg::Peer(event) => state.peer(event),
             MembershipMsg::ConnectFailed(node) => {
@@ -330,6 +344,7 @@ impl Actor for Membership {
                 taken,
                 more,
                 unheard,
+                leased,
             } => {
                 let now = Instant::now();
                 state.unheard.retain(|n, _| unheard.contains(n));
@@ -338,18 +353,25 @@ impl Actor for Membership {
                 }
                 state.sweeping = false;
                 state.taken_over += taken as u64;
-                state.next_sweep = Instant::now() + if more { CHECK } else { SWEEP };
+                state.next_sweep = Instant::now()
+                    + match (more, leased) {
+                        (true, _) => CHECK,
+                        (false, true) => LEASE_WAIT,
+                        (false, false) => SWEEP,
+                    };
             }
         }
         Ok(())
     }
 }
 
-/// Forwards heartbeats (or leave notices) of other nodes to the actor.
+/// Forwards heartbeats (or leave notices) of other nodes to the actor. Only messages
+/// sealed with the cluster's cookie, fresh and not replayed, get through
+/// ([`Bridge::open`] counts and audits the others): nobody without the cookie can admit a
+/// node, keep a dead one alive, or make a live one look gone.
 async fn listen(
     bridge: &Bridge,
     myself: &ActorRef<MembershipMsg>,
-    cookie: &str,
     leaves: bool,
 ) -> anyhow::Result<JoinHandle<()>> {
     let subject = if leaves {
@@ -358,39 +380,30 @@ async fn listen(
         bridge.subjects().heartbeat()
     };
     let mut sub = bridge.subscribe(subject).await?;
-    let (bridge, me, cookie) = (bridge.clone(), myself.clone(), cookie.to_string());
+    let (bridge, me) = (bridge.clone(), myself.clone());
     Ok(tokio::spawn(async move {
         while let Some(message) = sub.next().await {
-            let now = actors::task::store::now_ms();
             let msg = if leaves {
-                bridge.open::<Leave>(&message, LEAVE).and_then(|e| {
-                    if proof::verify(&cookie, LEAVE, &e.from, e.sent_at, &e.payload.proof, now) {
-                        Some(MembershipMsg::Left(e.from))
-                    } else {
-                        // Nobody without the cookie can make a live node look gone.
-                        metrics::counter!("ms_cluster_auth_failures_total").increment(1);
-                        tracing::warn!(from = %e.from, "ignored a leave notice without the cluster cookie's proof");
-                        None
-                    }
-                })
+                bridge
+                    .open::<Leave>(&message, LEAVE)
+                    .map(|e| MembershipMsg::Left(e.from))
             } else {
-                bridge.open::<Heartbeat>(&message, HEARTBEAT).map(|e| {
-                    let trusted = proof::verify(
-                        &cookie,
-                        HEARTBEAT,
-                        &e.from,
-                        e.sent_at,
-                        &e.payload.proof,
-                        now,
-                    );
-                    MembershipMsg::Heard(e.from, e.payload, trusted)
-                })
+                bridge
+                    .open::<Heartbeat>(&message, HEARTBEAT)
+                    .map(|e| MembershipMsg::Heard(e.from, e.payload))
             };
-            let mine = matches!(
-                &msg,
-                Some(MembershipMsg::Heard(from, _, _) | MembershipMsg::Left(from)) if from == bridge.node()
-            );
-            if let Some(msg) = msg.filter(|_| !mine)
+            let msg = match msg {
+                Some(MembershipMsg::Heard(from, _)) if from == bridge.node() => {
+                    Some(MembershipMsg::Echo)
+                }
+                Some(MembershipMsg::Heard(from, ..) | MembershipMsg::Left(from))
+                    if from == bridge.node() =>
+                {
+                    None
+                }
+                other => other,
+            };
+            if let Some(msg) = msg
                 && me.cast(msg).is_err()
             {
                 return;
@@ -410,16 +423,10 @@ impl MembershipState {
             load: self.load,
             serves: c.serves.clone(),
             draining: self.drain_deadline.is_some(),
-            proof: String::new(),
         };
         let b = &self.args.bridge;
-        let mut envelope = Envelope::new(HEARTBEAT, b.node(), beat);
-        envelope.payload.proof = proof::sign(&c.cookie, HEARTBEAT, b.node(), envelope.sent_at);
         if b.is_connected()
-            && let Err(e) = match envelope.encode() {
-                Ok(bytes) => b.publish_bytes(b.subjects().heartbeat(), bytes).await,
-                Err(e) => Err(e.into()),
-            }
+            && let Err(e) = b.publish(b.subjects().heartbeat(), HEARTBEAT, beat).await
         {
             tracing::debug!(error = %e, "heartbeat not sent");
         }
@@ -438,18 +445,11 @@ impl MembershipState {
         }
     }
 
-    fn heard(
-        &mut self,
-        myself: &ActorRef<MembershipMsg>,
-        node: String,
-        beat: Heartbeat,
-        trusted: bool,
-    ) {
+    fn heard(&mut self, myself: &ActorRef<MembershipMsg>, node: String, beat: Heartbeat) {
         let now = Instant::now();
         let settings = self.args.config.detector;
         let linked = self.sessions.values().any(|n| *n == node);
         let member = self.members.entry(node.clone()).or_insert_with(|| Member {
-            trusted,
             status: Status::Down,
             detector: Detector::new(settings, now),
             beat: beat.clone(),
@@ -457,54 +457,40 @@ impl MembershipState {
             next_connect: now,
             connect_backoff: Duration::from_secs(1),
         });
-        let joined = member.status != Status::Up || member.trusted != trusted;
+        let joined = member.status != Status::Up;
         if member.status != Status::Up {
             member.status = Status::Up;
             member.detector = Detector::new(settings, now);
         } else {
             member.detector.heartbeat(now);
         }
-        member.trusted = trusted;
-        if joined && trusted {
+        if joined {
             tracing::info!(peer = %node, addr = %beat.cluster_addr, "node joined");
             metrics::counter!("ms_cluster_joins_total").increment(1);
             self.args
                 .ctx
                 .events
                 .publish(Event::NodeJoined { node: node.clone() });
-        } else if joined {
-            metrics::counter!("ms_cluster_auth_failures_total").increment(1);
-            tracing::warn!(
-                peer = %node,
-                addr = %beat.cluster_addr,
-                "node not admitted: its heartbeats lack this cluster.cookie's proof (is cluster.cookie the same on both nodes?)"
-            );
         }
         if member.beat.cluster_addr != beat.cluster_addr {
             member.link = Link::None;
             member.next_connect = now;
         }
-        if !trusted {
-            member.link = Link::Refused;
-        }
         member.beat = beat;
         // One side dials: the node whose name sorts first, so two nodes do not race to
         // open two sessions to each other.
-        if trusted
-            && member.link == Link::None
-            && now >= member.next_connect
-            && self.args.ctx.node < node
-        {
+        if member.link == Link::None && now >= member.next_connect && self.args.ctx.node < node {
             member.link = Link::Connecting;
             member.next_connect = now + member.connect_backoff;
             member.connect_backoff = (member.connect_backoff * 2).min(MAX_CONNECT_BACKOFF);
-            let (server, addr, me) = (
+            let (server, addr, me, tls) = (
                 self.server.clone(),
                 member.beat.cluster_addr.clone(),
                 myself.clone(),
+                self.args.config.tls.clone(),
             );
             tokio::spawn(async move {
-                if let Err(e) = peers::connect(&server, &addr).await {
+                if let Err(e) = peers::connect(&server, &addr, tls.as_ref()).await {
                     tracing::debug!(peer = %node, error = %e, "ractor_cluster connection failed");
                     let _ = me.cast(MembershipMsg::ConnectFailed(node));
                 }
@@ -525,7 +511,23 @@ impl MembershipState {
 
     fn check(&mut self, myself: &ActorRef<MembershipMsg>) {
         let now = Instant::now();
-        let connected = self.args.bridge.is_connected();
+        let late = now.duration_since(self.last_check);
+        self.last_check = now;
+        if late >= STALL {
+            // This node was not running: whatever silence it saw was its own. It judges
+            // everyone afresh (as after a reconnect) instead of condemning them.
+            tracing::warn!(
+                stalled_ms = late.as_millis() as u64,
+                "this node stalled; judging the peers afresh"
+            );
+            metrics::counter!("ms_cluster_self_stalls_total").increment(1);
+            self.connected_since = None;
+            self.echoed = now;
+        }
+        // Connected means heard: a stalled connection looks connected for seconds.
+        let echo_lost = ECHO_LOST.max(self.args.config.detector.heartbeat * 3);
+        let connected =
+            self.args.bridge.is_connected() && now.duration_since(self.echoed) < echo_lost;
         match (connected, self.connected_since) {
             (true, None) => {
                 // Back on the bus: the silence was ours, so every peer starts afresh.
@@ -534,7 +536,12 @@ impl MembershipState {
                     m.detector = Detector::new(self.args.config.detector, now);
                 }
             }
-            (false, Some(_)) => self.connected_since = None,
+            (false, Some(_)) => {
+                tracing::warn!(
+                    "this node does not hear the cluster (its own heartbeats do not come back); it judges nobody"
+                );
+                self.connected_since = None;
+            }
             _ => {}
         }
         if connected {
@@ -609,6 +616,7 @@ impl MembershipState {
                 taken: done.taken,
                 more: done.more,
                 unheard: done.unheard,
+                leased: done.leased,
             });
         });
     }
@@ -639,7 +647,6 @@ impl MembershipState {
             members.push(MemberView {
                 node: node.clone(),
                 status: match m.status {
-                    Status::Up if !m.trusted => "refused".into(),
                     Status::Up if m.beat.draining => "draining".into(),
                     other => format!("{other:?}").to_lowercase(),
                 },

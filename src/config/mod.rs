@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use actors::agent::AgentLimits;
 use actors::context::SchedulerSettings;
 use actors::domain::{DomainDefaults, DomainSpec};
 use actors::llm::LlmConfig;
@@ -17,8 +18,16 @@ use actors::supervisor::{Backoff, Restart, Strategy};
 use actors::tools::ToolsConfig;
 use serde::Deserialize;
 
+pub mod auth;
+mod nats;
+pub use nats::NatsSettings;
+mod limits;
+pub use limits::{ListenerLimits, TasksConfig};
+mod cluster;
+pub use cluster::{ClusterSettings, DetectorKind};
+
 /// The embedded defaults; also the documentation of every setting.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 /// Prefix of environment overrides: `MISTER_SMITH__HTTP__LISTEN=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "MISTER_SMITH";
@@ -34,13 +43,16 @@ pub struct Settings {
     pub node: NodeSettings,
     pub http: HttpSettings,
     pub admin: AdminSettings,
+    pub auth: auth::AuthSettings,
     pub database: DatabaseSettings,
     pub nats: NatsSettings,
     pub cluster: ClusterSettings,
     pub log: LogSettings,
     pub supervision: SupervisionSettings,
     pub scheduler: SchedulerConfig,
+    pub tasks: TasksConfig,
     pub monitor: MonitorConfig,
+    pub agents: AgentLimits,
     pub tools: ToolsConfig,
     pub llm: LlmConfig,
     pub domains: Vec<DomainSpec>,
@@ -76,6 +88,9 @@ pub struct NodeSettings {
 pub struct HttpSettings {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
+    pub header_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +98,9 @@ pub struct HttpSettings {
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    pub header_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,61 +141,6 @@ impl TryFrom<String> for SqliteSynchronous {
             "normal" => Ok(SqliteSynchronous::Normal),
             "full" => Ok(SqliteSynchronous::Full),
             other => Err(format!("unknown mode `{other}`; allowed: normal, full")),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsSettings {
-    pub url: Option<String>,
-    /// A NATS credentials file (JWT + nkey seed), passed through to the client.
-    pub credentials: Option<PathBuf>,
-    /// How long the JetStream event stream keeps events.
-    pub events_max_age_secs: f64,
-    /// Largest size of the event stream; the oldest events go first.
-    pub events_max_bytes: i64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterSettings {
-    pub name: String,
-    pub listen: SocketAddr,
-    pub cookie: Option<String>,
-    /// Host peers use to reach `listen`; empty: its IP, or the host name when unspecified.
-    pub advertise: String,
-    pub heartbeat_ms: u64,
-    pub detector: DetectorKind,
-    pub phi_threshold: f64,
-    pub acceptable_pause_ms: u64,
-    pub min_std_dev_ms: u64,
-    pub deadline_ms: u64,
-    pub takeover_batch: usize,
-    pub drain_timeout_secs: f64,
-    pub spill_queued: usize,
-}
-
-/// How a silent peer is judged down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum DetectorKind {
-    /// Phi accrual over the heartbeat intervals seen (adapts to jitter).
-    Phi,
-    /// A fixed silence: down after `deadline_ms` without a heartbeat.
-    Deadline,
-}
-
-impl TryFrom<String> for DetectorKind {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "phi" => Ok(DetectorKind::Phi),
-            "deadline" => Ok(DetectorKind::Deadline),
-            other => Err(format!(
-                "unknown detector `{other}`; allowed: phi, deadline"
-            )),
         }
     }
 }
@@ -278,60 +241,9 @@ impl Settings {
 
     /// The cluster's settings, which matter only when NATS is configured.
     fn validate_cluster(&mut self) -> Result<(), ConfigError> {
-        let fail = |msg: String| Err(ConfigError(msg));
-        let n = &self.nats;
-        positive("nats.events_max_age_secs", n.events_max_age_secs)?;
-        if n.events_max_bytes == 0 || n.events_max_bytes < -1 {
-            return fail("nats.events_max_bytes: must be positive, or -1 for no limit".into());
-        }
-        if let Some(creds) = &n.credentials
-            && !creds.is_file()
-        {
-            return fail(format!(
-                "nats.credentials: no such file {}",
-                creds.display()
-            ));
-        }
-        let c = &mut self.cluster;
-        if c.heartbeat_ms == 0 || c.deadline_ms <= c.heartbeat_ms {
-            return fail(
-                "cluster: heartbeat_ms must be at least 1 and deadline_ms above it".into(),
-            );
-        }
-        positive("cluster.phi_threshold", c.phi_threshold)?;
-        positive("cluster.drain_timeout_secs", c.drain_timeout_secs)?;
-        if c.min_std_dev_ms == 0 || c.takeover_batch == 0 {
-            return fail("cluster: min_std_dev_ms and takeover_batch must be at least 1".into());
-        }
-        if c.advertise.is_empty() {
-            c.advertise = if c.listen.ip().is_unspecified() {
-                host_name()
-            } else {
-                c.listen.ip().to_string()
-            };
-        }
-        if self.nats.url.is_none() {
-            return Ok(());
-        }
-        match &self.cluster.cookie {
-            Some(cookie) if !cookie.trim().is_empty() => {}
-            _ => {
-                return fail(
-                    "cluster.cookie: required when nats.url is set (nodes of a cluster \
-                     authenticate each other with it); set MISTER_SMITH__CLUSTER__COOKIE \
-                     or cluster.cookie in --config"
-                        .into(),
-                );
-            }
-        }
-        if !self.database.url.starts_with("postgres") {
-            return fail(format!(
-                "database.url: a cluster (nats.url set) needs a database its nodes share; \
-                 use postgres://…, not `{}`",
-                self.database.url
-            ));
-        }
-        Ok(())
+        self.nats.validate()?;
+        self.cluster
+            .validate(self.nats.url.is_some(), &self.database.url)
     }
 
     /// Checks what types cannot: impossible values and combinations.
@@ -346,7 +258,7 @@ impl Settings {
                 self.node.name
             ));
         }
-        positive(
+        seconds(
             "node.shutdown_timeout_secs",
             self.node.shutdown_timeout_secs,
         )?;
@@ -378,7 +290,15 @@ impl Settings {
         if self.database.max_connections == 0 {
             return fail("database.max_connections: must be at least 1".into());
         }
-        positive(
+        // On PostgreSQL the writer keeps connections of its own; the lease renewals and
+        // the reads need at least one more.
+        if !url.starts_with("sqlite:") && self.database.max_connections < 2 {
+            return fail(format!(
+                "database.max_connections: {} is too few for PostgreSQL; at least 2",
+                self.database.max_connections
+            ));
+        }
+        seconds(
             "database.connect_timeout_secs",
             self.database.connect_timeout_secs,
         )?;
@@ -396,11 +316,12 @@ impl Settings {
             ));
         }
         self.validate_cluster()?;
+        self.auth.validate(self.http.listen)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return fail(format!("log.level: `{}`: {e}", self.log.level));
         }
         let s = &self.supervision;
-        positive("supervision.within_secs", s.within_secs)?;
+        seconds("supervision.within_secs", s.within_secs)?;
         if s.backoff_max_ms < s.backoff_initial_ms {
             return fail(
                 "supervision.backoff_max_ms: must not be below supervision.backoff_initial_ms"
@@ -416,13 +337,17 @@ impl Settings {
                 "scheduler: max_running, max_queued and store_queue must be at least 1".into(),
             );
         }
-        positive("scheduler.aging_secs", q.aging_secs)?;
+        seconds("scheduler.aging_secs", q.aging_secs)?;
         let m = &self.monitor;
         if m.heartbeat_ms == 0 || m.timeout_ms == 0 || m.kill_after == 0 {
             return fail(
                 "monitor: heartbeat_ms, timeout_ms and kill_after must be at least 1".into(),
             );
         }
+        self.tasks.validate()?;
+        self.http_limits()?;
+        self.admin_limits()?;
+        self.agents.validate().map_err(ConfigError)?;
         self.tools.validate().map_err(ConfigError)?;
         self.llm.validate().map_err(ConfigError)?;
         if let Some(script) = &self.llm.script
@@ -446,10 +371,32 @@ impl Settings {
             max_running: self.scheduler.max_running,
             max_queued: self.scheduler.max_queued,
             aging_ms: (self.scheduler.aging_secs * 1000.0) as u64,
-            resume_own_only: self.nats.url.is_some(),
             spill_above: (self.nats.url.is_some() && self.cluster.spill_queued > 0)
                 .then_some(self.cluster.spill_queued),
+            max_task_output_bytes: self.tasks.max_output_bytes,
         }
+    }
+
+    /// The API listener's connection limits.
+    pub fn http_limits(&self) -> Result<ListenerLimits, ConfigError> {
+        let h = &self.http;
+        ListenerLimits::from_settings(
+            "http",
+            h.header_timeout_secs,
+            h.idle_timeout_secs,
+            h.max_connections,
+        )
+    }
+
+    /// The admin listener's connection limits.
+    pub fn admin_limits(&self) -> Result<ListenerLimits, ConfigError> {
+        let a = &self.admin;
+        ListenerLimits::from_settings(
+            "admin",
+            a.header_timeout_secs,
+            a.idle_timeout_secs,
+            a.max_connections,
+        )
     }
 
     fn validate_domains(&self) -> Result<(), ConfigError> {
@@ -474,7 +421,7 @@ impl Settings {
                     domain.name
                 )));
             }
-            positive(&format!("{key}.within_secs"), domain.within_secs)?;
+            seconds(&format!("{key}.within_secs"), domain.within_secs)?;
             let mut roles = HashSet::new();
             for (j, agent) in domain.agents.iter().enumerate() {
                 let key = format!("{key}.agents[{j}]");
@@ -543,6 +490,20 @@ fn positive(key: &str, value: f64) -> Result<(), ConfigError> {
     }
 }
 
+/// Longest duration a setting may give, in seconds: ten years. Bounded so that turning it
+/// into a `Duration` (or milliseconds) cannot overflow and stop the node with a panic.
+const MAX_SETTING_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+
+fn seconds(key: &str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 && value <= MAX_SETTING_SECS {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{key}: must be a number of seconds above 0 and at most {MAX_SETTING_SECS} (ten years), got {value}"
+        )))
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -551,7 +512,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// The host name's first label, made safe for subjects and names.
-fn host_name() -> String {
+pub(super) fn host_name() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

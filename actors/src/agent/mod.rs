@@ -3,6 +3,13 @@
 //! What a role does lives in `roles/`; this file is what all roles share. An agent enters
 //! itself in the directory and registers with the registry when it starts; the registry
 //! monitors it, so its death is learned from ractor, not from the agent's word.
+//!
+//! Executors, workers and memory agents run steps; [`work`] says how many at once, where
+//! the others wait, and how each slot is released even when a step panics.
+
+mod work;
+
+pub use work::{AgentLimits, ExecuteReply, Job};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,13 +17,14 @@ use std::time::{Duration, SystemTime};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde::{Deserialize, Serialize};
 
-use crate::context::NodeContext;
+use crate::context::{NodeContext, Services};
 use crate::directory::{ActorKind, ActorMeta, ActorStats};
 use crate::registry::RegistryMsg;
 use crate::roles::Role;
 use crate::task::StepSpec;
-use crate::tools::{ToolCall, ToolError, ToolOutput};
+use crate::tools::ToolError;
 use tokio_util::sync::CancellationToken;
+use work::{Runner, Slots};
 
 /// Who an agent is. `instance_id` is new for every incarnation; `name` is stable across
 /// restarts (it is the supervisor's child id).
@@ -99,10 +107,10 @@ pub enum AgentMsg {
     Reregister,
     /// Fault injection: the agent fails with this reason, as a crashing agent would.
     Crash(String),
-    /// Run a step's tool (executors). The work runs as its own task; the mailbox stays free
-    /// and the reply comes when the tool is done.
-    Execute(Box<Work>, RpcReplyPort<Result<ToolOutput, ToolError>>),
-    /// Internal: a piece of work finished.
+    /// Run a step (executors, workers, memory agents). The step runs as its own task; the
+    /// mailbox stays free and the reply comes when it is done (see [`work`]).
+    Execute(Box<Job>),
+    /// Internal: a step's slot was released.
     WorkDone,
     /// Internal (monitors): time for a heartbeat round.
     Tick,
@@ -121,10 +129,16 @@ pub struct Work {
     pub task_id: String,
     /// The task's session, for `memory` steps scoped to it.
     pub session: Option<String>,
+    /// Who submitted the task: `session` and `global` memory are this principal's.
+    pub principal: Option<String>,
     pub step: StepSpec,
     pub input: Option<String>,
     pub timeout: Option<Duration>,
     pub cancel: CancellationToken,
+    /// For a step with side effects: the node's lease as of the commit that recorded this
+    /// attempt ([`crate::lease::NodeLease::until`]); the tool starts only if it still
+    /// holds then (else the step is answered [`ToolError::NotStarted`]).
+    pub lease_until: Option<u64>,
 }
 
 /// How to start one agent.
@@ -147,8 +161,8 @@ pub struct AgentState {
     restarts: u32,
     stats: Arc<ActorStats>,
     started_at: SystemTime,
-    /// Work in flight (what the Router balances on).
-    load: u32,
+    /// Steps running and waiting (their count is what the Router balances on).
+    slots: Slots,
     /// Monitors only: what they remember between heartbeat rounds.
     watch: Option<crate::roles::monitor::Watch>,
 }
@@ -191,90 +205,65 @@ impl AgentState {
 }
 
 impl AgentState {
-    fn execute(
-        &mut self,
-        myself: &ActorRef<AgentMsg>,
-        work: Box<Work>,
-        reply: RpcReplyPort<Result<ToolOutput, ToolError>>,
-    ) {
+    /// Takes a step: runs it in a free slot, queues it, or hands it back when full.
+    fn execute(&mut self, myself: &ActorRef<AgentMsg>, job: Box<Job>) {
         let services = match (self.identity.role, self.ctx.services()) {
             (Role::Executor | Role::Worker | Role::Memory, Some(services)) => services.clone(),
             (Role::Executor | Role::Worker | Role::Memory, None) => {
-                let _ = reply.send(Err(ToolError::Failed(
+                let _ = job.reply.send(ExecuteReply::Done(Err(ToolError::Failed(
                     "tools are not configured on this node".into(),
-                )));
-                return;
-            }
-            (role, _) => {
-                let _ = reply.send(Err(ToolError::Failed(format!(
-                    "agent {} is a {role}; steps run on executors and workers",
-                    self.identity.name
                 ))));
                 return;
             }
-        };
-        self.load += 1;
-        self.report_load();
-        self.stats.set_work(Some(format!(
-            "task {} step {} ({})",
-            work.task_id, work.step.id, work.step.tool
-        )));
-        let stats = self.stats.clone();
-        let me = myself.clone();
-        let role = self.identity.role;
-        tokio::spawn(async move {
-            let result = if role == Role::Memory {
-                let store = services.memory.as_ref();
-                let job = crate::roles::memory::run(
-                    store,
-                    &work.task_id,
-                    work.session.as_deref(),
-                    &work.step.args,
-                    work.input.as_deref(),
-                );
-                tokio::select! {
-                    r = job => r,
-                    () = work.cancel.cancelled() => Err(ToolError::Cancelled),
-                }
-            } else if role == Role::Worker {
-                let step = &work.step;
-                let job = crate::roles::worker::run(
-                    &step.tool,
-                    &step.args,
-                    work.input.as_deref(),
-                    &services.llm,
-                );
-                let limit = work.timeout.unwrap_or(Duration::from_secs(3600));
-                tokio::select! {
-                    r = tokio::time::timeout(limit, job) => r.unwrap_or(Err(ToolError::TimedOut(limit))),
-                    () = work.cancel.cancelled() => Err(ToolError::Cancelled),
-                }
-            } else {
-                services
-                    .tools
-                    .run(ToolCall {
-                        tool: &work.step.tool,
-                        args: &work.step.args,
-                        input: work.input.as_deref(),
-                        timeout: work.timeout,
-                        cancel: work.cancel.clone(),
-                    })
-                    .await
-            };
-            if result.is_err() {
-                stats.errored();
+            (role, _) => {
+                let _ = job
+                    .reply
+                    .send(ExecuteReply::Done(Err(ToolError::Failed(format!(
+                        "agent {} is a {role}; steps run on executors and workers",
+                        self.identity.name
+                    )))));
+                return;
             }
-            stats.set_work(None);
-            let _ = reply.send(result);
-            let _ = me.cast(AgentMsg::WorkDone);
-        });
+        };
+        let limits = services.agents;
+        let runner = self.runner(myself, services);
+        let before = self.slots.load();
+        self.slots.offer(job, limits, &runner);
+        if self.slots.load() != before {
+            self.report_load();
+        }
+    }
+
+    /// A step's slot was released: the next waiting step takes it.
+    fn work_done(&mut self, myself: &ActorRef<AgentMsg>) {
+        self.slots.release();
+        // Steps started only with services, so without them nothing waits.
+        if let Some(services) = self.ctx.services().cloned() {
+            let limits = services.agents;
+            let runner = self.runner(myself, services);
+            self.slots.fill(limits, &runner);
+        }
+        if self.slots.running() == 0 {
+            self.stats.set_work(None);
+        }
+        self.report_load();
+    }
+
+    fn runner(&self, myself: &ActorRef<AgentMsg>, services: Arc<Services>) -> Runner {
+        Runner {
+            agent: myself.clone(),
+            role: self.identity.role,
+            services,
+            stats: self.stats.clone(),
+            ctx: self.ctx.clone(),
+        }
     }
 
     fn report_load(&self) {
         if let Some(registry) = self.ctx.registry() {
             let _ = registry.cast(RegistryMsg::SetLoad {
                 instance_id: self.identity.instance_id.clone(),
-                load: self.load,
+                load: self.slots.load(),
             });
         }
     }
@@ -323,7 +312,7 @@ impl Actor for Agent {
             restarts: args.incarnation,
             stats,
             started_at: SystemTime::now(),
-            load: 0,
+            slots: Slots::default(),
             watch: None,
         };
         state.register(&myself);
@@ -386,11 +375,8 @@ impl Actor for Agent {
                 state.stats.errored();
                 return Err(format!("crash requested: {reason}").into());
             }
-            AgentMsg::Execute(work, reply) => state.execute(&myself, work, reply),
-            AgentMsg::WorkDone => {
-                state.load = state.load.saturating_sub(1);
-                state.report_load();
-            }
+            AgentMsg::Execute(job) => state.execute(&myself, job),
+            AgentMsg::WorkDone => state.work_done(&myself),
             AgentMsg::Tick => {
                 if let Some(watch) = state.watch.as_mut().filter(|w| !w.in_flight) {
                     watch.in_flight = true;
