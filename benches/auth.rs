@@ -48,8 +48,8 @@ fn claims() -> serde_json::Value {
 /// An ES256 key pair: the token it signs and the JWKS file that verifies it.
 fn es256(dir: &std::path::Path) -> (String, std::path::PathBuf) {
     let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-        .expect("an ES256 key");
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("an ES256 key");
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
         .expect("the key parses");
     let public = pair.public_key().as_ref();
@@ -113,10 +113,7 @@ fn main() {
     }
     let (raw, hs, es) = (median(raw), median(hs), median(es));
     println!("raw HMAC-SHA256 of the token's signed part: {raw:.0} ns");
-    println!(
-        "verify HS256: {hs:.0} ns ({:.1}× the raw HMAC)",
-        hs / raw
-    );
+    println!("verify HS256: {hs:.0} ns ({:.1}× the raw HMAC)", hs / raw);
     println!(
         "verify ES256 (JWKS file): {es:.0} ns ({:.1}× the raw HMAC)",
         es / raw

@@ -3,13 +3,20 @@
 //! `nats.tls_ca`, `nats.tls_cert` and `nats.tls_key` that see each other, run a step for
 //! each other and answer each other's admin calls; and a node without the client
 //! certificate, which the server refuses: it stays up but not ready, and says why.
+//!
+//! And the ractor_cluster link over mutual TLS (`cluster.tls_*`): nodes with certificates
+//! of the cluster's CA link; a node with the right cookie but a certificate of another CA
+//! is heard on NATS and never linked.
 
 mod common;
 
 #[path = "../actors/tests/common/pki.rs"]
 mod pki;
 
-use common::cluster::{CLUSTER_DEADLINE, Member, NO_EXECUTORS, cluster_name, wait_status};
+use common::cluster::{
+    CLUSTER_DEADLINE, Member, NO_EXECUTORS, cluster_name, cluster_view, metric, wait_link,
+    wait_status,
+};
 use common::nats::NatsServer;
 use common::postgres_database;
 use common::tasks::{attempts, eventually_within, submit_ok, wait_final};
@@ -109,7 +116,71 @@ async fn nodes_with_client_certificates_cluster_over_mutual_tls_and_one_without_
         nats.log()
     );
     // The others never saw it.
-    let view = common::cluster::cluster_view(&n1).await;
+    let view = cluster_view(&n1).await;
     let members = view["members"].as_array().cloned().unwrap_or_default();
     assert!(members.iter().all(|m| m["node"] != "n3"), "{view:#}");
+}
+
+/// `member` with its ractor_cluster link over TLS, with the node certificate of `pki`.
+fn linked_over_tls<'a>(member: Member<'a>, pki: &'a Pki) -> Member<'a> {
+    member
+        .env("MISTER_SMITH__CLUSTER__TLS_CA", path(&pki.ca))
+        .env("MISTER_SMITH__CLUSTER__TLS_CERT", path(&pki.node_cert))
+        .env("MISTER_SMITH__CLUSTER__TLS_KEY", path(&pki.node_key))
+}
+
+/// `node`'s link to `peer` as its cluster view shows it.
+async fn link_to(node: &common::TestNode, peer: &str) -> String {
+    let view = cluster_view(node).await;
+    view["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["node"] == peer)
+        .map(|m| m["link"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn ractor_cluster_links_need_a_certificate_of_the_cluster_ca() {
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let nats = NatsServer::spawn().await;
+    let db = postgres_database().await;
+    let cluster = cluster_name("link-tls");
+    let n1 = linked_over_tls(Member::new(&cluster, &db, nats.url(), "n1"), &pki)
+        .start()
+        .await;
+    let n2 = linked_over_tls(Member::new(&cluster, &db, nats.url(), "n2"), &pki)
+        .start()
+        .await;
+    wait_link(&n1, &["n2"], "connected").await;
+    wait_link(&n2, &["n1"], "connected").await;
+    assert_eq!(metric(&n1, "ms_cluster_link_failures_total").await, 0.0);
+
+    // The right cookie, a certificate of another CA: heard on NATS (its heartbeats carry
+    // the cookie's proof), refused on the link by both ends' verification.
+    let n3 = linked_over_tls(Member::new(&cluster, &db, nats.url(), "n3"), &stranger)
+        .start()
+        .await;
+    wait_status(&n1, &["n3"], "up").await;
+    // n1 sorts first, so it dials n3: its check of n3's certificate fails.
+    eventually_within(CLUSTER_DEADLINE, "n1's dial to n3 to fail", || async {
+        let failures = metric(&n1, "ms_cluster_link_failures_total").await;
+        let log = n1.log();
+        let said = log
+            .lines()
+            .any(|l| l.contains("ractor_cluster connection failed") && l.contains("n3"));
+        if failures >= 1.0 && said {
+            Ok(())
+        } else {
+            Err(format!("{failures} failures; log:\n{log}"))
+        }
+    })
+    .await;
+    assert_ne!(link_to(&n1, "n3").await, "connected");
+    assert_ne!(link_to(&n3, "n1").await, "connected");
+    assert_ne!(link_to(&n3, "n2").await, "connected");
+    // The members of the CA keep their link.
+    assert_eq!(link_to(&n1, "n2").await, "connected");
 }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::auth::{AuthSettings, Secret};
 use crate::http::error::ApiError;
+use crate::http::verified::Verified;
 
 pub const TASKS_WRITE: &str = "tasks:write";
 pub const TASKS_READ: &str = "tasks:read";
@@ -106,8 +107,12 @@ pub struct Claims {
     /// Scopes as an array (accepted too, never minted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
-    /// Expiry, seconds since the epoch.
-    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    /// Expiry, seconds since the epoch (read leniently: jsonwebtoken has checked it).
+    #[serde(
+        default,
+        deserialize_with = "lenient_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exp: Option<u64>,
     /// Issued at, seconds since the epoch.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
@@ -131,6 +136,15 @@ impl Claims {
         scopes.extend(self.scopes.iter().flatten().cloned());
         scopes
     }
+}
+
+/// A time claim as whole seconds; `None` for anything but a non-negative number.
+fn lenient_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(value
+        .as_f64()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .map(|secs| secs as u64))
 }
 
 /// Whether `sub` is a subject tokens may name: 1-256 bytes, no control characters.
@@ -159,8 +173,9 @@ pub struct Authenticator {
     hs256: Option<DecodingKey>,
     /// Keys of `jwks_file` (fixed) followed by those last fetched from `jwks_url`.
     file_keys: Vec<Arc<JwksKey>>,
-    url_keys: RwLock<Vec<Arc<JwksKey>>>,
+    url_keys: RwLock<Arc<Vec<Arc<JwksKey>>>>,
     validations: [Validation; 3],
+    verified: Verified,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -211,8 +226,9 @@ impl Authenticator {
                 .as_ref()
                 .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             file_keys,
-            url_keys: RwLock::new(Vec::new()),
+            url_keys: RwLock::new(Arc::new(Vec::new())),
             validations,
+            verified: Verified::new(settings.leeway_secs),
         })))
     }
 
@@ -232,8 +248,10 @@ impl Authenticator {
                     Ok(keys) => {
                         tracing::info!(url = %url, keys = keys.len(), "JWKS fetched");
                         if let Ok(mut slot) = auth.url_keys.write() {
-                            *slot = keys;
+                            *slot = Arc::new(keys);
                         }
+                        // Tokens of a key no longer served must not pass from memory.
+                        auth.verified.forget_all();
                         fetched_once = true;
                     }
                     Err(e) => {
@@ -253,6 +271,16 @@ impl Authenticator {
 
     /// The principal a bearer token stands for.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(principal) = self.verified.get(token) {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.check(token)?;
+        self.verified.keep(token, &principal, exp);
+        Ok(principal)
+    }
+
+    /// Verifies `token`'s signature and claims: the principal and the token's expiry.
+    fn check(&self, token: &str) -> Result<(Principal, Option<u64>), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let index = ALGORITHMS
@@ -267,7 +295,11 @@ impl Authenticator {
                 .ok_or(AuthError::Algorithm(header.alg))?;
             decode(token, key, validation)?
         } else {
-            let url_keys = self.url_keys.read().map(|k| k.clone()).unwrap_or_default();
+            let url_keys = self
+                .url_keys
+                .read()
+                .map(|k| Arc::clone(&k))
+                .unwrap_or_default();
             let mut candidates = self
                 .file_keys
                 .iter()
@@ -296,10 +328,11 @@ impl Authenticator {
                 "`sub` must be 1-256 characters without control characters".into(),
             ));
         }
-        Ok(Principal {
+        let principal = Principal {
             scopes: claims.granted(),
             sub: claims.sub,
-        })
+        };
+        Ok((principal, claims.exp))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod owned;
 pub mod task_events;
 pub mod task_output;
 pub mod tasks;
+pub mod verified;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

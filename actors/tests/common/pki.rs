@@ -1,6 +1,7 @@
 //! A throwaway PKI for the TLS tests: a CA, a server certificate for `localhost` and
 //! 127.0.0.1 signed by it, and a client certificate signed by it, written as PEM files into a
-//! temp dir (what `llm.ca_file`, `tools.http.ca_file`, `nats.tls_*` and nats-server read).
+//! temp dir (what `llm.ca_file`, `tools.http.ca_file`, `nats.tls_*`, `cluster.tls_*` and
+//! nats-server read).
 //!
 //! Shared by the actors crate's HTTPS tests and the root crate's NATS TLS test (included
 //! there by `#[path]`), so both trust the same kind of chain and nothing is copied.
@@ -24,6 +25,10 @@ pub struct Pki {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// For a node's ractor_cluster link: names localhost and 127.0.0.1, and serves as
+    /// both a server and a client certificate.
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
 }
 
 impl Pki {
@@ -42,29 +47,39 @@ impl Pki {
             std::fs::write(&path, pem).expect("writing a PEM file of the test PKI");
             path
         };
-        let leaf = |names: &[&str], usage: ExtendedKeyUsagePurpose| {
+        let leaf = |names: &[&str], usages: &[ExtendedKeyUsagePurpose]| {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
             let mut params = CertificateParams::new(names).expect("leaf params");
             params
                 .distinguished_name
                 .push(DnType::CommonName, "mister-smith test");
-            params.extended_key_usages = vec![usage];
+            params.extended_key_usages = usages.to_vec();
             let key = KeyPair::generate().expect("leaf key");
             let cert = params.signed_by(&key, &ca).expect("a leaf certificate");
             (cert.pem(), key.serialize_pem())
         };
-        let (server_cert, server_key) = leaf(
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
+        let local = ["localhost", "127.0.0.1"];
+        let (server_cert, server_key) = leaf(&local, &[ExtendedKeyUsagePurpose::ServerAuth]);
+        let (client_cert, client_key) = leaf(
+            &["mister-smith-node"],
+            &[ExtendedKeyUsagePurpose::ClientAuth],
         );
-        let (client_cert, client_key) =
-            leaf(&["mister-smith-node"], ExtendedKeyUsagePurpose::ClientAuth);
+        // A ractor_cluster link's ends are both servers and clients.
+        let (node_cert, node_key) = leaf(
+            &local,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
         Pki {
             ca: write("ca.pem", ca.pem()),
             server_cert: write("server.pem", server_cert),
             server_key: write("server-key.pem", server_key),
             client_cert: write("client.pem", client_cert),
             client_key: write("client-key.pem", client_key),
+            node_cert: write("node.pem", node_cert),
+            node_key: write("node-key.pem", node_key),
             dir,
         }
     }

@@ -491,7 +491,10 @@ impl MembershipState {
             );
             tokio::spawn(async move {
                 if let Err(e) = peers::connect(&server, &addr, tls.as_ref()).await {
-                    tracing::debug!(peer = %node, error = %e, "ractor_cluster connection failed");
+                    // Backed off per peer, so a peer that cannot be reached (or whose
+                    // certificate is not of this cluster's CA) is not a flood of lines.
+                    tracing::warn!(peer = %node, error = %e, "ractor_cluster connection failed");
+                    metrics::counter!("ms_cluster_link_failures_total").increment(1);
                     let _ = me.cast(MembershipMsg::ConnectFailed(node));
                 }
             });
