@@ -92,9 +92,30 @@ pub(crate) fn challenge(headers: &reqwest::header::HeaderMap) -> Option<String> 
         .map(str::to_string)
 }
 
+/// How long the command clients keep an idle connection: a node closes a keep-alive
+/// connection idle for `http.header_timeout_secs` (10 s by default), and a client that
+/// drops its own sooner never sends a request on one the node is closing.
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// Whether an answer's status is a refusal of its credentials, whose body may be anything.
 pub(crate) fn auth_refusal(status: StatusCode) -> bool {
     status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+}
+
+/// An answer's JSON body; a refusal of credentials may carry none (`Null` then).
+pub(crate) async fn json_body(
+    response: reqwest::Response,
+    url: &str,
+) -> Result<Value, ClientError> {
+    let status = response.status();
+    match response.json().await {
+        Ok(body) => Ok(body),
+        Err(_) if auth_refusal(status) => Ok(Value::Null),
+        Err(e) => Err(ClientError::BadAnswer {
+            url: url.to_string(),
+            reason: format!("{status}: {}", root_cause(&e)),
+        }),
+    }
 }
 
 pub async fn actors(args: &ActorsArgs) -> Result<String, ClientError> {
@@ -230,6 +251,7 @@ async fn get(
     // A node is addressed directly; a proxy from the environment would only get in the way.
     let client = reqwest::Client::builder()
         .no_proxy()
+        .pool_idle_timeout(POOL_IDLE)
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| ClientError::Unreachable {
@@ -246,16 +268,7 @@ async fn get(
     })?;
     let status = response.status();
     let challenge = challenge(response.headers());
-    let body: Value = match response.json().await {
-        Ok(body) => body,
-        Err(_) if auth_refusal(status) => Value::Null,
-        Err(e) => {
-            return Err(ClientError::BadAnswer {
-                url: url.clone(),
-                reason: e.to_string(),
-            });
-        }
-    };
+    let body = json_body(response, &url).await?;
     if !status.is_success() {
         return Err(refusal(
             url,

@@ -16,7 +16,7 @@ use clap::Args;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::client::{ClientError, auth_refusal, challenge, refusal};
+use crate::client::{ClientError, POOL_IDLE, auth_refusal, challenge, refusal};
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -162,6 +162,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<String> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency)
+        .pool_idle_timeout(POOL_IDLE)
         .build()?;
     let baseline_rows_per_sec = match &args.baseline {
         Some(url) => Some(baseline(url).await?),

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
 use super::{READ_TIMEOUT, TaskError};
-use crate::client::{ClientError, auth_refusal, challenge, refusal, root_cause, text};
+use crate::client::{ClientError, POOL_IDLE, challenge, json_body, refusal, root_cause, text};
 
 // ---------------------------------------------------------------------------------------
 // HTTP.
@@ -101,6 +101,7 @@ impl Api {
         // the way.
         let client = reqwest::Client::builder()
             .no_proxy()
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|e| bad(e.to_string()))?;
         Ok(Api {
@@ -154,16 +155,7 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let challenge = challenge(response.headers());
-        let body: Value = match response.json().await {
-            Ok(body) => body,
-            Err(_) if auth_refusal(status) => Value::Null,
-            Err(e) => {
-                return Err(ClientError::BadAnswer {
-                    url: shown,
-                    reason: format!("{status}: {}", root_cause(&e)),
-                });
-            }
-        };
+        let body = json_body(response, &shown).await?;
         Ok(Answer {
             url: shown,
             status,
