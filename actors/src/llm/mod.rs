@@ -13,6 +13,7 @@ pub mod anthropic;
 pub mod breaker;
 pub mod config;
 mod http;
+mod message;
 mod openai;
 pub mod scripted;
 
@@ -21,86 +22,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 pub use crate::secret::Secret;
 pub use breaker::{BreakerState, CircuitBreaker, Outcome};
 pub use config::{BreakerConfig, LlmConfig, ProviderKind};
+pub use message::{ChatMessage, Completion, CompletionRequest, Role, ToolCall, ToolSpec};
 
 /// What a call with provider `none` answers.
 pub const NOT_CONFIGURED: &str = "no LLM provider is configured: set llm.provider = \"openai\" \
     (with llm.base_url, llm.api_key, llm.model) or \"anthropic\" (with llm.api_key, llm.model) \
     or \"scripted\" (with llm.script = FILE)";
-
-/// Who said a message.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-/// One message of a conversation.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ChatMessage {
-    pub role: Role,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn user(content: impl Into<String>) -> ChatMessage {
-        ChatMessage {
-            role: Role::User,
-            content: content.into(),
-        }
-    }
-
-    pub fn assistant(content: impl Into<String>) -> ChatMessage {
-        ChatMessage {
-            role: Role::Assistant,
-            content: content.into(),
-        }
-    }
-
-    pub fn system(content: impl Into<String>) -> ChatMessage {
-        ChatMessage {
-            role: Role::System,
-            content: content.into(),
-        }
-    }
-}
-
-/// A completion to ask for.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-pub struct CompletionRequest {
-    /// The system prompt, if any.
-    pub system: Option<String>,
-    pub messages: Vec<ChatMessage>,
-    /// Upper bound on generated tokens (anthropic sends 1024 when unset).
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-}
-
-impl CompletionRequest {
-    /// A request of one user message.
-    pub fn user(content: impl Into<String>) -> CompletionRequest {
-        CompletionRequest {
-            messages: vec![ChatMessage::user(content)],
-            ..CompletionRequest::default()
-        }
-    }
-}
-
-/// The answer.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    pub text: String,
-    /// The model that answered, as the provider names it (`"scripted"` for scripted).
-    pub model: String,
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
-}
 
 /// Why a completion failed.
 #[derive(thiserror::Error, Debug, Clone, PartialEq)]

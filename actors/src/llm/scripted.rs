@@ -7,16 +7,30 @@
 //! { "replies": [ {"match": "plan", "reply": "{\"steps\": []}"} ], "default": "ok" }
 //! ```
 //!
-//! The first reply whose `match` occurs in the last user message, or in the system prompt,
-//! wins; otherwise `default`; otherwise the call fails with
-//! [`LlmError::NoScriptedReply`](super::LlmError::NoScriptedReply).
+//! The first reply whose `match` occurs in the last message said to the model (a user's,
+//! or a tool's result), or in the system prompt, wins; otherwise `default`; otherwise the
+//! call fails with [`LlmError::NoScriptedReply`](super::LlmError::NoScriptedReply).
+//!
+//! A reply can call tools, as a model would, and then match the tools' results:
+//!
+//! ```json
+//! { "replies": [
+//!     {"match": "It is 21°C", "reply": "Warm today."},
+//!     {"match": "weather", "tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}]}
+//! ] }
+//! ```
+//!
+//! A call's id is `call_<n>_<i>`: `n` the number of messages before the answer, `i` its place
+//! in the answer, so the same conversation gets the same ids (a replayed turn matches).
+//! `arguments` may be a string, to script arguments that are not valid JSON.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::{
-    BoxFuture, Completion, CompletionRequest, LlmError, Provider, ProviderError, ProviderKind, Role,
+    BoxFuture, Completion, CompletionRequest, LlmError, Provider, ProviderError, ProviderKind,
+    Role, ToolCall,
 };
 
 /// How much of the unmatched message an error quotes.
@@ -39,7 +53,21 @@ pub struct ScriptedReply {
     /// A substring to look for (case-sensitive).
     #[serde(rename = "match")]
     pub pattern: String,
+    /// The answer's text (may be empty when it calls tools).
+    #[serde(default)]
     pub reply: String,
+    #[serde(default)]
+    pub tool_calls: Vec<ScriptedCall>,
+}
+
+/// A tool call a scripted reply makes.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedCall {
+    pub name: String,
+    /// An object, or a string sent as the raw arguments.
+    #[serde(default)]
+    pub arguments: serde_json::Value,
 }
 
 #[derive(Debug)]
@@ -72,7 +100,7 @@ impl Scripted {
             .messages
             .iter()
             .rev()
-            .find(|m| m.role == Role::User)
+            .find(|m| matches!(m.role, Role::User | Role::Tool))
             .map(|m| m.content.as_str())
             .unwrap_or("");
         let system: Vec<&str> = request
@@ -90,9 +118,9 @@ impl Scripted {
         let found = self.script.replies.iter().find(|r| {
             last_user.contains(&r.pattern) || system.iter().any(|s| s.contains(&r.pattern))
         });
-        let text = match (found, &self.script.default) {
-            (Some(rule), _) => rule.reply.clone(),
-            (None, Some(default)) => default.clone(),
+        let (text, calls) = match (found, &self.script.default) {
+            (Some(rule), _) => (rule.reply.clone(), rule.tool_calls.as_slice()),
+            (None, Some(default)) => (default.clone(), &[][..]),
             (None, None) => {
                 let mut quoted: String = last_user.chars().take(QUOTE_CHARS).collect();
                 if quoted.len() < last_user.len() {
@@ -104,8 +132,23 @@ impl Scripted {
                 )));
             }
         };
+        let n = request.messages.len();
+        let tool_calls = calls
+            .iter()
+            .enumerate()
+            .map(|(i, call)| ToolCall {
+                id: format!("call_{n}_{i}"),
+                name: call.name.clone(),
+                arguments: match &call.arguments {
+                    serde_json::Value::String(raw) => raw.clone(),
+                    serde_json::Value::Null => "{}".into(),
+                    other => other.to_string(),
+                },
+            })
+            .collect();
         Ok(Completion {
             text,
+            tool_calls,
             model: "scripted".into(),
             input_tokens: None,
             output_tokens: None,
