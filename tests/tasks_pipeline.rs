@@ -518,7 +518,13 @@ async fn tool_printing_100_mb_is_truncated_and_the_node_stays_small() {
         "{}",
         common::tasks::summary(&task)
     );
-    let output = &s["output"];
+    // The task's view shows the output cut to `tasks.inline_output_bytes`; its route
+    // gives what was kept.
+    assert_eq!(s["output_truncated"], true, "{s}");
+    let url = format!("{}/api/v1/tasks/{id}/steps/flood/output", node.http_url());
+    let (status, whole) = node.get_json(&url).await;
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    let output = &whole["output"];
     assert_eq!(output["truncated"], true);
     assert_eq!(output["bytes"], 100_000_000u64, "every byte counted");
     assert_eq!(output["exit_code"], 0);

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod monitor;
 pub mod planner;
 pub mod router;
+pub mod toolbox;
 pub mod worker;
 
 use std::fmt;

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::llm::{CompletionRequest, Llm};
+use crate::llm::{ChatMessage, CompletionRequest, Llm, ToolSpec};
 use crate::tools::output::{Capped, parse_json, render};
 use crate::tools::{ToolError, ToolOutput};
 
@@ -44,7 +44,7 @@ pub fn is_worker_tool(tool: &str) -> bool {
 pub fn validate(tool: &str, args: &Value, llm_configured: bool) -> Result<(), String> {
     let obj = args.as_object().ok_or("args: must be a JSON object")?;
     let allowed: &[&str] = match tool {
-        "llm" => &["prompt", "system", "max_tokens"],
+        "llm" => &["prompt", "messages", "tools", "system", "max_tokens"],
         "json" => &["pointer", "select"],
         "template" => &["template", "vars"],
         "hash" => &["algorithm", "text"],
@@ -58,7 +58,14 @@ pub fn validate(tool: &str, args: &Value, llm_configured: bool) -> Result<(), St
     }
     match tool {
         "llm" if !llm_configured => Err(format!("`llm` steps need a provider: {}", crate::llm::NOT_CONFIGURED)),
-        "llm" if !obj.get("prompt").is_some_and(Value::is_string) => Err("args.prompt: a string is required".into()),
+        "llm" if obj.contains_key("messages") == obj.contains_key("prompt") => Err("args: give `prompt` (a string) or `messages` (a conversation), one of them".into()),
+        "llm" if obj.get("prompt").is_some_and(|p| !p.is_string()) => Err("args.prompt: must be a string".into()),
+        "llm" if obj.get("messages").is_some_and(|m| serde_json::from_value::<Vec<ChatMessage>>(m.clone()).is_err()) => {
+            Err("args.messages: must be a list of {\"role\": system|user|assistant|tool, \"content\": text, ...}".into())
+        }
+        "llm" if obj.get("tools").is_some_and(|t| serde_json::from_value::<Vec<ToolSpec>>(t.clone()).is_err()) => {
+            Err("args.tools: must be a list of {\"name\", \"description\", \"parameters\"}".into())
+        }
         "llm" if obj.get("max_tokens").is_some_and(|n| !n.as_u64().is_some_and(|n| (1..=MAX_TOKENS).contains(&n))) => {
             Err(format!("args.max_tokens: must be a whole number from 1 to {MAX_TOKENS}"))
         }
@@ -87,6 +94,7 @@ pub async fn run(
 ) -> Result<ToolOutput, ToolError> {
     validate(tool, args, llm.is_configured()).map_err(ToolError::InvalidArgs)?;
     let text = match tool {
+        "llm" if args.get("messages").is_some() => return converse(args, llm, cap).await,
         "llm" => {
             let prompt = fill(
                 args["prompt"].as_str().unwrap_or_default(),
@@ -166,6 +174,51 @@ pub async fn run(
         json: serde_json::from_str(&text).ok(),
         exit_code: Some(0),
         text,
+        ..Default::default()
+    })
+}
+
+/// An `llm` step given a conversation (and maybe tools): the answer's text, and as its
+/// JSON the whole completion, the tool calls the model asks for included.
+async fn converse(args: &Value, llm: &Llm, cap: usize) -> Result<ToolOutput, ToolError> {
+    let field = |name: &str| args.get(name).cloned().unwrap_or(Value::Null);
+    let invalid = |e: serde_json::Error| ToolError::InvalidArgs(e.to_string());
+    let request = CompletionRequest {
+        system: args
+            .get("system")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        messages: serde_json::from_value(field("messages")).map_err(invalid)?,
+        tools: match args.get("tools") {
+            Some(tools) => serde_json::from_value(tools.clone()).map_err(invalid)?,
+            None => Vec::new(),
+        },
+        max_tokens: args
+            .get("max_tokens")
+            .and_then(Value::as_u64)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        temperature: None,
+    };
+    let completion = llm
+        .complete(request)
+        .await
+        .map_err(|e| ToolError::Failed(e.to_string()))?;
+    let bytes = completion.text.len() as u64;
+    let truncated = completion.text.len() > cap;
+    let mut text = completion.text.clone();
+    if truncated {
+        let mut end = cap;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    Ok(ToolOutput {
+        json: serde_json::to_value(&completion).ok(),
+        exit_code: Some(0),
+        text,
+        truncated,
+        bytes,
         ..Default::default()
     })
 }

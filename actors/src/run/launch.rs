@@ -48,11 +48,19 @@ impl RunState {
             started_at: Some(crate::time::now_rfc3339()),
             finished_at: None,
         });
+        let mut spec = step.spec.clone();
+        if let Some(agent) = &self.spec.agent
+            && super::agent::llm_number(&spec.id).is_some()
+        {
+            // An agent's LLM call is sent the conversation so far.
+            spec.args = super::agent::llm_args(&self.plan, i, agent, &self.tool_check());
+        }
+        let step = &mut self.plan.steps[i];
         let work = Work {
             task_id: self.task_id.clone(),
             session: self.spec.session.clone(),
             principal: self.principal.clone(),
-            step: step.spec.clone(),
+            step: spec,
             input,
             timeout,
             cancel,

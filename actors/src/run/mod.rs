@@ -40,6 +40,7 @@ use crate::task::{StepSpec, StepStatus, TaskSpec, TaskStatus};
 use crate::tools::{ToolError, ToolOutput};
 use plan::Plan;
 
+mod agent;
 mod budget;
 mod launch;
 mod plan;
@@ -420,9 +421,21 @@ impl RunState {
             let left = Duration::from_millis((deadline - now_ms()).max(0) as u64);
             myself.send_after(left, || RunMsg::Deadline);
         }
-        match claim.plan.or_else(|| self.spec.steps.clone()) {
+        let stored_plan = claim.plan.is_some();
+        let plan = claim
+            .plan
+            .or_else(|| self.spec.steps.clone())
+            .or_else(|| self.spec.agent.as_ref().map(|_| agent::first_plan()));
+        match plan {
             Some(plan) => {
                 self.plan = Plan::new(plan, claim.steps);
+                self.plan.tolerant = self.spec.agent.is_some();
+                if self.spec.agent.is_some() && !stored_plan {
+                    // The loop's plan grows and is stored as it does; store its start.
+                    let mut progress = self.progress();
+                    progress.plan = Some(self.plan.specs());
+                    self.note(progress);
+                }
                 self.advance()
             }
             None => self.ask_planner(myself),
@@ -477,7 +490,11 @@ impl RunState {
             progress.steps = skipped;
             self.record(progress);
         }
-        match self.plan.outcome() {
+        let outcome = match &self.spec.agent {
+            Some(agent) => agent::outcome(&self.plan, agent),
+            None => self.plan.outcome(),
+        };
+        match outcome {
             Some((status, error)) => self.finish(status, error),
             None => Ok(()),
         }
@@ -575,8 +592,30 @@ impl RunState {
         let mut progress = self.progress();
         progress.steps.push(state);
         progress.events.push(event);
+        // An agent's LLM call that asked for tools grows the plan, stored with its result.
+        if verdict.passed
+            && let Some(agent) = &self.spec.agent
+        {
+            let grown = agent::grow(&self.plan, i, agent, &self.tool_check());
+            if !grown.is_empty() {
+                self.plan.extend(grown);
+                progress.plan = Some(self.plan.specs());
+            }
+        }
         self.record(progress);
         self.advance()
+    }
+
+    /// Checks a step's tool and arguments as a submitted step is checked (an agent's tool
+    /// calls, before they become steps).
+    fn tool_check(&self) -> impl Fn(&str, &Value) -> Result<(), String> + use<> {
+        let services = self.services.clone();
+        move |tool: &str, args: &Value| match &services {
+            Some(s) => {
+                crate::roles::validate_step_tool(&s.tools, s.llm.is_configured(), tool, args)
+            }
+            None => Err("this node has no tools".into()),
+        }
     }
 
     /// Cancels or times out the task: stops running steps and records the outcome.

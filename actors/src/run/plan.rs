@@ -33,6 +33,9 @@ pub struct StepRun {
 pub struct Plan {
     pub steps: Vec<StepRun>,
     index: HashMap<String, usize>,
+    /// A step waits for its prerequisites to end, not to succeed, and none is skipped (an
+    /// agent's plan: a failed tool call is a result its next LLM call reads).
+    pub tolerant: bool,
 }
 
 impl Plan {
@@ -73,7 +76,38 @@ impl Plan {
                 }
             })
             .collect();
-        Plan { steps, index }
+        Plan {
+            steps,
+            index,
+            tolerant: false,
+        }
+    }
+
+    /// Adds steps to the plan (an agent's loop growing); they start pending.
+    pub fn extend(&mut self, specs: Vec<StepSpec>) {
+        for spec in specs {
+            self.index.insert(spec.id.clone(), self.steps.len());
+            self.steps.push(StepRun {
+                state: StepState {
+                    step_id: spec.id.clone(),
+                    status: StepStatus::Pending,
+                    attempts: Vec::new(),
+                    output: None,
+                },
+                spec,
+                cancel: None,
+            });
+        }
+    }
+
+    /// The plan's steps as specs (what is stored as the task's plan).
+    pub fn specs(&self) -> Vec<StepSpec> {
+        self.steps.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    /// Where the step `id` is.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
     }
 
     /// Marks skipped every waiting step whose prerequisites cannot all succeed any more
@@ -83,7 +117,8 @@ impl Plan {
         loop {
             let mut changed = false;
             for i in 0..self.steps.len() {
-                if self.waiting(i)
+                if !self.tolerant
+                    && self.waiting(i)
                     && self
                         .prerequisites(i)
                         .any(|s| s.is_final() && s != StepStatus::Succeeded)
@@ -99,7 +134,10 @@ impl Plan {
         }
         let ready = (0..self.steps.len())
             .filter(|&i| {
-                self.waiting(i) && self.prerequisites(i).all(|s| s == StepStatus::Succeeded)
+                self.waiting(i)
+                    && self
+                        .prerequisites(i)
+                        .all(|s| s == StepStatus::Succeeded || (self.tolerant && s.is_final()))
             })
             .collect();
         (ready, skipped)
@@ -144,18 +182,26 @@ impl Plan {
         else {
             return Some((TaskStatus::Succeeded, None));
         };
-        let why = step
-            .state
-            .attempts
-            .last()
-            .and_then(|a| {
-                a.verdict
-                    .as_ref()
-                    .map(|v| v.reason.clone())
-                    .or(a.error.clone())
-            })
-            .unwrap_or_else(|| step.state.status.to_string());
-        let error = format!("step `{}` {}: {why}", step.spec.id, step.state.status);
+        let error = format!(
+            "step `{}` {}: {}",
+            step.spec.id,
+            step.state.status,
+            failure(step)
+        );
         Some((TaskStatus::Failed, Some(error)))
     }
+}
+
+/// Why a step did not succeed: its last attempt's verdict or error, else its status.
+pub fn failure(step: &StepRun) -> String {
+    step.state
+        .attempts
+        .last()
+        .and_then(|a| {
+            a.verdict
+                .as_ref()
+                .map(|v| v.reason.clone())
+                .or(a.error.clone())
+        })
+        .unwrap_or_else(|| step.state.status.to_string())
 }

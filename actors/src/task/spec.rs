@@ -116,6 +116,11 @@ pub struct TaskSpec {
     #[serde(default)]
     #[schema(required, value_type = Vec<StepSpec>, min_items = 1, max_items = 1000)]
     pub steps: Option<Vec<StepSpec>>,
+    /// An agent loop instead of a plan: the LLM is asked `agent.message`, may call the
+    /// listed tools (each call a recorded step), sees their results and goes on until it
+    /// answers. Give `steps`, `agent`, or a `description` for the Planner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
     /// A session this task belongs to: its `memory` steps with `scope: "session"` share
     /// entries with the other tasks of the same session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +130,41 @@ pub struct TaskSpec {
 
 fn default_attempts() -> u32 {
     3
+}
+
+/// Most LLM calls one agent task may make.
+pub const MAX_ITERATIONS: u32 = 50;
+/// Longest `agent.message` and `agent.system`, in bytes.
+pub const MAX_AGENT_TEXT: usize = 100_000;
+
+/// What an agent task asks and may use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// The user's message.
+    #[schema(min_length = 1, max_length = 100000)]
+    pub message: String,
+    /// The system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 100000)]
+    pub system: Option<String>,
+    /// The step tools the model may call, by name (each call is checked as a submitted
+    /// step would be; one this node refuses goes back to the model as an error).
+    #[serde(default)]
+    #[schema(example = json!(["echo", "http"]))]
+    pub tools: Vec<String>,
+    /// LLM calls at most; reaching it without an answer fails the task.
+    #[serde(default = "default_iterations")]
+    #[schema(default = 10, minimum = 1, maximum = 50)]
+    pub max_iterations: u32,
+    /// Upper bound on tokens per LLM call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub max_tokens: Option<u32>,
+}
+
+fn default_iterations() -> u32 {
+    10
 }
 
 /// One step of a plan.
@@ -218,11 +258,20 @@ impl TaskSpec {
             .description
             .as_deref()
             .is_some_and(|d| !d.trim().is_empty());
-        if self.steps.is_none() && !described {
+        if self.steps.is_none() && self.agent.is_none() && !described {
             errors.push(FieldError::new(
                 "steps",
-                "give `steps` (a plan) or a `description` for the Planner",
+                "give `steps` (a plan), `agent` (an agent loop) or a `description` for the Planner",
             ));
+        }
+        if let Some(agent) = &self.agent {
+            if self.steps.is_some() {
+                errors.push(FieldError::new(
+                    "agent",
+                    "give either `steps` or `agent`, not both",
+                ));
+            }
+            agent.validate(&check_tool, &mut errors);
         }
         if let Some(key) = &self.idempotency_key
             && !is_name(key)
@@ -264,6 +313,67 @@ impl TaskSpec {
             Ok(())
         } else {
             Err(errors)
+        }
+    }
+}
+
+impl AgentSpec {
+    fn validate(
+        &self,
+        check_tool: &impl Fn(&str, &Value) -> Result<(), String>,
+        errors: &mut Vec<FieldError>,
+    ) {
+        if self.message.trim().is_empty() || self.message.len() > MAX_AGENT_TEXT {
+            errors.push(FieldError::new(
+                "agent.message",
+                format!("must be 1-{MAX_AGENT_TEXT} bytes, not only spaces"),
+            ));
+        }
+        if self
+            .system
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_AGENT_TEXT)
+        {
+            errors.push(FieldError::new(
+                "agent.system",
+                format!("must be at most {MAX_AGENT_TEXT} bytes"),
+            ));
+        }
+        if !(1..=MAX_ITERATIONS).contains(&self.max_iterations) {
+            errors.push(FieldError::new(
+                "agent.max_iterations",
+                format!("must be between 1 and {MAX_ITERATIONS}"),
+            ));
+        }
+        if self
+            .max_tokens
+            .is_some_and(|n| !(1..=1_000_000).contains(&n))
+        {
+            errors.push(FieldError::new(
+                "agent.max_tokens",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let known = crate::roles::toolbox::names();
+        for (i, tool) in self.tools.iter().enumerate() {
+            if !known.contains(&tool.as_str()) {
+                errors.push(FieldError::new(
+                    format!("agent.tools[{i}]"),
+                    format!(
+                        "`{tool}` is not a tool an agent can call; these are: {}",
+                        known.join(", ")
+                    ),
+                ));
+            } else if self.tools[..i].contains(tool) {
+                errors.push(FieldError::new(
+                    format!("agent.tools[{i}]"),
+                    format!("`{tool}` is listed twice"),
+                ));
+            }
+        }
+        // The loop's calls are `llm` steps: refused here when no provider is configured.
+        if let Err(why) = check_tool("llm", &json!({"prompt": "-"})) {
+            errors.push(FieldError::new("agent", why));
         }
     }
 }
