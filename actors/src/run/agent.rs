@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use super::plan::{Plan, failure};
 use crate::llm::{ChatMessage, ToolCall};
 use crate::roles::toolbox;
-use crate::task::{AgentSpec, StepSpec, StepStatus, TaskStatus};
+use crate::task::{AgentTask, StepSpec, StepStatus, TaskStatus};
 
 /// The id of the `n`th LLM call (from 1).
 pub fn llm_step(n: u32) -> String {
@@ -70,7 +70,7 @@ fn answer(plan: &Plan, i: usize) -> (String, Vec<ToolCall>) {
 /// Why `call` gets no step: a tool the agent was not given, arguments that are not a JSON
 /// object, or arguments the tool (with this node's settings) refuses.
 fn refusal(
-    agent: &AgentSpec,
+    agent: &AgentTask,
     call: &ToolCall,
     check: &impl Fn(&str, &Value) -> Result<(), String>,
 ) -> Option<String> {
@@ -96,7 +96,7 @@ fn refusal(
 pub fn grow(
     plan: &Plan,
     i: usize,
-    agent: &AgentSpec,
+    agent: &AgentTask,
     check: &impl Fn(&str, &Value) -> Result<(), String>,
 ) -> Vec<StepSpec> {
     let Some(n) = llm_number(&plan.steps[i].spec.id) else {
@@ -148,7 +148,7 @@ fn result_of(plan: &Plan, id: &str) -> String {
 pub fn llm_args(
     plan: &Plan,
     i: usize,
-    agent: &AgentSpec,
+    agent: &AgentTask,
     check: &impl Fn(&str, &Value) -> Result<(), String>,
 ) -> Value {
     let n = llm_number(&plan.steps[i].spec.id).unwrap_or(1);
@@ -185,7 +185,7 @@ pub fn llm_args(
 /// How an agent task ends, once every step is final: succeeded when its last LLM call
 /// answered without calling tools; failed when an LLM call failed, or when the last one
 /// allowed still called tools.
-pub fn outcome(plan: &Plan, agent: &AgentSpec) -> Option<(TaskStatus, Option<String>)> {
+pub fn outcome(plan: &Plan, agent: &AgentTask) -> Option<(TaskStatus, Option<String>)> {
     if !plan.steps.iter().all(|s| s.state.status.is_final()) {
         return None;
     }
@@ -222,8 +222,8 @@ mod tests {
     use super::*;
     use crate::task::store::StepState;
 
-    fn agent(tools: &[&str], max_iterations: u32) -> AgentSpec {
-        AgentSpec {
+    fn agent(tools: &[&str], max_iterations: u32) -> AgentTask {
+        AgentTask {
             message: "What is 2+2?".into(),
             system: None,
             tools: tools.iter().map(|t| t.to_string()).collect(),

@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use spec::{AgentSpec, Expectation, FieldError, Priority, StepSpec, TaskSpec};
+pub use spec::{AgentTask, Expectation, FieldError, Priority, StepSpec, TaskSpec};
 
 /// `queued → planning → running → succeeded | failed | cancelled | timed_out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -120,7 +120,7 @@ pub struct TaskSpec {
     /// listed tools (each call a recorded step), sees their results and goes on until it
     /// answers. Give `steps`, `agent`, or a `description` for the Planner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<AgentSpec>,
+    pub agent: Option<AgentTask>,
     /// A session this task belongs to: its `memory` steps with `scope: "session"` share
     /// entries with the other tasks of the same session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,7 +140,7 @@ pub const MAX_AGENT_TEXT: usize = 100_000;
 /// What an agent task asks and may use.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AgentSpec {
+pub struct AgentTask {
     /// The user's message.
     #[schema(min_length = 1, max_length = 100000)]
     pub message: String,
@@ -317,7 +317,7 @@ impl TaskSpec {
     }
 }
 
-impl AgentSpec {
+impl AgentTask {
     fn validate(
         &self,
         check_tool: &impl Fn(&str, &Value) -> Result<(), String>,
