@@ -10,7 +10,8 @@
 //! it failed, or why it was refused (a tool it may not call, arguments that are not a JSON
 //! object, arguments the tool refuses). Errors are results the model reads, not failures
 //! of the task; the task fails only if an LLM call fails, or `max_iterations` calls pass
-//! without an answer.
+//! without an answer, or the calls used up `max_total_tokens`. One answer's calls past
+//! [`MAX_CALLS_PER_ANSWER`] are refused, so a model cannot grow a plan without bound.
 
 use serde_json::{Map, Value, json};
 
@@ -18,6 +19,9 @@ use super::plan::{Plan, failure};
 use crate::llm::{ChatMessage, ToolCall};
 use crate::roles::toolbox;
 use crate::task::{AgentTask, StepSpec, StepStatus, TaskStatus};
+
+/// Tool calls of one answer that become steps; later ones are refused.
+pub const MAX_CALLS_PER_ANSWER: usize = 16;
 
 /// The id of the `n`th LLM call (from 1).
 pub fn llm_step(n: u32) -> String {
@@ -71,9 +75,15 @@ fn answer(plan: &Plan, i: usize) -> (String, Vec<ToolCall>) {
 /// object, or arguments the tool (with this node's settings) refuses.
 fn refusal(
     agent: &AgentTask,
+    j: usize,
     call: &ToolCall,
     check: &impl Fn(&str, &Value) -> Result<(), String>,
 ) -> Option<String> {
+    if j >= MAX_CALLS_PER_ANSWER {
+        return Some(format!(
+            "error: at most {MAX_CALLS_PER_ANSWER} tool calls are made per answer; call the rest in the next one"
+        ));
+    }
     if !agent.tools.contains(&call.name) {
         return Some(format!(
             "error: `{}` is not a tool you may call here; you may call: {}",
@@ -103,14 +113,18 @@ pub fn grow(
         return Vec::new();
     };
     let (_, calls) = answer(plan, i);
-    if calls.is_empty() || n >= agent.max_iterations || plan.position(&llm_step(n + 1)).is_some() {
+    if calls.is_empty()
+        || n >= agent.max_iterations
+        || over_budget(plan, agent)
+        || plan.position(&llm_step(n + 1)).is_some()
+    {
         return Vec::new();
     }
     let asked_by = llm_step(n);
     let mut steps: Vec<StepSpec> = calls
         .iter()
         .enumerate()
-        .filter(|(_, call)| refusal(agent, call, check).is_none())
+        .filter(|(j, call)| refusal(agent, *j, call, check).is_none())
         .map(|(j, call)| StepSpec {
             id: tool_step(n, j),
             tool: call.name.clone(),
@@ -123,6 +137,25 @@ pub fn grow(
     after.push(asked_by);
     steps.push(llm_spec(n + 1, after));
     steps
+}
+
+/// Tokens the task's finished LLM calls used, as their providers reported them.
+fn tokens_used(plan: &Plan) -> u64 {
+    plan.steps
+        .iter()
+        .filter(|s| llm_number(&s.spec.id).is_some())
+        .filter_map(|s| s.state.output.as_ref()?.get("json"))
+        .map(|c| {
+            let count = |key: &str| c.get(key).and_then(Value::as_u64).unwrap_or(0);
+            count("input_tokens").saturating_add(count("output_tokens"))
+        })
+        .fold(0, u64::saturating_add)
+}
+
+fn over_budget(plan: &Plan, agent: &AgentTask) -> bool {
+    agent
+        .max_total_tokens
+        .is_some_and(|budget| tokens_used(plan) >= budget)
 }
 
 /// What a tool call's step gave the model: its output, or why it has none.
@@ -166,7 +199,7 @@ pub fn llm_args(
             let id = tool_step(m, j);
             let content = match plan.position(&id) {
                 Some(_) => result_of(plan, &id),
-                None => refusal(agent, call, check)
+                None => refusal(agent, j, call, check)
                     .unwrap_or_else(|| "error: the call was refused".into()),
             };
             messages.push(ChatMessage::tool_result(&call.id, content));
@@ -206,6 +239,15 @@ pub fn outcome(plan: &Plan, agent: &AgentTask) -> Option<(TaskStatus, Option<Str
     }
     if answer(plan, last).1.is_empty() {
         Some((TaskStatus::Succeeded, None))
+    } else if over_budget(plan, agent) {
+        Some((
+            TaskStatus::Failed,
+            Some(format!(
+                "the agent's LLM calls used {} tokens, agent.max_total_tokens is {}, and it had not answered",
+                tokens_used(plan),
+                agent.max_total_tokens.unwrap_or_default()
+            )),
+        ))
     } else {
         Some((
             TaskStatus::Failed,
@@ -229,6 +271,7 @@ mod tests {
             tools: tools.iter().map(|t| t.to_string()).collect(),
             max_iterations,
             max_tokens: None,
+            max_total_tokens: None,
         }
     }
 
@@ -312,6 +355,53 @@ mod tests {
         assert_eq!(outcome(&plan, &agent), None);
         answered(&mut plan, "llm_2", "2+2 is 4.", &[]);
         assert_eq!(outcome(&plan, &agent), Some((TaskStatus::Succeeded, None)));
+    }
+
+    #[test]
+    fn calls_past_the_cap_and_the_token_budget_stop_the_growth() {
+        let mut agent = agent(&["echo"], 50);
+        let mut plan = Plan::new(first_plan(), Vec::<StepState>::new());
+        let ids: Vec<String> = (0..MAX_CALLS_PER_ANSWER + 3)
+            .map(|j| format!("c{j}"))
+            .collect();
+        let many: Vec<(&str, &str, &str)> = ids
+            .iter()
+            .map(|id| (id.as_str(), "echo", r#"{"text": "x"}"#))
+            .collect();
+        answered(&mut plan, "llm_1", "", &many);
+        let grown = grow(&plan, 0, &agent, &ok);
+        assert_eq!(
+            grown.len(),
+            MAX_CALLS_PER_ANSWER + 1,
+            "the cap, then the next call"
+        );
+        plan.extend(grown);
+        let args = llm_args(&plan, plan.position("llm_2").unwrap(), &agent, &ok);
+        // user, assistant, then one result per call: the last ones refused.
+        let last = &args["messages"][MAX_CALLS_PER_ANSWER + 4];
+        assert!(
+            last["content"].as_str().unwrap().contains("at most"),
+            "{last}"
+        );
+
+        agent.max_total_tokens = Some(1000);
+        let mut spent = Plan::new(first_plan(), Vec::<StepState>::new());
+        answered(
+            &mut spent,
+            "llm_1",
+            "",
+            &[("c0", "echo", r#"{"text": "x"}"#)],
+        );
+        let json = &mut spent.steps[0].state.output.as_mut().unwrap()["json"];
+        json["input_tokens"] = json!(700);
+        json["output_tokens"] = json!(300);
+        assert!(
+            grow(&spent, 0, &agent, &ok).is_empty(),
+            "the budget is spent"
+        );
+        let (status, why) = outcome(&spent, &agent).unwrap();
+        assert_eq!(status, TaskStatus::Failed);
+        assert!(why.unwrap().contains("max_total_tokens"));
     }
 
     #[test]

@@ -161,6 +161,11 @@ pub struct AgentTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1000000)]
     pub max_tokens: Option<u32>,
+    /// Tokens (in and out, as the provider counts them) all the task's LLM calls may use;
+    /// once they have, no further call is made and the task fails saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_total_tokens: Option<u64>,
 }
 
 fn default_iterations() -> u32 {
@@ -352,6 +357,12 @@ impl AgentTask {
             errors.push(FieldError::new(
                 "agent.max_tokens",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if self.max_total_tokens == Some(0) {
+            errors.push(FieldError::new(
+                "agent.max_total_tokens",
+                "must be at least 1",
             ));
         }
         let known = crate::roles::toolbox::names();
