@@ -12,28 +12,23 @@ PAIRS=${1:-2}
 SECS=${2:-20}
 cargo build --release --locked --bin mister-smith >&2
 MS=$PWD/target/release/mister-smith
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 run_once() { # $1: off|on
-    local work port admin node token=()
+    local work port admin env=() token=()
     work=$(mktemp -d)
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    local env=(MISTER_SMITH__LOG__LEVEL=warn)
+    port=$(free_port)
+    admin=$(free_port)
     if [[ $1 == on ]]; then
-        env+=(MISTER_SMITH__AUTH__MODE=jwt MISTER_SMITH__AUTH__SECRET="$SECRET")
+        env=(MISTER_SMITH__AUTH__MODE=jwt MISTER_SMITH__AUTH__SECRET="$SECRET")
         token=(--token "$(env "${env[@]}" "$MS" token issue --sub bench --scope tasks:write --scope tasks:read)")
     fi
-    (cd "$work" && exec env "${env[@]}" "$MS" run --http "127.0.0.1:$port" --admin "127.0.0.1:$admin" >"$work/node.log" 2>&1) &
-    node=$!
-    for _ in $(seq 1 100); do
-        curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    echo "== auth $1" 
-    (cd "$work" && "$MS" load --http "127.0.0.1:$port" --duration "$SECS" --concurrency 64 \
-        --baseline "sqlite://$work/baseline.db" "${token[@]}")
-    kill "$node"; wait "$node" 2>/dev/null || true
+    bench_node "$work" "$port" "$admin" "${env[@]}" --
+    echo "== auth $1"
+    bench_load "$work" "$port" "$SECS" "${token[@]}"
+    kill "$NODE"; wait "$NODE" 2>/dev/null || true
     rm -rf "$work"
 }
 

@@ -44,9 +44,11 @@ pub struct LoadArgs {
     #[arg(long, value_name = "URL")]
     pub baseline: Option<String>,
     /// The task submitted: `echo` (one step), `echo3` (three chained echo steps: pure
-    /// tools, the fast path) or `file3` (three chained `file` appends to the node's
-    /// workspace: each attempt committed before its append).
-    #[arg(long, default_value = "echo", value_parser = ["echo", "echo3", "file3"])]
+    /// tools, the fast path), `file3` (three chained `file` appends to the node's
+    /// workspace: each attempt committed before its append) or `agent` (an agent task
+    /// with the `echo` tool: the node's LLM provider decides what runs;
+    /// `scripts/bench-agent.sh` scripts one echo call and an answer, three steps).
+    #[arg(long, default_value = "echo", value_parser = ["echo", "echo3", "file3", "agent"])]
     pub task: String,
     #[command(flatten)]
     pub bearer: crate::cli::BearerToken,
@@ -78,6 +80,7 @@ fn task_body(kind: &str) -> serde_json::Value {
             json!({"id": id, "tool": "file",
                    "args": {"op": "append", "path": "load.log", "content": "x\n"}})
         }),
+        "agent" => json!({"agent": {"message": "load", "tools": ["echo"]}}),
         _ => json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]}),
     }
 }
