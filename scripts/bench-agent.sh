@@ -4,7 +4,8 @@
 # steps) and `agent` (an agent task whose scripted LLM answers at once: one call asking
 # for `echo`, the echo, a second call that answers: three steps too). The difference is
 # the loop's own work: growing the plan, rebuilding the conversation, the worker's LLM
-# call through the provider layer. Each run measures its raw baseline first.
+# call through the provider layer. Each run measures its raw baseline first. Then the
+# latency of one task at a time (scripts/agent-latency.py).
 #
 # Usage: scripts/bench-agent.sh [pairs] [seconds]      (defaults: 2 pairs of 20 s runs)
 set -euo pipefail
@@ -17,7 +18,7 @@ MS=$PWD/target/release/mister-smith
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 
-run_once() { # $1: echo3|agent
+run_once() { # $1: echo3|agent|latency
     local work port admin
     work=$(mktemp -d)
     port=$(free_port)
@@ -32,7 +33,11 @@ JSON
     printf '[llm]\nprovider = "scripted"\nscript = "%s/script.json"\n' "$work" >"$work/node.toml"
     bench_node "$work" "$port" "$admin" -- --config "$work/node.toml"
     echo "== task $1"
-    bench_load "$work" "$port" "$SECS" --task "$1"
+    if [[ $1 == latency ]]; then
+        python3 scripts/agent-latency.py "http://127.0.0.1:$port"
+    else
+        bench_load "$work" "$port" "$SECS" --task "$1"
+    fi
     kill "$NODE"; wait "$NODE" 2>/dev/null || true
     rm -rf "$work"
 }
@@ -41,3 +46,6 @@ for _ in $(seq 1 "$PAIRS"); do
     run_once echo3
     run_once agent
 done
+
+# Latency, one task at a time on an idle node of the same configuration.
+run_once latency

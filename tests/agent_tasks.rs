@@ -135,6 +135,14 @@ async fn bad_agent_tasks_are_refused_naming_the_field() {
             json!({"agent": {"message": "x"}, "steps": [{"id": "a", "tool": "echo"}]}),
             "agent",
         ),
+        (
+            json!({"agent": {"message": "x", "history": [{"role": "system", "content": "s"}]}}),
+            "agent.history[0].role",
+        ),
+        (
+            json!({"agent": {"message": "x", "history": [{"role": "tool", "content": "r"}]}}),
+            "agent.history[0].tool_call_id",
+        ),
     ] {
         let (status, body) = submit(&node, &task).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{task}: {body}");

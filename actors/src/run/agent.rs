@@ -5,7 +5,8 @@
 //! retried, recorded before its effect, fenced, and resumed after a crash or a takeover
 //! from what was recorded: a finished LLM call or tool call is never made again.
 //!
-//! What the model is sent is rebuilt from the record each time: the user's message, then
+//! What the model is sent is rebuilt from the record each time: the history the task was
+//! given (earlier turns of a conversation), the user's message, then
 //! for each earlier call its answer and, for each tool call, the step's output, or why
 //! it failed, or why it was refused (a tool it may not call, arguments that are not a JSON
 //! object, arguments the tool refuses). Errors are results the model reads, not failures
@@ -185,7 +186,8 @@ pub fn llm_args(
     check: &impl Fn(&str, &Value) -> Result<(), String>,
 ) -> Value {
     let n = llm_number(&plan.steps[i].spec.id).unwrap_or(1);
-    let mut messages = vec![ChatMessage::user(agent.message.clone())];
+    let mut messages = agent.history.clone();
+    messages.push(ChatMessage::user(agent.message.clone()));
     for m in 1..n {
         let Some(k) = plan.position(&llm_step(m)) else {
             break;
@@ -267,6 +269,7 @@ mod tests {
     fn agent(tools: &[&str], max_iterations: u32) -> AgentTask {
         AgentTask {
             message: "What is 2+2?".into(),
+            history: Vec::new(),
             system: None,
             tools: tools.iter().map(|t| t.to_string()).collect(),
             max_iterations,
@@ -402,6 +405,26 @@ mod tests {
         let (status, why) = outcome(&spent, &agent).unwrap();
         assert_eq!(status, TaskStatus::Failed);
         assert!(why.unwrap().contains("max_total_tokens"));
+    }
+
+    #[test]
+    fn the_history_goes_ahead_of_the_message() {
+        let mut agent = agent(&[], 3);
+        agent.history = vec![
+            ChatMessage::user("My name is Ada."),
+            ChatMessage::assistant("Hello, Ada."),
+        ];
+        let plan = Plan::new(first_plan(), Vec::<StepState>::new());
+        let args = llm_args(&plan, 0, &agent, &ok);
+        let messages: Vec<ChatMessage> = serde_json::from_value(args["messages"].clone()).unwrap();
+        assert_eq!(
+            messages,
+            [
+                ChatMessage::user("My name is Ada."),
+                ChatMessage::assistant("Hello, Ada."),
+                ChatMessage::user("What is 2+2?"),
+            ]
+        );
     }
 
     #[test]

@@ -136,6 +136,8 @@ fn default_attempts() -> u32 {
 pub const MAX_ITERATIONS: u32 = 50;
 /// Longest `agent.message` and `agent.system`, in bytes.
 pub const MAX_AGENT_TEXT: usize = 100_000;
+/// Most messages of `agent.history`.
+pub const MAX_HISTORY: usize = 1000;
 
 /// What an agent task asks and may use.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -144,6 +146,11 @@ pub struct AgentTask {
     /// The user's message.
     #[schema(min_length = 1, max_length = 100000)]
     pub message: String,
+    /// The conversation before `message` (earlier turns: `user`, `assistant` and `tool`
+    /// messages, with their tool calls), sent ahead of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>, max_items = 1000)]
+    pub history: Vec<crate::llm::ChatMessage>,
     /// The system prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 100000)]
@@ -358,6 +365,26 @@ impl AgentTask {
                 "agent.max_tokens",
                 "must be between 1 and 1000000",
             ));
+        }
+        if self.history.len() > MAX_HISTORY {
+            errors.push(FieldError::new(
+                "agent.history",
+                format!("at most {MAX_HISTORY} messages, got {}", self.history.len()),
+            ));
+        }
+        for (i, m) in self.history.iter().enumerate() {
+            if m.role == crate::llm::Role::System {
+                errors.push(FieldError::new(
+                    format!("agent.history[{i}].role"),
+                    "`system` belongs in `agent.system`",
+                ));
+            }
+            if (m.role == crate::llm::Role::Tool) != m.tool_call_id.is_some() {
+                errors.push(FieldError::new(
+                    format!("agent.history[{i}].tool_call_id"),
+                    "a `tool` message names the call it answers; no other message has one",
+                ));
+            }
         }
         if self.max_total_tokens == Some(0) {
             errors.push(FieldError::new(
