@@ -1,7 +1,8 @@
 //! The Worker's data steps and the Memory role's steps, through the whole pipeline on both
 //! backends: the router sends each step to an agent of the right role, its output feeds the
 //! next step, and memory entries outlive the task that wrote them (or expire with a TTL);
-//! session-scoped entries are shared by the tasks of one session only.
+//! session-scoped entries are shared by the tasks of one session only. And the Planner
+//! agent planning a task given only a description.
 
 mod common;
 
@@ -255,4 +256,54 @@ async fn an_llm_judgement_without_a_provider_is_refused() {
         body["error"]["fields"][0]["field"], "steps[0].expect.judge",
         "{body}"
     );
+}
+
+/// A task given only a description is planned by a Planner agent (the Router picks it; the
+/// trace names it), and runs the plan; a description the Planner cannot plan fails the
+/// task saying why.
+#[tokio::test]
+async fn the_planner_agent_plans_a_described_task() {
+    let dir = common::temp_dir();
+    let plan = json!({"steps": [{"id": "hi", "tool": "echo", "args": {"text": "planned hello"}}]});
+    std::fs::write(
+        dir.path().join("script.json"),
+        json!({"replies": [
+            {"match": "nonsense", "reply": "I would rather not."},
+            {"match": "say hello", "reply": format!("Here is the plan: {plan}")}
+        ]})
+        .to_string(),
+    )
+    .expect("script");
+    std::fs::write(
+        dir.path().join("llm.toml"),
+        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
+    )
+    .expect("config");
+    let node = common::Launch::new()
+        .args(&["--config", "llm.toml"])
+        .in_dir(dir)
+        .start()
+        .await;
+
+    let id = submit_ok(&node, &json!({"description": "say hello"})).await;
+    let task = wait_final(&node, &id).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(output_text(&task, "hi"), "planned hello", "{task:#}");
+    let planned = common::tasks::events(&task)
+        .iter()
+        .find(|e| e["kind"] == "planned")
+        .cloned()
+        .unwrap_or_else(|| panic!("no `planned` event: {task:#}"));
+    assert_eq!(planned["data"]["steps"], 1, "{planned}");
+    let planner = planned["data"]["agent"].as_str().unwrap_or_default();
+    assert!(
+        planner.starts_with("planner"),
+        "planned by {planner:?}: {planned}"
+    );
+
+    let id = submit_ok(&node, &json!({"description": "plan some nonsense"})).await;
+    let task = wait_final(&node, &id).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not a plan"), "{error}");
 }

@@ -208,8 +208,10 @@ impl AgentState {
     /// Takes a step: runs it in a free slot, queues it, or hands it back when full.
     fn execute(&mut self, myself: &ActorRef<AgentMsg>, job: Box<Job>) {
         let services = match (self.identity.role, self.ctx.services()) {
-            (Role::Executor | Role::Worker | Role::Memory, Some(services)) => services.clone(),
-            (Role::Executor | Role::Worker | Role::Memory, None) => {
+            (Role::Executor | Role::Worker | Role::Memory | Role::Planner, Some(services)) => {
+                services.clone()
+            }
+            (Role::Executor | Role::Worker | Role::Memory | Role::Planner, None) => {
                 let _ = job.reply.send(ExecuteReply::Done(Err(ToolError::Failed(
                     "tools are not configured on this node".into(),
                 ))));
@@ -219,7 +221,7 @@ impl AgentState {
                 let _ = job
                     .reply
                     .send(ExecuteReply::Done(Err(ToolError::Failed(format!(
-                        "agent {} is a {role}; steps run on executors and workers",
+                        "agent {} is a {role}; steps run on executors, workers, memory agents and planners",
                         self.identity.name
                     )))));
                 return;

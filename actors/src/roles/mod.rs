@@ -97,6 +97,9 @@ pub fn capability_for(tool: &str) -> String {
     if tool == "memory" {
         return "memory.kv".into();
     }
+    if tool == planner::PLAN_TOOL {
+        return "plan.generate".into();
+    }
     match worker::TOOLS.iter().find(|(t, _)| *t == tool) {
         Some((_, capability)) => capability.to_string(),
         None => format!("tool.{tool}"),

@@ -8,13 +8,16 @@ use serde::Deserialize;
 
 use crate::llm::{CompletionRequest, Llm, LlmError};
 use crate::task::spec::{FieldError, StepSpec, validate_plan};
-use crate::tools::Tools;
+use crate::tools::{ToolError, ToolOutput, Tools};
 
 /// Capabilities the registry indexes this role under.
 pub const CAPABILITIES: &[&str] = &["plan.generate", "plan.validate"];
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PlanError {
+    /// The Planner agent could not be reached or did not plan (its message says why).
+    #[error("{0}")]
+    Agent(String),
     #[error("the planner's LLM call failed: {0}")]
     Llm(#[from] LlmError),
     #[error("the planner's answer is not a plan: {0}")]
@@ -54,6 +57,50 @@ pub async fn plan(llm: &Llm, tools: &Tools, description: &str) -> Result<Vec<Ste
         return Err(PlanError::Invalid(list.join("; ")));
     }
     Ok(steps)
+}
+
+/// The pseudo-tool a run hands the Planner agent (routed by `plan.generate`; never a step
+/// of a plan: submitted plans cannot name it).
+pub const PLAN_TOOL: &str = "plan";
+
+/// The Planner agent's job: plans `args.description`; the plan is the output's JSON
+/// (`{"steps": [...]}`), a failure the reason [`PlanError`] gives.
+pub async fn run(
+    llm: &Llm,
+    tools: &Tools,
+    args: &serde_json::Value,
+) -> Result<ToolOutput, ToolError> {
+    let description = args
+        .get("description")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| ToolError::InvalidArgs("args.description: a string is required".into()))?;
+    let steps = plan(llm, tools, description)
+        .await
+        .map_err(|e| ToolError::Failed(e.to_string()))?;
+    let json = serde_json::json!({ "steps": steps });
+    let text = json.to_string();
+    Ok(ToolOutput {
+        bytes: text.len() as u64,
+        json: Some(json),
+        exit_code: Some(0),
+        text,
+        ..Default::default()
+    })
+}
+
+/// The plan in a Planner agent's output, or why there is none.
+pub fn planned(result: Result<ToolOutput, ToolError>) -> Result<Vec<StepSpec>, PlanError> {
+    let output = result.map_err(|e| match e {
+        ToolError::Failed(why) => PlanError::Agent(why),
+        other => PlanError::Agent(format!("the Planner agent did not plan: {other}")),
+    })?;
+    let steps = output
+        .json
+        .as_ref()
+        .and_then(|j| j.get("steps"))
+        .cloned()
+        .unwrap_or_default();
+    serde_json::from_value(steps).map_err(|e| PlanError::Unreadable(e.to_string()))
 }
 
 /// The first JSON object in the answer (models like to wrap JSON in prose or fences).

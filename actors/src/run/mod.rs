@@ -86,8 +86,11 @@ pub enum RunMsg {
     Deadline,
     /// Internal: time to write what waited to share a later write.
     Flush,
-    /// Internal: the Planner answered.
-    Planned(Result<Vec<StepSpec>, crate::roles::planner::PlanError>),
+    /// Internal: the Planner answered (and which agent did, when one was reached).
+    Planned(
+        Result<Vec<StepSpec>, crate::roles::planner::PlanError>,
+        Option<String>,
+    ),
     /// Stop running steps and record the task cancelled; replies with the final status.
     Cancel(RpcReplyPort<TaskStatus>),
 }
@@ -273,8 +276,8 @@ impl Actor for Run {
             RunMsg::Deadline => {
                 result = state.stop_all(TaskStatus::TimedOut, "the task's timeout passed")
             }
-            RunMsg::Planned(Ok(plan)) => result = state.planned(plan),
-            RunMsg::Planned(Err(e)) => {
+            RunMsg::Planned(Ok(plan), agent) => result = state.planned(plan, agent),
+            RunMsg::Planned(Err(e), _) => {
                 result = state.finish(TaskStatus::Failed, Some(e.to_string()))
             }
             RunMsg::Cancel(reply) => {
@@ -456,23 +459,54 @@ impl RunState {
         let mut progress = self.progress();
         progress.status = Some(TaskStatus::Planning);
         self.record(progress);
-        let me = myself.clone();
+        // The Planner is an agent: the Router picks one (this node's, or another's), and
+        // its counters, load and restarts show the planning it does.
+        let timeout = crate::time::secs(services.tools.config().default_timeout_secs);
+        let work = Work {
+            task_id: self.task_id.clone(),
+            session: self.spec.session.clone(),
+            principal: self.principal.clone(),
+            step: StepSpec {
+                id: "plan".into(),
+                tool: crate::roles::planner::PLAN_TOOL.into(),
+                args: json!({ "description": description }),
+                expect: None,
+                input_from: None,
+                depends_on: Vec::new(),
+                timeout_secs: None,
+                max_attempts: None,
+            },
+            input: None,
+            timeout: Some(timeout),
+            cancel: CancellationToken::new(),
+            lease_until: None,
+        };
+        let (ctx, me) = (self.ctx.clone(), myself.clone());
+        let remote = services.remote.clone();
         tokio::spawn(async move {
-            let plan =
-                crate::roles::planner::plan(&services.llm, &services.tools, &description).await;
-            let _ = me.cast(RunMsg::Planned(plan));
+            let wait = crate::roles::coordinator::wait_for(Some(timeout));
+            let (agent, result) = crate::roles::coordinator::route_and_run(
+                &ctx,
+                &crate::roles::capability_for(crate::roles::planner::PLAN_TOOL),
+                work,
+                wait,
+                remote,
+            )
+            .await;
+            let plan = crate::roles::planner::planned(result);
+            let _ = me.cast(RunMsg::Planned(plan, agent.map(|a| a.0)));
         });
         Ok(())
     }
 
     /// Stores the Planner's plan and starts running it.
-    fn planned(&mut self, plan: Vec<StepSpec>) -> Result<(), StoreError> {
+    fn planned(&mut self, plan: Vec<StepSpec>, agent: Option<String>) -> Result<(), StoreError> {
         let mut progress = self.progress();
         progress.status = Some(TaskStatus::Running);
         progress.plan = Some(plan.clone());
         progress
             .events
-            .push(self.event("planned", json!({"steps": plan.len()})));
+            .push(self.event("planned", json!({"steps": plan.len(), "agent": agent})));
         self.record(progress);
         self.plan = Plan::new(plan, Vec::new());
         self.advance()
