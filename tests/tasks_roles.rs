@@ -213,6 +213,9 @@ async fn the_critic_asks_the_llm_judge_when_a_step_wants_one() {
         .in_dir(dir)
         .start()
         .await;
+    let critic = ["orchestration", "critic-1"];
+    let handled = |actor: &Value| actor["messages_handled"].as_u64().unwrap_or_default();
+    let before = handled(&node.actor(&critic).await);
     let id = submit_ok(
         &node,
         &json!({"max_attempts": 1, "steps": [
@@ -239,6 +242,13 @@ async fn the_critic_asks_the_llm_judge_when_a_step_wants_one() {
             .as_str()
             .unwrap_or_default()
             .contains("LLM judge")
+    );
+    // The judgements were the Critic agent's work: two jobs, each a message and its
+    // slot's release.
+    let after = handled(&node.actor(&critic).await);
+    assert!(
+        after >= before + 4,
+        "critic-1 handled {before} then {after} messages"
     );
 }
 

@@ -208,10 +208,11 @@ impl AgentState {
     /// Takes a step: runs it in a free slot, queues it, or hands it back when full.
     fn execute(&mut self, myself: &ActorRef<AgentMsg>, job: Box<Job>) {
         let services = match (self.identity.role, self.ctx.services()) {
-            (Role::Executor | Role::Worker | Role::Memory | Role::Planner, Some(services)) => {
-                services.clone()
-            }
-            (Role::Executor | Role::Worker | Role::Memory | Role::Planner, None) => {
+            (
+                Role::Executor | Role::Worker | Role::Memory | Role::Planner | Role::Critic,
+                Some(services),
+            ) => services.clone(),
+            (Role::Executor | Role::Worker | Role::Memory | Role::Planner | Role::Critic, None) => {
                 let _ = job.reply.send(ExecuteReply::Done(Err(ToolError::Failed(
                     "tools are not configured on this node".into(),
                 ))));
@@ -221,7 +222,7 @@ impl AgentState {
                 let _ = job
                     .reply
                     .send(ExecuteReply::Done(Err(ToolError::Failed(format!(
-                        "agent {} is a {role}; steps run on executors, workers, memory agents and planners",
+                        "agent {} is a {role}; work runs on executors, workers, memory agents, planners and critics",
                         self.identity.name
                     )))));
                 return;

@@ -206,6 +206,14 @@ async fn perform(services: &Services, role: Role, work: &Work) -> Result<ToolOut
                 () = work.cancel.cancelled() => Err(ToolError::Cancelled),
             }
         }
+        Role::Critic => {
+            let job = crate::roles::critic::run(&services.llm, &step.args);
+            let limit = work.timeout.unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                r = tokio::time::timeout(limit, job) => r.unwrap_or(Err(ToolError::TimedOut(limit))),
+                () = work.cancel.cancelled() => Err(ToolError::Cancelled),
+            }
+        }
         Role::Planner => {
             let job = crate::roles::planner::run(&services.llm, &services.tools, &step.args);
             let limit = work.timeout.unwrap_or(Duration::from_secs(3600));

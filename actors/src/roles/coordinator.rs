@@ -65,10 +65,15 @@ pub async fn attempt(ctx: &NodeContext, work: Work) -> AttemptDone {
     let capability = crate::roles::capability_for(&work.step.tool);
     let wait = wait_for(work.timeout);
     let remote = ctx.services().and_then(|s| s.remote.clone());
-    let (agent, result) = route_and_run(ctx, &capability, work, wait, remote).await;
-    let judged = match (question, &result, ctx.services()) {
-        (Some(question), Ok(output), Some(services)) => {
-            Some(critic::judge_by_llm(&services.llm, &question, output).await)
+    // What the judgement, if one is asked for, is handed with.
+    let judging = question.map(|question| (question, judge_work(&work)));
+    let (agent, result) = route_and_run(ctx, &capability, work, wait, remote.clone()).await;
+    let judged = match (judging, &result) {
+        (Some((question, mut judge)), Ok(output)) => {
+            judge.step.args = serde_json::json!({"question": question, "output": output.text});
+            let capability = crate::roles::capability_for(critic::JUDGE_TOOL);
+            let (_, verdict) = route_and_run(ctx, &capability, judge, wait, remote).await;
+            Some(critic::verdict_of(verdict))
         }
         _ => None,
     };
@@ -76,6 +81,30 @@ pub async fn attempt(ctx: &NodeContext, work: Work) -> AttemptDone {
         agent,
         result,
         judged,
+    }
+}
+
+/// The Critic agent's job for an attempt of `work`: the pseudo-step `judge` of the same
+/// task (its arguments are set once the output is known), cancelled with the attempt.
+fn judge_work(work: &Work) -> Work {
+    Work {
+        task_id: work.task_id.clone(),
+        session: work.session.clone(),
+        principal: work.principal.clone(),
+        step: crate::task::StepSpec {
+            id: format!("{}.judge", work.step.id),
+            tool: critic::JUDGE_TOOL.into(),
+            args: serde_json::Value::Null,
+            expect: None,
+            input_from: None,
+            depends_on: Vec::new(),
+            timeout_secs: None,
+            max_attempts: None,
+        },
+        input: None,
+        timeout: work.timeout,
+        cancel: work.cancel.clone(),
+        lease_until: None,
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! The rule-based checks are pure functions ([`judge`]), run by the coordinating run
 //! itself: a round trip to a critic agent would add a mailbox hop per step for a
-//! computation of microseconds. Only LLM judgements need the critic agent's provider.
+//! computation of microseconds. An LLM judgement is a Critic agent's job ([`run`]): the
+//! attempt hands it the pseudo-tool `judge`, routed by `critique.step` like a step, so
+//! the judging shows in the agent's counters, load and current work.
 
 use crate::llm::{CompletionRequest, Llm};
 use crate::task::{Expectation, Verdict};
@@ -65,12 +67,44 @@ pub fn judge(expect: Option<&Expectation>, result: &Result<ToolOutput, ToolError
     }
 }
 
+/// The pseudo-tool an attempt hands a Critic agent (never a step of a plan).
+pub const JUDGE_TOOL: &str = "judge";
+
+/// The Critic agent's job: judges `args.output` against `args.question` with the LLM; the
+/// verdict is the output's JSON.
+pub async fn run(llm: &Llm, args: &serde_json::Value) -> Result<ToolOutput, ToolError> {
+    let text = |key: &str| {
+        args.get(key)
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| ToolError::InvalidArgs(format!("args.{key}: a string is required")))
+    };
+    let verdict = judge_by_llm(llm, text("question")?, text("output")?).await;
+    let json = serde_json::to_value(&verdict).map_err(|e| ToolError::Failed(e.to_string()))?;
+    Ok(ToolOutput {
+        bytes: verdict.reason.len() as u64,
+        text: verdict.reason,
+        json: Some(json),
+        exit_code: Some(0),
+        ..Default::default()
+    })
+}
+
+/// The verdict in a Critic agent's output; a judgement that could not be had fails.
+pub fn verdict_of(result: Result<ToolOutput, ToolError>) -> Verdict {
+    match result {
+        Ok(output) => output
+            .json
+            .and_then(|j| serde_json::from_value(j).ok())
+            .unwrap_or_else(|| fail("the Critic agent gave no verdict".into())),
+        Err(e) => fail(format!("LLM judgement unavailable: {e}")),
+    }
+}
+
 /// Asks the LLM whether `output` satisfies `question`; the answer must start with PASS or
 /// FAIL. A provider error is a failed verdict naming it (the step is retried as usual).
-pub async fn judge_by_llm(llm: &Llm, question: &str, output: &ToolOutput) -> Verdict {
+pub async fn judge_by_llm(llm: &Llm, question: &str, output: &str) -> Verdict {
     let prompt = format!(
-        "Criterion: {question}\n\nOutput to judge:\n{}\n\nAnswer PASS or FAIL, then one sentence why.",
-        output.text
+        "Criterion: {question}\n\nOutput to judge:\n{output}\n\nAnswer PASS or FAIL, then one sentence why."
     );
     let request = CompletionRequest {
         system: Some("You are a strict reviewer of a task step's output.".into()),

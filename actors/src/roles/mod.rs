@@ -100,6 +100,9 @@ pub fn capability_for(tool: &str) -> String {
     if tool == planner::PLAN_TOOL {
         return "plan.generate".into();
     }
+    if tool == critic::JUDGE_TOOL {
+        return "critique.step".into();
+    }
     match worker::TOOLS.iter().find(|(t, _)| *t == tool) {
         Some((_, capability)) => capability.to_string(),
         None => format!("tool.{tool}"),
