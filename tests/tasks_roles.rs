@@ -2,7 +2,7 @@
 //! backends: the router sends each step to an agent of the right role, its output feeds the
 //! next step, and memory entries outlive the task that wrote them (or expire with a TTL);
 //! session-scoped entries are shared by the tasks of one session only. And the Planner
-//! agent planning a task given only a description.
+//! agent planning a task given only a description, and replanning once a plan fails.
 
 mod common;
 
@@ -316,4 +316,76 @@ async fn the_planner_agent_plans_a_described_task() {
     assert_eq!(task["status"], "failed", "{task:#}");
     let error = task["error"].as_str().unwrap_or_default();
     assert!(error.contains("not a plan"), "{error}");
+}
+
+/// A plan that fails is replanned once: the Planner is told what failed, its second plan's
+/// steps (ids prefixed `re_`) run beside the failed ones and decide the outcome; a second
+/// plan that fails too fails the task, with no third.
+#[tokio::test]
+async fn a_failed_plan_is_replanned_once() {
+    let dir = common::temp_dir();
+    let plan = |id: &str, text: &str, want: &str| {
+        json!({"steps": [{"id": id, "tool": "echo", "args": {"text": text},
+                          "expect": {"contains": want}}]})
+        .to_string()
+    };
+    std::fs::write(
+        dir.path().join("script.json"),
+        json!({"replies": [
+            {"match": "greet loudly\n\nA previous plan for this task failed", "reply": plan("fix", "HELLO", "HELLO")},
+            {"match": "greet loudly", "reply": plan("shout", "hello", "HELLO")},
+            {"match": "hopeless", "reply": plan("try", "no", "yes")}
+        ]})
+        .to_string(),
+    )
+    .expect("script");
+    std::fs::write(
+        dir.path().join("llm.toml"),
+        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
+    )
+    .expect("config");
+    let node = common::Launch::new()
+        .args(&["--config", "llm.toml"])
+        .in_dir(dir)
+        .start()
+        .await;
+    let kinds = |task: &Value| -> Vec<String> {
+        common::tasks::events(task)
+            .iter()
+            .filter_map(|e| e["kind"].as_str())
+            .filter(|k| k.contains("plan"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let id = submit_ok(
+        &node,
+        &json!({"description": "greet loudly", "max_attempts": 1}),
+    )
+    .await;
+    let task = wait_final(&node, &id).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(step(&task, "shout")["status"], "failed", "{task:#}");
+    assert_eq!(output_text(&task, "re_fix"), "HELLO", "{task:#}");
+    assert_eq!(
+        kinds(&task),
+        ["planned", "replanning", "replanned"],
+        "{task:#}"
+    );
+
+    let id = submit_ok(
+        &node,
+        &json!({"description": "hopeless", "max_attempts": 1}),
+    )
+    .await;
+    let task = wait_final(&node, &id).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(step(&task, "re_try")["status"], "failed", "{task:#}");
+    assert_eq!(
+        kinds(&task),
+        ["planned", "replanning", "replanned"],
+        "{task:#}"
+    );
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(error.contains("re_try"), "{error}");
 }

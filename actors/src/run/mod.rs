@@ -44,6 +44,7 @@ mod agent;
 mod budget;
 mod launch;
 mod plan;
+mod planning;
 mod record;
 
 /// A run that crashes this many times fails its task instead of looping.
@@ -148,6 +149,8 @@ pub struct RunState {
     reported: bool,
     /// Bytes of outputs and trace this task has stored ([`budget`]).
     output_used: u64,
+    /// The first plan's failure, while the Planner replans ([`planning`]).
+    replanning: Option<String>,
 }
 
 pub struct Run;
@@ -212,6 +215,7 @@ impl Actor for Run {
             cancel_replies: Vec::new(),
             reported: false,
             output_used: 0,
+            replanning: None,
         })
     }
 
@@ -276,10 +280,8 @@ impl Actor for Run {
             RunMsg::Deadline => {
                 result = state.stop_all(TaskStatus::TimedOut, "the task's timeout passed")
             }
-            RunMsg::Planned(Ok(plan), agent) => result = state.planned(plan, agent),
-            RunMsg::Planned(Err(e), _) => {
-                result = state.finish(TaskStatus::Failed, Some(e.to_string()))
-            }
+            RunMsg::Planned(Ok(plan), agent) => result = state.planned(&myself, plan, agent),
+            RunMsg::Planned(Err(e), _) => result = state.plan_failed(e),
             RunMsg::Cancel(reply) => {
                 state.cancel_replies.push(reply);
                 result = state.stop_all(TaskStatus::Cancelled, "cancelled on request");
@@ -439,82 +441,18 @@ impl RunState {
                     progress.plan = Some(self.plan.specs());
                     self.note(progress);
                 }
-                self.advance()
+                self.advance(myself)
             }
-            None => self.ask_planner(myself),
+            None => {
+                let description = self.spec.description.clone().unwrap_or_default();
+                self.ask_planner(myself, description)
+            }
         }
-    }
-
-    /// Hands the description to the Planner; its answer comes back as `Planned`.
-    fn ask_planner(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
-        let services = self.services()?.clone();
-        let description = self.spec.description.clone().unwrap_or_default();
-        if !services.llm.is_configured() {
-            let reason = format!(
-                "this task has no steps and needs the Planner: {}; or submit explicit `steps`",
-                crate::llm::NOT_CONFIGURED
-            );
-            return self.finish(TaskStatus::Failed, Some(reason));
-        }
-        let mut progress = self.progress();
-        progress.status = Some(TaskStatus::Planning);
-        self.record(progress);
-        // The Planner is an agent: the Router picks one (this node's, or another's), and
-        // its counters, load and restarts show the planning it does.
-        let timeout = crate::time::secs(services.tools.config().default_timeout_secs);
-        let work = Work {
-            task_id: self.task_id.clone(),
-            session: self.spec.session.clone(),
-            principal: self.principal.clone(),
-            step: StepSpec {
-                id: "plan".into(),
-                tool: crate::roles::planner::PLAN_TOOL.into(),
-                args: json!({ "description": description }),
-                expect: None,
-                input_from: None,
-                depends_on: Vec::new(),
-                timeout_secs: None,
-                max_attempts: None,
-            },
-            input: None,
-            timeout: Some(timeout),
-            cancel: CancellationToken::new(),
-            lease_until: None,
-        };
-        let (ctx, me) = (self.ctx.clone(), myself.clone());
-        let remote = services.remote.clone();
-        tokio::spawn(async move {
-            let wait = crate::roles::coordinator::wait_for(Some(timeout));
-            let (agent, result) = crate::roles::coordinator::route_and_run(
-                &ctx,
-                &crate::roles::capability_for(crate::roles::planner::PLAN_TOOL),
-                work,
-                wait,
-                remote,
-            )
-            .await;
-            let plan = crate::roles::planner::planned(result);
-            let _ = me.cast(RunMsg::Planned(plan, agent.map(|a| a.0)));
-        });
-        Ok(())
-    }
-
-    /// Stores the Planner's plan and starts running it.
-    fn planned(&mut self, plan: Vec<StepSpec>, agent: Option<String>) -> Result<(), StoreError> {
-        let mut progress = self.progress();
-        progress.status = Some(TaskStatus::Running);
-        progress.plan = Some(plan.clone());
-        progress
-            .events
-            .push(self.event("planned", json!({"steps": plan.len(), "agent": agent})));
-        self.record(progress);
-        self.plan = Plan::new(plan, Vec::new());
-        self.advance()
     }
 
     /// Launches every step whose prerequisites succeeded, skips those whose prerequisites
-    /// failed, and finishes the task when nothing is left to run.
-    fn advance(&mut self) -> Result<(), StoreError> {
+    /// failed, and finishes the task when nothing is left to run (or replans it once).
+    fn advance(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), StoreError> {
         let (ready, skipped) = self.plan.scan();
         for i in ready {
             self.launch(i);
@@ -526,9 +464,15 @@ impl RunState {
         }
         let outcome = match &self.spec.agent {
             Some(agent) => agent::outcome(&self.plan, agent),
+            None if planning::replanned(&self.plan) => self
+                .plan
+                .outcome_of(|s| s.id.starts_with(planning::REPLANNED)),
             None => self.plan.outcome(),
         };
         match outcome {
+            Some((TaskStatus::Failed, Some(error))) if self.may_replan() => {
+                self.replan(myself, error)
+            }
             Some((status, error)) => self.finish(status, error),
             None => Ok(()),
         }
@@ -637,7 +581,7 @@ impl RunState {
             }
         }
         self.record(progress);
-        self.advance()
+        self.advance(myself)
     }
 
     /// Checks a step's tool and arguments as a submitted step is checked (an agent's tool

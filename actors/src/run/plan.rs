@@ -172,12 +172,21 @@ impl Plan {
     /// How the task ends, once every step is final: succeeded, or failed naming the first
     /// step that did not succeed and why.
     pub fn outcome(&self) -> Option<(TaskStatus, Option<String>)> {
+        self.outcome_of(|_| true)
+    }
+
+    /// [`Self::outcome`] decided by the steps `counts` picks (once every step is final).
+    pub fn outcome_of(
+        &self,
+        counts: impl Fn(&StepSpec) -> bool,
+    ) -> Option<(TaskStatus, Option<String>)> {
         if !self.steps.iter().all(|s| s.state.status.is_final()) {
             return None;
         }
         let Some(step) = self
             .steps
             .iter()
+            .filter(|s| counts(&s.spec))
             .find(|s| s.state.status != StepStatus::Succeeded)
         else {
             return Some((TaskStatus::Succeeded, None));
