@@ -14,8 +14,10 @@ mod https;
 #[path = "../actors/tests/common/pki.rs"]
 mod pki;
 
-use common::tasks::{attempts, step, submit, submit_ok, wait_final, wait_task, write_config};
-use common::{Launch, TestNode, temp_dir};
+use common::tasks::{
+    attempts, scripted_node, step, submit, submit_ok, wait_final, wait_task, write_config,
+};
+use common::{Launch, temp_dir};
 use fake_llm::{Fake, Reply, openai_ok};
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
@@ -28,21 +30,6 @@ fn step_ids(task: &Value) -> Vec<String> {
         .flatten()
         .map(|s| s["id"].as_str().unwrap_or_default().to_string())
         .collect()
-}
-
-async fn scripted_node(script: &Value) -> TestNode {
-    let dir = temp_dir();
-    std::fs::write(dir.path().join("script.json"), script.to_string()).expect("script");
-    write_config(
-        dir.path(),
-        "llm.toml",
-        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
-    );
-    Launch::new()
-        .args(&["--config", "llm.toml"])
-        .in_dir(dir)
-        .start()
-        .await
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::tasks::{step, submit, submit_ok, wait_final};
+use common::tasks::{scripted_node, step, submit, submit_ok, wait_final};
 use common::{TestNode, postgres_database};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -194,25 +194,11 @@ async fn bad_worker_and_memory_arguments_are_refused_at_submission() {
 
 #[tokio::test]
 async fn the_critic_asks_the_llm_judge_when_a_step_wants_one() {
-    let dir = common::temp_dir();
-    std::fs::write(
-        dir.path().join("script.json"),
-        r#"{"replies": [
-            {"match": "Criterion: is it polite", "reply": "PASS it says please"},
-            {"match": "Criterion: is it rude", "reply": "FAIL it is perfectly polite"}
-        ]}"#,
-    )
-    .expect("script");
-    std::fs::write(
-        dir.path().join("llm.toml"),
-        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
-    )
-    .expect("config");
-    let node = common::Launch::new()
-        .args(&["--config", "llm.toml"])
-        .in_dir(dir)
-        .start()
-        .await;
+    let node = scripted_node(&json!({"replies": [
+        {"match": "Criterion: is it polite", "reply": "PASS it says please"},
+        {"match": "Criterion: is it rude", "reply": "FAIL it is perfectly polite"}
+    ]}))
+    .await;
     let critic = ["orchestration", "critic-1"];
     let handled = |actor: &Value| actor["messages_handled"].as_u64().unwrap_or_default();
     let before = handled(&node.actor(&critic).await);
@@ -273,27 +259,12 @@ async fn an_llm_judgement_without_a_provider_is_refused() {
 /// task saying why.
 #[tokio::test]
 async fn the_planner_agent_plans_a_described_task() {
-    let dir = common::temp_dir();
     let plan = json!({"steps": [{"id": "hi", "tool": "echo", "args": {"text": "planned hello"}}]});
-    std::fs::write(
-        dir.path().join("script.json"),
-        json!({"replies": [
-            {"match": "nonsense", "reply": "I would rather not."},
-            {"match": "say hello", "reply": format!("Here is the plan: {plan}")}
-        ]})
-        .to_string(),
-    )
-    .expect("script");
-    std::fs::write(
-        dir.path().join("llm.toml"),
-        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
-    )
-    .expect("config");
-    let node = common::Launch::new()
-        .args(&["--config", "llm.toml"])
-        .in_dir(dir)
-        .start()
-        .await;
+    let node = scripted_node(&json!({"replies": [
+        {"match": "nonsense", "reply": "I would rather not."},
+        {"match": "say hello", "reply": format!("Here is the plan: {plan}")}
+    ]}))
+    .await;
 
     let id = submit_ok(&node, &json!({"description": "say hello"})).await;
     let task = wait_final(&node, &id).await;
@@ -323,32 +294,16 @@ async fn the_planner_agent_plans_a_described_task() {
 /// plan that fails too fails the task, with no third.
 #[tokio::test]
 async fn a_failed_plan_is_replanned_once() {
-    let dir = common::temp_dir();
     let plan = |id: &str, text: &str, want: &str| {
         json!({"steps": [{"id": id, "tool": "echo", "args": {"text": text},
                           "expect": {"contains": want}}]})
         .to_string()
     };
-    std::fs::write(
-        dir.path().join("script.json"),
-        json!({"replies": [
+    let node = scripted_node(&json!({"replies": [
             {"match": "greet loudly\n\nA previous plan for this task failed", "reply": plan("fix", "HELLO", "HELLO")},
             {"match": "greet loudly", "reply": plan("shout", "hello", "HELLO")},
             {"match": "hopeless", "reply": plan("try", "no", "yes")}
-        ]})
-        .to_string(),
-    )
-    .expect("script");
-    std::fs::write(
-        dir.path().join("llm.toml"),
-        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
-    )
-    .expect("config");
-    let node = common::Launch::new()
-        .args(&["--config", "llm.toml"])
-        .in_dir(dir)
-        .start()
-        .await;
+        ]})).await;
     let kinds = |task: &Value| -> Vec<String> {
         common::tasks::events(task)
             .iter()

@@ -94,6 +94,22 @@ pub async fn submit(node: &TestNode, task: &Value) -> (StatusCode, Value) {
 
 /// Submits a task that must be accepted (`202 {"task_id", "status": "queued", "created":
 /// true}`) and returns its id.
+/// A node on the embedded defaults whose LLM provider is `scripted` with `script`.
+pub async fn scripted_node(script: &Value) -> TestNode {
+    let dir = super::temp_dir();
+    std::fs::write(dir.path().join("script.json"), script.to_string()).expect("script");
+    write_config(
+        dir.path(),
+        "llm.toml",
+        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
+    );
+    super::Launch::new()
+        .args(&["--config", "llm.toml"])
+        .in_dir(dir)
+        .start()
+        .await
+}
+
 pub async fn submit_ok(node: &TestNode, task: &Value) -> String {
     let (status, body) = submit(node, task).await;
     assert_eq!(

@@ -44,16 +44,10 @@ pub fn first_plan() -> Vec<StepSpec> {
 }
 
 fn llm_spec(n: u32, depends_on: Vec<String>) -> StepSpec {
+    // The args are filled when the call starts ([`llm_args`]): the conversation so far.
     StepSpec {
-        id: llm_step(n),
-        tool: "llm".into(),
-        // Filled when the call starts ([`llm_args`]): the conversation so far.
-        args: Value::Object(Map::new()),
-        expect: None,
-        input_from: None,
         depends_on,
-        timeout_secs: None,
-        max_attempts: None,
+        ..StepSpec::internal(llm_step(n), "llm", Value::Object(Map::new()))
     }
 }
 

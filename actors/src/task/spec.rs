@@ -541,6 +541,21 @@ pub fn validate_plan(
 }
 
 impl StepSpec {
+    /// A step the runtime makes itself (an agent's call, the Planner's or the Critic's
+    /// job): `tool` with `args`, no expectation, dependency or limit of its own.
+    pub fn internal(id: impl Into<String>, tool: impl Into<String>, args: Value) -> StepSpec {
+        StepSpec {
+            id: id.into(),
+            tool: tool.into(),
+            args,
+            expect: None,
+            input_from: None,
+            depends_on: Vec::new(),
+            timeout_secs: None,
+            max_attempts: None,
+        }
+    }
+
     /// Every step this one waits for: `depends_on` plus `input_from`.
     pub fn prerequisites(&self) -> impl Iterator<Item = &str> {
         self.depends_on
