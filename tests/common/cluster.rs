@@ -151,32 +151,24 @@ pub async fn cluster_view(node: &TestNode) -> Value {
 
 /// Waits until `node` sees each of `peers` with `status`.
 pub async fn wait_status(node: &TestNode, peers: &[&str], status: &str) -> Value {
-    let what = format!("{peers:?} {status}");
-    eventually_within(CLUSTER_DEADLINE, &what, || async {
-        let view = cluster_view(node).await;
-        let members = view["members"].as_array().cloned().unwrap_or_default();
-        let ok = peers.iter().all(|p| {
-            members
-                .iter()
-                .any(|m| m["node"] == *p && m["status"] == status)
-        });
-        if ok { Ok(view) } else { Err(view.to_string()) }
-    })
-    .await
+    wait_members(node, peers, "status", status).await
 }
 
 /// Waits until `node` has a ractor_cluster link in `state` to every one of `peers`
 /// (a member is `up` from its first heartbeat, a little before its session authenticates).
 pub async fn wait_link(node: &TestNode, peers: &[&str], state: &str) -> Value {
-    let what = format!("links to {peers:?} {state}");
+    wait_members(node, peers, "link", state).await
+}
+
+/// Waits until `node`'s cluster view shows `field` = `value` for each of `peers`.
+async fn wait_members(node: &TestNode, peers: &[&str], field: &str, value: &str) -> Value {
+    let what = format!("{peers:?} {field} {value}");
     eventually_within(CLUSTER_DEADLINE, &what, || async {
         let view = cluster_view(node).await;
         let members = view["members"].as_array().cloned().unwrap_or_default();
-        let ok = peers.iter().all(|p| {
-            members
-                .iter()
-                .any(|m| m["node"] == *p && m["link"] == state)
-        });
+        let ok = peers
+            .iter()
+            .all(|p| members.iter().any(|m| m["node"] == *p && m[field] == value));
         if ok { Ok(view) } else { Err(view.to_string()) }
     })
     .await

@@ -188,6 +188,18 @@ pub(super) struct Runner {
     pub stats: Arc<ActorStats>,
 }
 
+/// Runs `job` within the step's timeout (an hour when it has none), until it is cancelled.
+async fn bounded(
+    work: &Work,
+    job: impl std::future::Future<Output = Result<ToolOutput, ToolError>>,
+) -> Result<ToolOutput, ToolError> {
+    let limit = work.timeout.unwrap_or(Duration::from_secs(3600));
+    tokio::select! {
+        r = tokio::time::timeout(limit, job) => r.unwrap_or(Err(ToolError::TimedOut(limit))),
+        () = work.cancel.cancelled() => Err(ToolError::Cancelled),
+    }
+}
+
 /// Carries out one step as its agent's role does.
 async fn perform(services: &Services, role: Role, work: &Work) -> Result<ToolOutput, ToolError> {
     let step = &work.step;
@@ -208,19 +220,11 @@ async fn perform(services: &Services, role: Role, work: &Work) -> Result<ToolOut
         }
         Role::Critic => {
             let job = crate::roles::critic::run(&services.llm, &step.args);
-            let limit = work.timeout.unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                r = tokio::time::timeout(limit, job) => r.unwrap_or(Err(ToolError::TimedOut(limit))),
-                () = work.cancel.cancelled() => Err(ToolError::Cancelled),
-            }
+            bounded(work, job).await
         }
         Role::Planner => {
             let job = crate::roles::planner::run(&services.llm, &services.tools, &step.args);
-            let limit = work.timeout.unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                r = tokio::time::timeout(limit, job) => r.unwrap_or(Err(ToolError::TimedOut(limit))),
-                () = work.cancel.cancelled() => Err(ToolError::Cancelled),
-            }
+            bounded(work, job).await
         }
         Role::Worker => {
             let cap = services.tools.config().max_output_bytes;
@@ -231,11 +235,7 @@ async fn perform(services: &Services, role: Role, work: &Work) -> Result<ToolOut
                 &services.llm,
                 cap,
             );
-            let limit = work.timeout.unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                r = tokio::time::timeout(limit, job) => r.unwrap_or(Err(ToolError::TimedOut(limit))),
-                () = work.cancel.cancelled() => Err(ToolError::Cancelled),
-            }
+            bounded(work, job).await
         }
         _ => {
             services

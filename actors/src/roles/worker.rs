@@ -104,14 +104,8 @@ pub async fn run(
             )
             .into_text();
             let request = CompletionRequest {
-                system: args
-                    .get("system")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                max_tokens: args
-                    .get("max_tokens")
-                    .and_then(Value::as_u64)
-                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+                system: system(args),
+                max_tokens: max_tokens(args),
                 ..CompletionRequest::user(prompt)
             };
             llm.complete(request)
@@ -184,43 +178,43 @@ async fn converse(args: &Value, llm: &Llm, cap: usize) -> Result<ToolOutput, Too
     let field = |name: &str| args.get(name).cloned().unwrap_or(Value::Null);
     let invalid = |e: serde_json::Error| ToolError::InvalidArgs(e.to_string());
     let request = CompletionRequest {
-        system: args
-            .get("system")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        system: system(args),
         messages: serde_json::from_value(field("messages")).map_err(invalid)?,
         tools: match args.get("tools") {
             Some(tools) => serde_json::from_value(tools.clone()).map_err(invalid)?,
             None => Vec::new(),
         },
-        max_tokens: args
-            .get("max_tokens")
-            .and_then(Value::as_u64)
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        max_tokens: max_tokens(args),
         temperature: None,
     };
     let completion = llm
         .complete(request)
         .await
         .map_err(|e| ToolError::Failed(e.to_string()))?;
-    let bytes = completion.text.len() as u64;
-    let truncated = completion.text.len() > cap;
-    let mut text = completion.text.clone();
-    if truncated {
-        let mut end = cap;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    let mut text = Capped::new(cap);
+    text.push(completion.text.as_bytes());
     Ok(ToolOutput {
         json: serde_json::to_value(&completion).ok(),
         exit_code: Some(0),
-        text,
-        truncated,
-        bytes,
+        truncated: text.truncated(),
+        bytes: text.bytes(),
+        text: text.into_text(),
         ..Default::default()
     })
+}
+
+/// An `llm` step's system prompt.
+fn system(args: &Value) -> Option<String> {
+    args.get("system")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// An `llm` step's token bound (checked at submission to fit).
+fn max_tokens(args: &Value) -> Option<u32> {
+    args.get("max_tokens")
+        .and_then(Value::as_u64)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// `{{input}}` and `{{name}}` (from `vars`) replaced in one pass, within `cap` bytes;
