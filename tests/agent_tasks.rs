@@ -18,7 +18,7 @@ use common::tasks::{
     attempts, scripted_node, step, submit, submit_ok, wait_final, wait_task, write_config,
 };
 use common::{Launch, temp_dir};
-use fake_llm::{Fake, Reply, openai_ok};
+use fake_llm::{Fake, openai_calls, openai_ok};
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -143,14 +143,6 @@ async fn bad_agent_tasks_are_refused_naming_the_field() {
     let (status, body) = submit(&bare, &json!({"agent": {"message": "x"}})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.to_string().contains("provider"), "{body}");
-}
-
-fn openai_calls(calls: Value) -> Reply {
-    Reply::Json(
-        200,
-        json!({"model": "gpt-test", "choices": [{"index": 0, "finish_reason": "tool_calls",
-            "message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
-    )
 }
 
 /// The loop over real HTTP: the first LLM call asks for a 4 s sleep and an echo; the node

@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 /// Every route of the API listener with its methods, as the router serves them
 /// (`src/http/mod.rs`), apart from the document itself.
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 15] = [
     ("get", "/health/live"),
     ("get", "/health/ready"),
     ("get", "/metrics"),
@@ -33,6 +33,11 @@ const ROUTES: [(&str, &str); 10] = [
     ("post", "/api/v1/tasks/{id}/cancel"),
     ("get", "/api/v1/tasks/{id}/events"),
     ("get", "/api/v1/tasks/{id}/steps/{step}/output"),
+    ("post", "/api/v1/sessions"),
+    ("get", "/api/v1/sessions"),
+    ("get", "/api/v1/sessions/{id}"),
+    ("post", "/api/v1/sessions/{id}/turns"),
+    ("post", "/api/v1/sessions/{id}/end"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [
@@ -945,4 +950,99 @@ async fn real_answers_conform_to_the_document() {
             "{path}: nothing listed to check: {list}"
         );
     }
+}
+
+/// Sessions against the scripted provider: every answer of the session routes, refusals
+/// included, conforms to the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_answers_conform_to_the_document() {
+    let node = common::tasks::scripted_node(&json!({"replies": [
+        {"match": "echo", "tool_calls": [{"name": "echo", "arguments": {"text": "hi"}}]},
+        {"match": "hi", "reply": "Said hi."}
+    ], "default": "fine"}))
+    .await;
+    let doc = Doc::fetch(&node).await;
+    let post = |path: &'static str, body: Value| {
+        let node = &node;
+        async move { send(node, Method::POST, path, json_body(&body)).await }
+    };
+    let started = post(
+        "/api/v1/sessions",
+        json!({"message": "echo", "tools": ["echo"]}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.text);
+    let started = doc.conforms("post", "/api/v1/sessions", &started);
+    let id = started["session_id"].as_str().expect("an id").to_string();
+    let empty = post("/api/v1/sessions", json!({})).await;
+    assert_eq!(empty.status, StatusCode::CREATED, "{}", empty.text);
+    doc.conforms("post", "/api/v1/sessions", &empty);
+    for (body, want) in [
+        (json!({"max_iterations": 0}), 422),
+        (json!({"colour": 1}), 422),
+    ] {
+        let answer = post("/api/v1/sessions", body).await;
+        assert_eq!(answer.status.as_u16(), want, "{}", answer.text);
+        doc.conforms("post", "/api/v1/sessions", &answer);
+    }
+
+    let turns = format!("/api/v1/sessions/{id}/turns");
+    let busy = send(
+        &node,
+        Method::POST,
+        &turns,
+        json_body(&json!({"message": "x"})),
+    )
+    .await;
+    let session = format!("/api/v1/sessions/{id}");
+    wait_final(&node, started["turn"]["task_id"].as_str().expect("a task")).await;
+    let view = send(&node, Method::GET, &session, None).await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.text);
+    let view = doc.conforms("get", "/api/v1/sessions/{id}", &view);
+    assert_eq!(view["turns"][0]["answer"], "Said hi.", "{view:#}");
+    // The second turn may have been refused while the first ran, or taken after it.
+    doc.conforms("post", "/api/v1/sessions/{id}/turns", &busy);
+    let more = send(
+        &node,
+        Method::POST,
+        &turns,
+        json_body(&json!({"message": ""})),
+    )
+    .await;
+    assert_eq!(
+        more.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        more.text
+    );
+    doc.conforms("post", "/api/v1/sessions/{id}/turns", &more);
+    let list = send(&node, Method::GET, "/api/v1/sessions?limit=1", None).await;
+    let list = doc.conforms("get", "/api/v1/sessions", &list);
+    assert!(list["next_cursor"].is_string(), "{list}");
+    let bad = send(&node, Method::GET, "/api/v1/sessions?status=closed", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    doc.conforms("get", "/api/v1/sessions", &bad);
+
+    let end = send(&node, Method::POST, &format!("{session}/end"), None).await;
+    // A turn taken above may still run: then the end waits for it.
+    common::tasks::eventually_within(common::tasks::TASK_DEADLINE, "the end", || async {
+        let end = send(&node, Method::POST, &format!("{session}/end"), None).await;
+        doc.conforms("post", "/api/v1/sessions/{id}/end", &end);
+        (end.status == StatusCode::OK).then_some(()).ok_or(end.text)
+    })
+    .await;
+    doc.conforms("post", "/api/v1/sessions/{id}/end", &end);
+    let ended = send(
+        &node,
+        Method::POST,
+        &turns,
+        json_body(&json!({"message": "x"})),
+    )
+    .await;
+    assert_eq!(ended.status, StatusCode::CONFLICT, "{}", ended.text);
+    doc.conforms("post", "/api/v1/sessions/{id}/turns", &ended);
+    let missing = "/api/v1/sessions/0190a0f0-0000-7000-8000-000000000000";
+    let gone = send(&node, Method::GET, missing, None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text);
+    doc.conforms("get", "/api/v1/sessions/{id}", &gone);
 }

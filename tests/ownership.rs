@@ -2,7 +2,8 @@
 //! authentication on, a caller lists, reads, follows and cancels only its own tasks (404
 //! for another's, as for one that does not exist) unless `tasks:read:all` (reads) or
 //! `admin` (cancel) says otherwise; idempotency keys and `session`/`global` memory are
-//! per principal. On both backends.
+//! per principal. A session is its principal's in the same way (`admin` sees any). On both
+//! backends.
 
 mod common;
 
@@ -94,8 +95,17 @@ impl<'a> Caller<'a> {
 }
 
 async fn jwt_node(args: &[&str]) -> TestNode {
+    let dir = common::temp_dir();
+    std::fs::write(dir.path().join("script.json"), r#"{"default": "hello"}"#).expect("script");
+    common::tasks::write_config(
+        dir.path(),
+        "llm.toml",
+        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
+    );
     Launch::new()
+        .args(&["--config", "llm.toml"])
         .args(args)
+        .in_dir(dir)
         .envs(&[
             ("MISTER_SMITH__AUTH__MODE", "jwt"),
             ("MISTER_SMITH__AUTH__SECRET", SECRET),
@@ -210,11 +220,56 @@ async fn memory_is_per_principal(node: &TestNode) {
     }
 }
 
+/// Bob cannot see, continue or end Alice's session: 404 as for none; an admin can.
+async fn sessions_are_per_principal(node: &TestNode) {
+    let scopes = "sessions:write sessions:read tasks:read";
+    let alice = Caller::new(node, "alice", scopes);
+    let bob = Caller::new(node, "bob", scopes);
+    let admin = Caller::new(node, "root", "admin sessions:read");
+    let (status, started) = alice
+        .call("POST", "/api/v1/sessions", Some(&json!({"message": "hi"})))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["session_id"].as_str().expect("an id");
+    let path = format!("/api/v1/sessions/{id}");
+    let turn = json!({"message": "me too"});
+    for (method, path, body) in [
+        ("GET", path.clone(), None),
+        ("POST", format!("{path}/turns"), Some(&turn)),
+        ("POST", format!("{path}/end"), None),
+    ] {
+        let (status, answer) = bob.call(method, &path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {answer}");
+    }
+    let (_, bobs) = bob.call("GET", "/api/v1/sessions", None).await;
+    assert_eq!(bobs["sessions"], json!([]), "{bobs}");
+    let (_, alices) = alice.call("GET", "/api/v1/sessions", None).await;
+    assert_eq!(alices["sessions"][0]["session_id"], id, "{alices}");
+    // The turn's task is Alice's too.
+    let task = started["turn"]["task_id"].as_str().expect("a task");
+    let done = alice.wait_final(task).await;
+    assert_eq!(done["principal"], "alice", "{done}");
+    let (status, seen) = admin.call("GET", &path, None).await;
+    assert_eq!(
+        (status, &seen["principal"]),
+        (StatusCode::OK, &json!("alice")),
+        "{seen}"
+    );
+    assert_eq!(seen["turns"][0]["answer"], "hello", "{seen}");
+    // Without the sessions scope, no session.
+    let tasks_only = Caller::new(node, "carol", "tasks:write tasks:read");
+    let (status, body) = tasks_only
+        .call("POST", "/api/v1/sessions", Some(&json!({})))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
 #[tokio::test]
 async fn ownership_on_sqlite() {
     let node = jwt_node(&[]).await;
     callers_see_only_their_own_tasks(&node).await;
     memory_is_per_principal(&node).await;
+    sessions_are_per_principal(&node).await;
 }
 
 #[tokio::test]
@@ -223,6 +278,7 @@ async fn ownership_on_postgres() {
     let node = jwt_node(&["--database", &db.url]).await;
     callers_see_only_their_own_tasks(&node).await;
     memory_is_per_principal(&node).await;
+    sessions_are_per_principal(&node).await;
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ pub mod root;
 pub mod run;
 pub mod scheduler;
 pub mod secret;
+pub mod session;
 pub mod supervisor;
 pub mod task;
 pub mod time;

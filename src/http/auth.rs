@@ -27,10 +27,20 @@ pub const TASKS_WRITE: &str = "tasks:write";
 pub const TASKS_READ: &str = "tasks:read";
 pub const TASKS_READ_ALL: &str = "tasks:read:all";
 pub const AGENTS_READ: &str = "agents:read";
+pub const SESSIONS_WRITE: &str = "sessions:write";
+pub const SESSIONS_READ: &str = "sessions:read";
 pub const ADMIN: &str = "admin";
 
 /// Every scope a route or the admin listener checks: what a token may usefully carry.
-pub const KNOWN_SCOPES: [&str; 5] = [TASKS_WRITE, TASKS_READ, TASKS_READ_ALL, AGENTS_READ, ADMIN];
+pub const KNOWN_SCOPES: [&str; 7] = [
+    TASKS_WRITE,
+    TASKS_READ,
+    TASKS_READ_ALL,
+    AGENTS_READ,
+    SESSIONS_WRITE,
+    SESSIONS_READ,
+    ADMIN,
+];
 
 /// The scope each `/api/v1` route needs (method, route as axum matches it, scope).
 /// A route missing here needs `admin`, so a new route is closed until it is listed.
@@ -42,6 +52,11 @@ pub const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/tasks/{id}/events", TASKS_READ),
     ("GET", "/api/v1/tasks/{id}/steps/{step}/output", TASKS_READ),
     ("GET", "/api/v1/agents", AGENTS_READ),
+    ("POST", "/api/v1/sessions", SESSIONS_WRITE),
+    ("GET", "/api/v1/sessions", SESSIONS_READ),
+    ("GET", "/api/v1/sessions/{id}", SESSIONS_READ),
+    ("POST", "/api/v1/sessions/{id}/turns", SESSIONS_WRITE),
+    ("POST", "/api/v1/sessions/{id}/end", SESSIONS_WRITE),
 ];
 
 /// Who made a request, from its token.

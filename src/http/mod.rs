@@ -9,6 +9,7 @@ pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod owned;
+pub mod sessions;
 pub mod task_events;
 pub mod task_output;
 pub mod tasks;
@@ -34,6 +35,13 @@ pub fn router(
         .route("/api/v1/tasks/{id}", get(tasks::get))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}/events", get(task_events::stream))
+        .route(
+            "/api/v1/sessions",
+            post(sessions::start).get(sessions::list),
+        )
+        .route("/api/v1/sessions/{id}", get(sessions::get))
+        .route("/api/v1/sessions/{id}/turns", post(sessions::turn))
+        .route("/api/v1/sessions/{id}/end", post(sessions::end))
         .route(
             "/api/v1/tasks/{id}/steps/{step}/output",
             get(task_output::get),

@@ -26,8 +26,10 @@ use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::http::{agents, auth, health, metrics, task_events, task_output, tasks};
+use crate::http::{agents, auth, health, metrics, sessions, task_events, task_output, tasks};
+use crate::store::sessions::{SessionSummary, SessionView, TurnView};
 use crate::store::tasks::{StepView, TaskSummary, TaskView};
+use actors::session::{SessionSettings, Usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,6 +51,11 @@ use crate::store::tasks::{StepView, TaskSummary, TaskView};
         tasks::cancel,
         task_events::stream,
         task_output::get,
+        sessions::start,
+        sessions::list,
+        sessions::get,
+        sessions::turn,
+        sessions::end,
     ),
     components(schemas(
         Live,
@@ -81,6 +88,17 @@ use crate::store::tasks::{StepView, TaskSummary, TaskView};
         InvalidTaskDetail,
         FieldError,
         StepOutput,
+        sessions::StartSession,
+        sessions::TurnRequest,
+        SessionSettings,
+        SessionView,
+        TurnView,
+        SessionSummary,
+        Usage,
+        SessionStarted,
+        TurnAccepted,
+        SessionEnded,
+        SessionList,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -88,6 +106,7 @@ use crate::store::tasks::{StepView, TaskSummary, TaskView};
         (name = "metrics", description = "Prometheus metrics"),
         (name = "agents", description = "The agent registry"),
         (name = "tasks", description = "Submit, read, list, cancel and follow tasks"),
+        (name = "sessions", description = "Conversations with an agent, turn by turn"),
     )
 )]
 pub struct ApiDoc;
@@ -211,7 +230,7 @@ pub struct ErrorDetail {
 }
 
 /// A refused submission (422): the error shape, with every problem listed by field when
-/// the task parsed but did not validate. A body of the wrong types (serde's error) has no
+/// the task (session, turn) parsed but did not validate. A body of the wrong types (serde's error) has no
 /// `fields`; its `message` names the field.
 #[derive(Serialize, ToSchema)]
 pub struct InvalidTaskBody {
@@ -220,8 +239,9 @@ pub struct InvalidTaskBody {
 
 #[derive(Serialize, ToSchema)]
 pub struct InvalidTaskDetail {
-    /// Always `invalid_task`.
-    #[schema(pattern = "^invalid_task$", example = "invalid_task")]
+    /// `invalid_task` (a task), `invalid_session` (a session's settings) or
+    /// `invalid_turn` (a turn's message).
+    #[schema(pattern = "^invalid_(task|session|turn)$", example = "invalid_task")]
     pub code: String,
     /// Every problem, joined with `; `.
     pub message: String,
@@ -310,4 +330,42 @@ pub struct StepOutput {
     /// The tool's output (any JSON value); `null` when the step has none yet.
     #[schema(required)]
     pub output: Option<serde_json::Value>,
+}
+
+/// A turn accepted: stored, its agent task queued.
+#[derive(Serialize, ToSchema)]
+pub struct TurnAccepted {
+    pub session_id: String,
+    /// The turn's number, from 1.
+    pub turn: i64,
+    /// The agent task that runs it.
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+/// A session started: 201 without a first message, 202 with its first turn accepted.
+#[derive(Serialize, ToSchema)]
+pub struct SessionStarted {
+    pub session_id: String,
+    /// `open`.
+    pub status: String,
+    /// The first turn; `null` when no `message` was given.
+    #[schema(required)]
+    pub turn: Option<TurnAccepted>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionEnded {
+    pub session_id: String,
+    /// `ended`.
+    pub status: String,
+}
+
+/// `GET /api/v1/sessions`: newest first.
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required)]
+    pub next_cursor: Option<String>,
 }

@@ -51,67 +51,17 @@ pub async fn submit(
     caller: Caller,
     body: Result<Json<TaskSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(spec) = body.map_err(json_rejection)?;
+    let Json(spec) = body.map_err(|r| json_rejection(r, "invalid_task"))?;
     let services = node
         .ctx
         .services()
         .ok_or_else(|| ApiError::unavailable("the node is not ready to take tasks"))?;
-    let llm_configured = services.llm.is_configured();
-    let check = |tool: &str, args: &Value| {
-        actors::roles::validate_step_tool(&services.tools, llm_configured, tool, args)
-    };
-    let mut result = spec.validate(check);
-    // An LLM judgement cannot be honoured without a provider: refuse rather than skip it.
-    if !llm_configured {
-        let judged = spec
-            .steps
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, st)| st.expect.as_ref().is_some_and(|e| e.judge.is_some()));
-        for (i, _) in judged {
-            let error = actors::task::FieldError {
-                field: format!("steps[{i}].expect.judge"),
-                message: format!(
-                    "an LLM judgement needs a provider: {}",
-                    actors::llm::NOT_CONFIGURED
-                ),
-            };
-            match &mut result {
-                Ok(()) => result = Err(vec![error]),
-                Err(errors) => errors.push(error),
-            }
-        }
+    if let Err(errors) = check_spec(services, &spec) {
+        return Ok(invalid("invalid_task", &errors));
     }
-    if let Err(errors) = result {
-        let message = errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        let body = json!({"error": {"code": "invalid_task", "message": message, "fields": errors}});
-        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
-    }
-    if spec.steps.is_none() && !services.llm.is_configured() {
-        let message = format!(
-            "steps: this task has no steps and needs the Planner: {}; or give explicit `steps`",
-            actors::llm::NOT_CONFIGURED
-        );
-        let fields = json!([{"field": "steps", "message": message}]);
-        let body = json!({"error": {"code": "invalid_task", "message": message, "fields": fields}});
-        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
-    }
-    let scheduler = scheduler(&node)?;
     let mut task = NewTask::new(spec);
     task.principal = caller.map(|Extension(p)| p.sub);
-    let reply = ask(
-        &scheduler,
-        |r| SchedulerMsg::Submit(task, r),
-        SUBMIT_TIMEOUT,
-        "the task scheduler",
-    )
-    .await?;
-    match reply {
+    match submit_task(&node, task).await? {
         Ok(submitted) => {
             let status = if submitted.created {
                 StatusCode::ACCEPTED
@@ -125,7 +75,29 @@ pub async fn submit(
             });
             Ok((status, Json(body)).into_response())
         }
-        Err(SubmitError::QueueFull(n)) => {
+        Err(e) => Ok(refused(e)),
+    }
+}
+
+/// Hands `task` to the scheduler, which answers after the commit.
+pub async fn submit_task(
+    node: &AppState,
+    task: NewTask,
+) -> Result<Result<actors::task::store::Submitted, SubmitError>, ApiError> {
+    let scheduler = scheduler(node)?;
+    ask(
+        &scheduler,
+        |r| SchedulerMsg::Submit(task, r),
+        SUBMIT_TIMEOUT,
+        "the task scheduler",
+    )
+    .await
+}
+
+/// The answer to a submission the scheduler refused.
+pub fn refused(e: SubmitError) -> Response {
+    match e {
+        SubmitError::QueueFull(n) => {
             let mut response = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "queue_full",
@@ -135,15 +107,75 @@ pub async fn submit(
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            Ok(response)
+            response
         }
-        Err(e @ SubmitError::KeyReused(_)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_conflict",
-            e.to_string(),
-        )),
-        Err(e) => Err(ApiError::unavailable(e.to_string())),
+        e @ SubmitError::KeyReused(_) => {
+            ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
+                .into_response()
+        }
+        e => ApiError::unavailable(e.to_string()).into_response(),
     }
+}
+
+/// Every problem of a task before it is submitted: its fields and plan, each step's tool
+/// and arguments as this node would run them, and what needs an LLM provider when none
+/// is configured (an LLM judgement, the Planner, an agent loop).
+pub fn check_spec(
+    services: &actors::context::Services,
+    spec: &TaskSpec,
+) -> Result<(), Vec<actors::task::FieldError>> {
+    let llm_configured = services.llm.is_configured();
+    let check = |tool: &str, args: &Value| {
+        actors::roles::validate_step_tool(&services.tools, llm_configured, tool, args)
+    };
+    let mut errors = spec.validate(check).err().unwrap_or_default();
+    if !llm_configured {
+        // An LLM judgement cannot be honoured without a provider: refuse rather than skip it.
+        let judged = spec
+            .steps
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, st)| st.expect.as_ref().is_some_and(|e| e.judge.is_some()));
+        for (i, _) in judged {
+            errors.push(actors::task::FieldError {
+                field: format!("steps[{i}].expect.judge"),
+                message: format!(
+                    "an LLM judgement needs a provider: {}",
+                    actors::llm::NOT_CONFIGURED
+                ),
+            });
+        }
+        if errors.is_empty() && spec.steps.is_none() {
+            let (field, needs) = match spec.agent {
+                Some(_) => ("agent", "is an agent loop, which needs an LLM provider"),
+                None => ("steps", "has no steps and needs the Planner"),
+            };
+            errors.push(actors::task::FieldError {
+                field: field.into(),
+                message: format!(
+                    "{field}: this task {needs}: {}; or give explicit `steps`",
+                    actors::llm::NOT_CONFIGURED
+                ),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// A 422 listing every problem, under `code`.
+pub fn invalid(code: &str, errors: &[actors::task::FieldError]) -> Response {
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let body = json!({"error": {"code": code, "message": message, "fields": errors}});
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
 
 /// A task: its status, every step with its attempts, and its event trace.
@@ -231,21 +263,7 @@ pub async fn list(
             ))
         })?),
     };
-    // A cursor is a task id this API gave as `next_cursor`; anything else would be
-    // ignored silently (a client paging wrongly would not know).
-    if let Some(cursor) = &q.cursor
-        && uuid::Uuid::parse_str(cursor).is_err()
-    {
-        return Err(ApiError::bad_request(format!(
-            "cursor: `{cursor}` is not a cursor; pass the `next_cursor` of the previous page"
-        )));
-    }
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit: must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page_size(q.limit, q.cursor.as_deref())?;
     let tasks = node
         .tasks
         .get()
@@ -265,6 +283,26 @@ pub async fn list(
         .then(|| page.last().map(|t| t.task_id.clone()))
         .flatten();
     Ok(Json(json!({"tasks": page, "next_cursor": next})))
+}
+
+/// The checked page size of a listing, and its cursor checked: an id this API gave as
+/// `next_cursor`. Anything else would be ignored silently (a client paging wrongly would
+/// not know).
+pub fn page_size(limit: Option<i64>, cursor: Option<&str>) -> Result<i64, ApiError> {
+    if let Some(cursor) = cursor
+        && uuid::Uuid::parse_str(cursor).is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "cursor: `{cursor}` is not a cursor; pass the `next_cursor` of the previous page"
+        )));
+    }
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(limit)
 }
 
 /// Cancels a task that has not finished.
@@ -327,19 +365,21 @@ pub async fn cancel(
 /// Maps axum's JSON rejections to our error shape, keeping serde's message (which names
 /// the field) and the right status: 400 malformed, 415 not JSON, 413 too large, 422 wrong
 /// fields or types.
-fn json_rejection(rejection: JsonRejection) -> ApiError {
+/// The answer to a body that is not the JSON asked for; `invalid` is the code of a body
+/// that is JSON of the wrong shape.
+pub fn json_rejection(rejection: JsonRejection, invalid: &'static str) -> ApiError {
     let message = rejection.body_text();
     match rejection {
         JsonRejection::JsonSyntaxError(_) => {
             ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message)
         }
         JsonRejection::JsonDataError(_) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_task", message)
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, invalid, message)
         }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "send the task as JSON with `Content-Type: application/json`",
+            "send the body as JSON with `Content-Type: application/json`",
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -7,6 +7,7 @@
 mod batch;
 mod cluster;
 mod memory;
+pub mod sessions;
 pub mod tasks;
 pub mod writer;
 

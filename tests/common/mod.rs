@@ -431,8 +431,20 @@ impl TestNode {
     }
 
     async fn send_json(&self, method: reqwest::Method, url: &str) -> (StatusCode, Value) {
-        let response = self
-            .request(method.clone(), url)
+        self.send(method, url, None).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.request(method.clone(), url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
             .send()
             .await
             .unwrap_or_else(|e| panic!("{method} {url} failed: {e}\nnode log:\n{}", self.log()));
@@ -447,6 +459,11 @@ impl TestNode {
     /// GET a URL (full, e.g. `format!("{}/api/v1/agents", node.http_url())`) and parse JSON.
     pub async fn get_json(&self, url: &str) -> (StatusCode, Value) {
         self.send_json(reqwest::Method::GET, url).await
+    }
+
+    /// POST `body` as JSON to a URL and parse the JSON answer.
+    pub async fn post_json(&self, url: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, url, Some(body)).await
     }
 
     /// POST (no body) to a URL and parse the JSON answer.

@@ -40,7 +40,7 @@ use crate::task::{StepSpec, StepStatus, TaskSpec, TaskStatus};
 use crate::tools::{ToolError, ToolOutput};
 use plan::Plan;
 
-mod agent;
+pub mod agent;
 mod budget;
 mod launch;
 mod plan;

@@ -89,7 +89,7 @@ impl fmt::Display for Priority {
 
 /// A submitted task. `steps` is required unless an LLM provider is configured for the
 /// Planner (then a `description` alone will do).
-#[derive(Debug, Clone, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
     "description": "say hello",
@@ -130,6 +130,22 @@ pub struct TaskSpec {
 
 fn default_attempts() -> u32 {
     3
+}
+
+/// What serde makes of `{}`, so a task built in code validates like a submitted one.
+impl Default for TaskSpec {
+    fn default() -> TaskSpec {
+        TaskSpec {
+            description: None,
+            priority: Priority::default(),
+            idempotency_key: None,
+            timeout_secs: None,
+            max_attempts: default_attempts(),
+            steps: None,
+            agent: None,
+            session: None,
+        }
+    }
 }
 
 /// Most LLM calls one agent task may make.
@@ -177,6 +193,21 @@ pub struct AgentTask {
 
 fn default_iterations() -> u32 {
     10
+}
+
+/// What serde makes of `{"message": ""}`.
+impl Default for AgentTask {
+    fn default() -> AgentTask {
+        AgentTask {
+            message: String::new(),
+            history: Vec::new(),
+            system: None,
+            tools: Vec::new(),
+            max_iterations: default_iterations(),
+            max_tokens: None,
+            max_total_tokens: None,
+        }
+    }
 }
 
 /// One step of a plan.
@@ -644,13 +675,7 @@ mod tests {
 
     #[test]
     fn needs_steps_or_description() {
-        assert_eq!(
-            fields(&TaskSpec {
-                max_attempts: 3,
-                ..Default::default()
-            }),
-            vec!["steps"]
-        );
+        assert_eq!(fields(&TaskSpec::default()), vec!["steps"]);
     }
 
     #[test]

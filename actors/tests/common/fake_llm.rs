@@ -142,6 +142,15 @@ pub fn openai_ok(text: &str) -> Reply {
     )
 }
 
+/// An OpenAI answer that asks for `calls` (OpenAI `tool_calls` objects).
+pub fn openai_calls(calls: Value) -> Reply {
+    Reply::Json(
+        200,
+        json!({"model": "gpt-test", "choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
+    )
+}
+
 pub fn openai_err(status: u16, message: &str) -> Reply {
     Reply::Json(
         status,

@@ -1,0 +1,375 @@
+//! `/api/v1/sessions`: start a conversation, take turns, read it, list, end.
+//!
+//! A turn is taken in the store (the turn row, under the session's lock: see
+//! `store/sessions.rs`) and then handed to the scheduler as an agent task, which answers
+//! after the commit: a 202 means the turn is durable. A session is its principal's; with
+//! the `admin` scope any session may be read and changed.
+
+use actors::session::{SessionSettings, history};
+use actors::task::FieldError;
+use actors::task::store::{NewTask, now_ms};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::auth::{ADMIN, Principal};
+use crate::http::error::ApiError;
+use crate::http::owned::Caller;
+use crate::http::tasks::{check_spec, invalid, json_rejection, page_size, refused, submit_task};
+use crate::state::AppState;
+use crate::store::Store;
+use crate::store::sessions::{NewSession, Refused, SessionFilter};
+
+/// A session to start: what its turns run with, and its first message.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSession {
+    /// The first turn's message; without it the session starts with no turn.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 100000)]
+    pub message: Option<String>,
+    #[serde(default)]
+    #[schema(max_length = 100000)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 50)]
+    pub max_iterations: Option<u32>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub max_total_tokens: Option<u64>,
+    #[serde(default)]
+    #[schema(minimum = 0.001, maximum = 86400)]
+    pub timeout_secs: Option<f64>,
+}
+
+/// A turn's message.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TurnRequest {
+    #[schema(min_length = 1, max_length = 100000)]
+    pub message: String,
+}
+
+/// Whose sessions a caller may see and change: its own, or any with `admin` (or without
+/// auth).
+fn owner(caller: &Caller) -> Option<&str> {
+    caller
+        .as_deref()
+        .filter(|p| !p.has(ADMIN))
+        .map(|p| p.sub.as_str())
+}
+
+fn store(node: &AppState) -> Result<&Store, ApiError> {
+    node.store
+        .get()
+        .ok_or_else(|| ApiError::unavailable("storage is not open"))
+}
+
+fn unavailable(e: impl ToString) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
+/// A session's refusal as HTTP: 404, or 409 `session_ended` / `turn_running`.
+fn refusal(r: Refused) -> ApiError {
+    let code = match r {
+        Refused::NotFound(_) => return ApiError::not_found(r.to_string()),
+        Refused::Ended(_) => "session_ended",
+        Refused::Busy { .. } => "turn_running",
+    };
+    ApiError::new(StatusCode::CONFLICT, code, r.to_string())
+}
+
+/// A turn's problems as the caller named them: `agent.tools[0]` is the session's `tools[0]`.
+fn as_session_fields(errors: Vec<FieldError>) -> Vec<FieldError> {
+    errors
+        .into_iter()
+        .map(|e| FieldError {
+            field: e
+                .field
+                .strip_prefix("agent.")
+                .unwrap_or(&e.field)
+                .to_string(),
+            ..e
+        })
+        .collect()
+}
+
+/// Takes the next turn of session `id` with `message`: the accepted turn once its task
+/// is stored, or the answer to a refusal.
+async fn take_turn(
+    node: &AppState,
+    caller: &Caller,
+    id: &str,
+    message: String,
+) -> Result<Result<Value, Response>, ApiError> {
+    let store = store(node)?;
+    let services = node
+        .ctx
+        .services()
+        .ok_or_else(|| ApiError::unavailable("the node is not ready to take turns"))?;
+    let task_id = uuid::Uuid::now_v7().to_string();
+    let begun = store
+        .begin_turn(id, owner(caller), &task_id, &message, now_ms())
+        .await
+        .map_err(unavailable)?
+        .map_err(refusal)?;
+    let spec = begun
+        .settings
+        .turn(id, begun.turn, message, history(&begun.past));
+    if let Err(errors) = check_spec(services, &spec) {
+        store
+            .abandon_turn(id, begun.turn)
+            .await
+            .map_err(unavailable)?;
+        return Ok(Err(invalid("invalid_turn", &as_session_fields(errors))));
+    }
+    let task = NewTask {
+        id: task_id,
+        principal: caller.as_deref().map(|p: &Principal| p.sub.clone()),
+        ..NewTask::new(spec)
+    };
+    match submit_task(node, task).await? {
+        Ok(submitted) => Ok(Ok(json!({
+            "session_id": id,
+            "turn": begun.turn,
+            "task_id": submitted.task_id,
+            "status": submitted.status,
+        }))),
+        Err(e) => {
+            // Refused before it was stored: the turn is given back. (A store error may
+            // hide a commit whose answer was lost: that turn stays, and reads
+            // `abandoned` if its task never appears.)
+            if !matches!(e, actors::scheduler::SubmitError::Store(_)) {
+                store
+                    .abandon_turn(id, begun.turn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(Err(refused(e)))
+        }
+    }
+}
+
+/// Starts a session; with a `message`, its first turn too.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions",
+    operation_id = "start_session",
+    tag = "sessions",
+    request_body(content = StartSession, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Started (no `message`: no turn yet)", body = crate::http::openapi::SessionStarted),
+        (status = 202, description = "Started, and its first turn accepted and stored", body = crate::http::openapi::SessionStarted),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_session`: unknown fields, wrong types, or settings that do not validate (`fields` lists every problem)", body = crate::http::openapi::InvalidTaskBody),
+        (status = 429, description = "`queue_full`: the session started but its first turn was refused; send it again as a turn", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the node is not ready or storage did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn start(
+    State(node): State<AppState>,
+    caller: Caller,
+    body: Result<Json<StartSession>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(start) = body.map_err(|r| json_rejection(r, "invalid_session"))?;
+    let settings = SessionSettings {
+        system: start.system,
+        tools: start.tools,
+        max_iterations: start.max_iterations,
+        max_tokens: start.max_tokens,
+        max_total_tokens: start.max_total_tokens,
+        timeout_secs: start.timeout_secs,
+    };
+    let services = node
+        .ctx
+        .services()
+        .ok_or_else(|| ApiError::unavailable("the node is not ready to take sessions"))?;
+    // The settings are checked as a turn would be, with the first message or a stand-in.
+    let probe = settings.turn("-", 1, start.message.clone().unwrap_or("-".into()), vec![]);
+    if let Err(errors) = check_spec(services, &probe) {
+        return Ok(invalid("invalid_session", &as_session_fields(errors)));
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let session = NewSession {
+        id: id.clone(),
+        principal: caller.as_deref().map(|p| p.sub.clone()),
+        settings,
+        node: node.ctx.node.clone(),
+        now_ms: now_ms(),
+    };
+    store(&node)?
+        .create_session(&session)
+        .await
+        .map_err(unavailable)?;
+    let Some(message) = start.message else {
+        let body = json!({"session_id": id, "status": "open", "turn": null});
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    };
+    Ok(match take_turn(&node, &caller, &id, message).await? {
+        Ok(turn) => {
+            let body = json!({"session_id": id, "status": "open", "turn": turn});
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(refused) => refused,
+    })
+}
+
+/// Takes a turn: the message goes to the session's agent with the conversation so far.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/turns",
+    operation_id = "take_turn",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    request_body(content = TurnRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted and stored: the turn runs as an agent task", body = crate::http::openapi::TurnAccepted),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: no such session", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`session_ended`: the session has ended; `turn_running`: its last turn has not finished", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_turn`: no message, an empty or too long one, or unknown fields", body = crate::http::openapi::InvalidTaskBody),
+        (status = 429, description = "`queue_full`: the task queue is full; retry later", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the node is not ready or storage did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn turn(
+    State(node): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<TurnRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::not_found("no such session"))?;
+    let Json(request) = body.map_err(|r| json_rejection(r, "invalid_turn"))?;
+    Ok(
+        match take_turn(&node, &caller, &id, request.message).await? {
+            Ok(turn) => (StatusCode::ACCEPTED, Json(turn)).into_response(),
+            Err(refused) => refused,
+        },
+    )
+}
+
+/// A session: its settings, usage, and every turn with its answer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}",
+    operation_id = "get_session",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session", body = crate::store::sessions::SessionView),
+        (status = 404, description = "`not_found`: no such session", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn get(
+    State(node): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<crate::store::sessions::SessionView>, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::not_found("no such session"))?;
+    let owner = owner(&caller);
+    store(&node)?
+        .session(&id, now_ms())
+        .await
+        .map_err(unavailable)?
+        .filter(|s| owner.is_none() || s.principal.as_deref() == owner)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no session {id}")))
+}
+
+/// Ends a session: it takes no more turns. Ending it again changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/end",
+    operation_id = "end_session",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "Ended", body = crate::http::openapi::SessionEnded),
+        (status = 404, description = "`not_found`: no such session", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`turn_running`: its last turn has not finished (cancel its task, or wait)", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn end(
+    State(node): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::not_found("no such session"))?;
+    store(&node)?
+        .end_session(&id, owner(&caller), now_ms())
+        .await
+        .map_err(unavailable)?
+        .map_err(refusal)?;
+    Ok(Json(json!({"session_id": id, "status": "ended"})))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// `open` or `ended`.
+    #[param(value_type = Option<String>, pattern = "^(open|ended)$")]
+    status: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000, default = 50)]
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page (a session id); anything else is a 400.
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
+    cursor: Option<String>,
+}
+
+/// Lists sessions, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    operation_id = "list_sessions",
+    tag = "sessions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of sessions", body = crate::http::openapi::SessionList),
+        (status = 400, description = "`bad_request`: an unknown status, a limit out of range, a `cursor` that is not a `next_cursor`, or an unknown query parameter", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn list(
+    State(node): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    if let Some(s) = q.status.as_deref()
+        && s != "open"
+        && s != "ended"
+    {
+        return Err(ApiError::bad_request(format!(
+            "status: unknown status `{s}`; allowed: open ended"
+        )));
+    }
+    let limit = page_size(q.limit, q.cursor.as_deref())?;
+    let filter = SessionFilter {
+        status: q.status,
+        limit,
+        cursor: q.cursor,
+        principal: owner(&caller).map(str::to_string),
+    };
+    let page = store(&node)?.sessions(&filter).await.map_err(unavailable)?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|s| s.session_id.clone()))
+        .flatten();
+    Ok(Json(json!({"sessions": page, "next_cursor": next})))
+}

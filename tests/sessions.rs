@@ -1,0 +1,390 @@
+//! Sessions (issue 11): a conversation with an agent, turn by turn, over the API and a
+//! local server speaking OpenAI's wire format. A turn carries the conversation so far; a
+//! session's numbers (turns, usage) come from what was recorded; the rules a session
+//! keeps (one turn at a time, none after its end, its principal's only) hold under
+//! concurrent requests; and a turn cut by SIGKILL finishes after a restart without a
+//! finished LLM call being made again. On SQLite and on PostgreSQL.
+
+mod common;
+
+#[path = "../actors/tests/common/fake_llm.rs"]
+mod fake_llm;
+#[path = "../actors/tests/common/https.rs"]
+mod https;
+#[path = "../actors/tests/common/pki.rs"]
+mod pki;
+
+use std::net::SocketAddr;
+
+use common::tasks::{TASK_DEADLINE, eventually_within, wait_task, write_config};
+use common::{Launch, TestNode, postgres_database, temp_dir};
+use fake_llm::{Fake, Reply, openai_calls, openai_ok};
+use nix::sys::signal::Signal;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A node whose provider is the fake OpenAI server at `addr`, with `extra` arguments.
+async fn node_on(addr: SocketAddr, extra: &[&str]) -> TestNode {
+    let dir = temp_dir();
+    write_config(
+        dir.path(),
+        "llm.toml",
+        &format!("[llm]\nprovider = \"openai\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"m\"\n"),
+    );
+    Launch::new()
+        .args(&["--config", "llm.toml"])
+        .args(extra)
+        .in_dir(dir)
+        .start()
+        .await
+}
+
+fn url(node: &TestNode, path: &str) -> String {
+    format!("{}/api/v1/sessions{path}", node.http_url())
+}
+
+/// Starts a session with `body`, which must be accepted with its first turn.
+async fn start(node: &TestNode, body: &Value) -> String {
+    let (status, started) = node.post_json(&url(node, ""), body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}\n{}", node.log());
+    assert_eq!(started["turn"]["turn"], 1, "{started}");
+    started["session_id"]
+        .as_str()
+        .expect("a session id")
+        .to_string()
+}
+
+async fn session(node: &TestNode, id: &str) -> Value {
+    let (status, body) = node.get_json(&url(node, &format!("/{id}"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Waits until turn `turn` of session `id` has a final status, and returns the session.
+async fn wait_turn(node: &TestNode, id: &str, turn: usize) -> Value {
+    eventually_within(
+        TASK_DEADLINE,
+        &format!("turn {turn} of {id} to end"),
+        || async {
+            let s = session(node, id).await;
+            let status = s["turns"][turn - 1]["status"].as_str().unwrap_or_default();
+            match status {
+                "succeeded" | "failed" | "cancelled" | "timed_out" => Ok(s),
+                _ => Err(s.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+async fn send(node: &TestNode, id: &str, message: &str) -> (StatusCode, Value) {
+    node.post_json(
+        &url(node, &format!("/{id}/turns")),
+        &json!({"message": message}),
+    )
+    .await
+}
+
+/// The roles and texts of the messages a request to the provider carried.
+fn said(body: &Value) -> Vec<(String, String)> {
+    body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or_default().to_string(),
+                m["content"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(r, c)| (r.to_string(), c.to_string()))
+        .collect()
+}
+
+/// Two turns: the first calls a tool, the second is sent the first's message and answer.
+async fn a_conversation_across_turns(extra: &[&str]) {
+    let echo = openai_calls(json!([{"id": "call_1", "type": "function",
+        "function": {"name": "echo", "arguments": "{\"text\": \"hello\"}"}}]));
+    let (fake, addr) = Fake::start(
+        vec![
+            echo,
+            openai_ok("Echoed hello."),
+            openai_ok("You asked me to echo hello."),
+        ],
+        Reply::Raw(500, "no more replies scripted"),
+    )
+    .await;
+    let node = node_on(addr, extra).await;
+    let id = start(
+        &node,
+        &json!({"message": "echo hello", "system": "Be brief.", "tools": ["echo"]}),
+    )
+    .await;
+    let s = wait_turn(&node, &id, 1).await;
+    let first = &s["turns"][0];
+    assert_eq!(first["status"], "succeeded", "{s:#}");
+    assert_eq!(first["message"], "echo hello");
+    assert_eq!(first["answer"], "Echoed hello.", "{s:#}");
+    assert_eq!(
+        first["usage"],
+        json!({"llm_calls": 2, "tool_calls": 1, "input_tokens": 12, "output_tokens": 3}),
+        "{s:#}"
+    );
+    // The turn is an agent task of the caller's, with its calls as steps.
+    let task_id = first["task_id"].as_str().expect("a task id");
+    let task = wait_task(&node, task_id, "the turn's task", |t| {
+        t["status"] == "succeeded"
+    })
+    .await;
+    let steps: Vec<&str> = task["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|st| st["id"].as_str())
+        .collect();
+    assert_eq!(steps, ["llm_1", "t1_0", "llm_2"], "{task:#}");
+
+    let (status, body) = send(&node, &id, "what did I ask?").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["turn"], 2, "{body}");
+    let s = wait_turn(&node, &id, 2).await;
+    assert_eq!(
+        s["turns"][1]["answer"], "You asked me to echo hello.",
+        "{s:#}"
+    );
+    assert_eq!(
+        s["usage"],
+        json!({"llm_calls": 3, "tool_calls": 1, "input_tokens": 24, "output_tokens": 6}),
+        "{s:#}"
+    );
+    assert_eq!(s["settings"]["system"], "Be brief.");
+    assert!(s["node"].as_str().is_some_and(|n| !n.is_empty()), "{s:#}");
+
+    // The third request (turn 2) carried the first turn's message and answer.
+    let third = fake.seen.lock().unwrap()[2].body.clone();
+    assert_eq!(
+        said(&third),
+        pairs(&[
+            ("system", "Be brief."),
+            ("user", "echo hello"),
+            ("assistant", "Echoed hello."),
+            ("user", "what did I ask?"),
+        ]),
+        "{third:#}"
+    );
+    assert_eq!(fake.hits(), 3);
+
+    // Listed, then ended: no more turns; ending again changes nothing.
+    let (_, list) = node.get_json(&url(&node, "?status=open")).await;
+    assert_eq!(list["sessions"][0]["session_id"], id.as_str(), "{list}");
+    assert_eq!(list["sessions"][0]["turns"], 2, "{list}");
+    let end = url(&node, &format!("/{id}/end"));
+    let (status, body) = node.post(&end).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("ended")),
+        "{body}"
+    );
+    let (status, body) = send(&node, &id, "one more").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "session_ended", "{body}");
+    assert_eq!(node.post(&end).await.0, StatusCode::OK);
+    let s = session(&node, &id).await;
+    assert_eq!(s["status"], "ended");
+    assert!(s["ended_at"].is_string(), "{s:#}");
+    assert_eq!(s["turns"].as_array().map(Vec::len), Some(2), "{s:#}");
+    let (_, list) = node.get_json(&url(&node, "?status=open")).await;
+    assert_eq!(list["sessions"], json!([]), "{list}");
+    assert_eq!(fake.hits(), 3, "nothing was sent after the end");
+}
+
+#[tokio::test]
+async fn a_conversation_across_turns_on_sqlite() {
+    a_conversation_across_turns(&[]).await;
+}
+
+#[tokio::test]
+async fn a_conversation_across_turns_on_postgres() {
+    let db = postgres_database().await;
+    a_conversation_across_turns(&["--database", &db.url]).await;
+}
+
+/// One turn at a time: while a turn waits for its LLM call, another is a 409, as is
+/// ending the session; of many requests at once after it, exactly one takes the next turn.
+async fn one_turn_at_a_time(extra: &[&str]) {
+    let gated = |text| Reply::Gated(Box::new(openai_ok(text)));
+    let (fake, addr) = Fake::start(
+        vec![gated("first"), gated("later")],
+        Reply::Raw(500, "no more replies scripted"),
+    )
+    .await;
+    let node = node_on(addr, extra).await;
+    let id = start(&node, &json!({"message": "go"})).await;
+    let (status, body) = send(&node, &id, "too soon").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "turn_running", "{body}");
+    let (status, body) = node.post(&url(&node, &format!("/{id}/end"))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "turn_running", "{body}");
+    fake.gate.add_permits(1);
+    wait_turn(&node, &id, 1).await;
+
+    let racers = (0..8).map(|i| {
+        let node = &node;
+        let id = &id;
+        async move { send(node, id, &format!("racer {i}")).await }
+    });
+    let answers = futures::future::join_all(racers).await;
+    let accepted = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|(s, b)| *s == StatusCode::CONFLICT && b["error"]["code"] == "turn_running")
+        .count();
+    assert_eq!((accepted, refused), (1, 7), "{answers:?}");
+    fake.gate.add_permits(1);
+    let s = wait_turn(&node, &id, 2).await;
+    assert_eq!(s["turns"].as_array().map(Vec::len), Some(2), "{s:#}");
+    assert_eq!(s["turns"][1]["answer"], "later", "{s:#}");
+}
+
+#[tokio::test]
+async fn one_turn_at_a_time_on_sqlite() {
+    one_turn_at_a_time(&[]).await;
+}
+
+#[tokio::test]
+async fn one_turn_at_a_time_on_postgres() {
+    let db = postgres_database().await;
+    one_turn_at_a_time(&["--database", &db.url]).await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let (_fake, addr) = Fake::start(vec![], openai_ok("ok")).await;
+    let node = node_on(addr, &[]).await;
+    let missing = "0190a0f0-0000-7000-8000-000000000000";
+    for (status, body) in [
+        node.get_json(&url(&node, &format!("/{missing}"))).await,
+        send(&node, missing, "hi").await,
+        node.post(&url(&node, &format!("/{missing}/end"))).await,
+    ] {
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+    let (status, body) = node
+        .post_json(
+            &url(&node, ""),
+            &json!({"tools": ["nope"], "max_iterations": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_session", "{body}");
+    let fields: Vec<&str> = body["error"]["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    assert!(fields.contains(&"max_iterations"), "{body}");
+    assert!(fields.iter().any(|f| f.starts_with("tools")), "{body}");
+    let (status, body) = node.post_json(&url(&node, ""), &json!({"colour": 1})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_session", "{body}");
+
+    // A session without a first message has no turn; an empty message is no turn.
+    let (status, body) = node.post_json(&url(&node, ""), &json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["turn"], Value::Null, "{body}");
+    let id = body["session_id"].as_str().expect("an id").to_string();
+    let (status, body) = send(&node, &id, "  ").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_turn", "{body}");
+    assert!(body["error"]["fields"][0]["field"] == "message", "{body}");
+    // The refused turn was given back: the next one is turn 1.
+    let (status, body) = send(&node, &id, "hello").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["turn"], 1, "{body}");
+    let (status, body) = node
+        .post_json(&url(&node, &format!("/{id}/turns")), &json!({"msg": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    for query in ["?status=closed", "?limit=0", "?cursor=nope", "?colour=red"] {
+        let (status, body) = node.get_json(&url(&node, query)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+
+    // Without a provider there is no agent to talk to.
+    let bare = Launch::new().start().await;
+    let (status, body) = bare
+        .post_json(&url(&bare, ""), &json!({"message": "hi"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("provider"), "{body}");
+}
+
+/// SIGKILL while a turn's tool runs: a node on the same directory finishes the turn, the
+/// provider having seen the first call once, and the session goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_cut_by_sigkill_finishes_after_restart() {
+    let nap = openai_calls(json!([{"id": "call_nap", "type": "function",
+        "function": {"name": "sleep", "arguments": "{\"ms\": 4000}"}}]));
+    let (fake, addr) = Fake::start(
+        vec![nap, openai_ok("Rested."), openai_ok("Still here.")],
+        Reply::Raw(500, "no more replies scripted"),
+    )
+    .await;
+    let mut first = node_on(addr, &["--node", "first"]).await;
+    let id = start(
+        &first,
+        &json!({"message": "take a nap", "tools": ["sleep"]}),
+    )
+    .await;
+    let s = session(&first, &id).await;
+    let task_id = s["turns"][0]["task_id"]
+        .as_str()
+        .expect("a task")
+        .to_string();
+    wait_task(&first, &task_id, "the nap running", |t| {
+        t["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["id"] == "t1_0" && s["status"] == "running")
+    })
+    .await;
+    assert_eq!(fake.hits(), 1);
+    first.signal(Signal::SIGKILL);
+    first.wait_exit().await;
+
+    let dir = first.into_dir();
+    let second = Launch::new()
+        .args(&["--config", "llm.toml", "--node", "second"])
+        .in_dir(dir)
+        .start()
+        .await;
+    let s = wait_turn(&second, &id, 1).await;
+    assert_eq!(s["turns"][0]["answer"], "Rested.", "{s:#}");
+    assert_eq!(fake.hits(), 2, "the first LLM call was not made again");
+    let (status, body) = send(&second, &id, "still there?").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let s = wait_turn(&second, &id, 2).await;
+    assert_eq!(s["turns"][1]["answer"], "Still here.", "{s:#}");
+    let last = fake.seen.lock().unwrap()[2].body.clone();
+    assert_eq!(
+        said(&last),
+        pairs(&[
+            ("user", "take a nap"),
+            ("assistant", "Rested."),
+            ("user", "still there?"),
+        ]),
+        "{last:#}"
+    );
+}
