@@ -53,6 +53,13 @@ if ! command -v docker-compose >/dev/null 2>&1; then
     apt_install docker-compose
 fi
 
+# --- tmux ----------------------------------------------------------------------
+# tests/chat_shell.rs drives the chat shell in a real terminal through tmux.
+if ! command -v tmux >/dev/null 2>&1; then
+    say "tmux not found; installing package tmux"
+    apt_install tmux
+fi
+
 # --- PostgreSQL: installed ---------------------------------------------------
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
     say "PostgreSQL not found; installing package postgresql"

@@ -1,5 +1,5 @@
 //! The command line (clap): `run` starts a node; the other commands are clients of a
-//! running node's HTTP and admin listeners.
+//! running node's HTTP and admin listeners; no command opens the chat shell.
 
 use std::path::PathBuf;
 
@@ -13,9 +13,13 @@ use crate::config::Overrides;
     version,
     about = "A distributed, supervised runtime for multi-agent work"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Without a command: the chat shell against the node.
+    #[command(flatten)]
+    pub chat: crate::session_cli::ChatArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,6 +40,10 @@ pub enum Command {
     Task(TaskArgs),
     /// Mint bearer tokens for a node with `auth.mode = "jwt"`.
     Token(crate::token_cli::TokenArgs),
+    /// Talk to the node's agent in sessions: start, send, show, list, end, resume.
+    Session(crate::session_cli::SessionArgs),
+    /// The chat shell (also what `mister-smith` with no command runs).
+    Chat(crate::session_cli::ChatArgs),
 }
 
 /// Flags that override configuration (DESIGN §8).
@@ -327,9 +335,9 @@ mod tests {
             "--json",
         ])
         .expect("parses");
-        let Command::Task(TaskArgs {
+        let Some(Command::Task(TaskArgs {
             command: TaskCommand::List(list),
-        }) = cli.command
+        })) = cli.command
         else {
             panic!("not task list: {cli:?}");
         };
@@ -345,7 +353,7 @@ mod tests {
         let target = |args: &[&str]| {
             let cli = Cli::try_parse_from(["mister-smith", "cluster"].iter().chain(args))
                 .expect("parses");
-            let Command::Cluster(cluster) = cli.command else {
+            let Some(Command::Cluster(cluster)) = cli.command else {
                 panic!("not cluster: {cli:?}");
             };
             cluster.target

@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod load;
 pub mod node;
+pub mod session_cli;
 pub mod state;
 pub mod store;
 pub mod task_cli;

@@ -10,7 +10,7 @@ use mister_smith::cli::{Cli, Command, NodeFlags};
 use mister_smith::config::Settings;
 use mister_smith::node::{self, Outcome};
 use mister_smith::store::{Store, StoreOptions, redact};
-use mister_smith::{client, task_cli, telemetry, token_cli};
+use mister_smith::{client, session_cli, task_cli, telemetry, token_cli};
 
 /// glibc's allocator spent a quarter of a loaded node's CPU in malloc/free (many small,
 /// short-lived allocations across threads: messages, JSON, SQL arguments); mimalloc's
@@ -35,13 +35,18 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        match cli.command {
+        let Some(command) = cli.command else {
+            return session_cli::shell::chat(&cli.chat).await;
+        };
+        match command {
             Command::Run(flags) => run(flags, started).await,
             Command::Migrate(flags) => migrate(flags).await,
             Command::Actors(args) => print(client::actors(&args).await),
             Command::Agents(args) => print(client::agents(&args).await),
             Command::Cluster(args) => print(client::cluster(&args).await),
             Command::Task(args) => task_cli::run(&args).await,
+            Command::Session(args) => session_cli::run(&args).await,
+            Command::Chat(args) => session_cli::shell::chat(&args).await,
             Command::Token(args) => token_cli::run(&args),
             Command::Load(args) => match mister_smith::load::run(&args).await {
                 Ok(out) => {

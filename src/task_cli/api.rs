@@ -12,34 +12,34 @@ use crate::client::{ClientError, POOL_IDLE, challenge, json_body, refusal, root_
 // HTTP.
 
 /// A node's task API.
-pub(super) struct Api {
-    pub(super) base: Url,
-    pub(super) client: reqwest::Client,
+pub(crate) struct Api {
+    pub(crate) base: Url,
+    pub(crate) client: reqwest::Client,
     /// Sent as `Authorization: Bearer` on every request.
-    pub(super) token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 /// What the node answered.
-pub(super) struct Answer {
-    pub(super) url: String,
-    pub(super) status: StatusCode,
-    pub(super) retry_after: Option<String>,
+pub(crate) struct Answer {
+    pub(crate) url: String,
+    pub(crate) status: StatusCode,
+    pub(crate) retry_after: Option<String>,
     /// The `WWW-Authenticate` challenge of a 401 or 403.
-    pub(super) challenge: Option<String>,
+    pub(crate) challenge: Option<String>,
     /// Whether the request carried a bearer token.
-    pub(super) token_sent: bool,
-    pub(super) body: Value,
+    pub(crate) token_sent: bool,
+    pub(crate) body: Value,
 }
 
 impl Answer {
-    pub(super) fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         self.body["error"]["message"]
             .as_str()
             .unwrap_or("no message")
             .to_string()
     }
 
-    pub(super) fn refused(&self) -> ClientError {
+    pub(crate) fn refused(&self) -> ClientError {
         let refusal = refusal(
             self.url.clone(),
             self.status,
@@ -64,7 +64,7 @@ impl Answer {
         }
     }
 
-    pub(super) fn rejected(&self) -> TaskError {
+    pub(crate) fn rejected(&self) -> TaskError {
         let fields = self.body["error"]["fields"]
             .as_array()
             .map(|fields| {
@@ -83,7 +83,7 @@ impl Answer {
 }
 
 impl Api {
-    pub(super) fn new(addr: &str, token: Option<&str>) -> Result<Api, ClientError> {
+    pub(crate) fn new(addr: &str, token: Option<&str>) -> Result<Api, ClientError> {
         let base = if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.to_string()
         } else {
@@ -112,7 +112,7 @@ impl Api {
     }
 
     /// The URL of `segments` (each one escaped, so an id cannot change the route).
-    pub(super) fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| ClientError::Unreachable {
@@ -124,7 +124,7 @@ impl Api {
         Ok(url)
     }
 
-    pub(super) async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         url: Url,
@@ -167,7 +167,7 @@ impl Api {
     }
 
     /// `GET /api/v1/tasks/{id}`.
-    pub(super) async fn task(&self, id: &str) -> Result<Value, ClientError> {
+    pub(crate) async fn task(&self, id: &str) -> Result<Value, ClientError> {
         let url = self.url(&["api", "v1", "tasks", id])?;
         let answer = self.send(Method::GET, url, &[], None, READ_TIMEOUT).await?;
         if answer.status != StatusCode::OK {

@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-mod api;
-mod render;
+pub(crate) mod api;
+pub(crate) mod render;
 
 use crate::cli::{
     TaskArgs, TaskClientFlags, TaskCommand, TaskIdArgs, TaskListArgs, TaskSubmitArgs,
@@ -109,7 +109,7 @@ pub async fn run(args: &TaskArgs) -> u8 {
 
 impl TaskClientFlags {
     /// The node's task API these flags point at, with their token.
-    fn api(&self) -> Result<Api, ClientError> {
+    pub(crate) fn api(&self) -> Result<Api, ClientError> {
         Api::new(&self.http, self.bearer.token.as_deref())
     }
 }
@@ -533,7 +533,7 @@ async fn follow(api: &Api, id: &str, json: bool) -> Result<u8, TaskError> {
     }
 }
 
-fn transient(e: &ClientError) -> bool {
+pub(crate) fn transient(e: &ClientError) -> bool {
     match e {
         ClientError::Unreachable { .. } | ClientError::BadAnswer { .. } => true,
         ClientError::Refused { status, .. } => *status >= 500 || *status == 429,

@@ -186,7 +186,7 @@ pub(super) fn event_data(data: &Value) -> String {
 // Text.
 
 /// `s` with every run of whitespace made one space, cut to `max` characters.
-pub(super) fn one_line(s: &str, max: usize) -> String {
+pub(crate) fn one_line(s: &str, max: usize) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if joined.chars().count() <= max {
         return joined;
@@ -196,7 +196,7 @@ pub(super) fn one_line(s: &str, max: usize) -> String {
     cut
 }
 
-pub(super) fn table<const N: usize>(rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

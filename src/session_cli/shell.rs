@@ -1,0 +1,207 @@
+//! The chat shell (`mister-smith` with no command, `mister-smith chat`, `session resume`):
+//! a line editor with history (rustyline) over a session of the node. Each message is a
+//! turn; its tool calls and results are printed as they are recorded, then the answer.
+//! Ctrl-C while a turn runs cancels it; at the prompt it clears the line; Ctrl-D leaves.
+
+use std::path::PathBuf;
+
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
+use serde_json::{Value, json};
+
+use super::{SessionSettingsFlags, follow, get, last_open, post, render_list, render_session};
+use crate::cli::TaskClientFlags;
+use crate::client::text;
+use crate::task_cli::api::Api;
+use crate::task_cli::{EXIT_OK, TaskError};
+
+const HELP: &str = "\
+/sessions      list open sessions
+/resume [ID]   continue a session (the latest open one without ID)
+/show          this session's turns so far
+/new           start a new session with the next message
+/end           end this session
+/quit          leave (Ctrl-D too); Ctrl-C cancels a running turn";
+
+/// Where the shell keeps its line history: `MISTER_SMITH_HISTORY`, else
+/// `~/.mister_smith_history`.
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("MISTER_SMITH_HISTORY")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".mister_smith_history"))
+        })
+}
+
+/// The shell's state: the node and the session messages go to.
+struct Shell {
+    api: Api,
+    session: Option<String>,
+    settings: SessionSettingsFlags,
+}
+
+/// Runs the shell until `/quit` or end of input.
+pub async fn run(
+    client: &TaskClientFlags,
+    session: Option<String>,
+    settings: &SessionSettingsFlags,
+) -> Result<u8, TaskError> {
+    let mut shell = Shell {
+        api: client.api()?,
+        session: None,
+        settings: settings.clone(),
+    };
+    println!(
+        "mister-smith chat on {} — /help for commands",
+        shell.api.base
+    );
+    match session {
+        Some(id) => shell.resume(Some(&id)).await?,
+        None => println!("a new session starts with your first message"),
+    }
+    let mut editor =
+        DefaultEditor::new().map_err(|e| TaskError::Input(format!("no line editor: {e}")))?;
+    let history = history_file();
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    loop {
+        // rustyline blocks: it reads the terminal on a thread of its own.
+        let (back, read) = tokio::task::spawn_blocking(move || {
+            let read = editor.readline("you> ");
+            (editor, read)
+        })
+        .await
+        .map_err(|e| TaskError::Input(format!("the line editor stopped: {e}")))?;
+        editor = back;
+        let line = match read {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(TaskError::Input(format!("reading a line: {e}"))),
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line);
+        if matches!(line, "/quit" | "/exit") {
+            break;
+        }
+        // A refusal or an unreachable node is shown, and the shell goes on.
+        if let Err(e) = shell.line(line).await {
+            eprint!("{}", e.report());
+        }
+    }
+    if let Some(path) = &history {
+        let _ = editor.save_history(path);
+    }
+    Ok(EXIT_OK)
+}
+
+impl Shell {
+    async fn line(&mut self, line: &str) -> Result<(), TaskError> {
+        let (command, arg) = line
+            .split_once(' ')
+            .map_or((line, ""), |(c, a)| (c, a.trim()));
+        match command {
+            "/help" => println!("{HELP}"),
+            "/sessions" => {
+                let page =
+                    get(&self.api, &["api", "v1", "sessions"], &[("status", "open")]).await?;
+                print!("{}", render_list(&page));
+            }
+            "/resume" => self.resume(Some(arg).filter(|a| !a.is_empty())).await?,
+            "/show" => match &self.session {
+                Some(id) => print!(
+                    "{}",
+                    render_session(&get(&self.api, &["api", "v1", "sessions", id], &[]).await?)
+                ),
+                None => println!("no session yet"),
+            },
+            "/new" => {
+                self.session = None;
+                println!("a new session starts with your next message");
+            }
+            "/end" => match self.session.take() {
+                Some(id) => {
+                    post(&self.api, &["api", "v1", "sessions", &id, "end"], None).await?;
+                    println!("session {id} ended; a new one starts with your next message");
+                }
+                None => println!("no session to end"),
+            },
+            c if c.starts_with('/') => println!("unknown command {c}\n{HELP}"),
+            _ => self.say(line).await?,
+        }
+        Ok(())
+    }
+
+    /// Continues session `id` (the latest open one when `None`), showing it so far.
+    async fn resume(&mut self, id: Option<&str>) -> Result<(), TaskError> {
+        let id = match id {
+            Some(id) => id.to_string(),
+            None => last_open(&self.api)
+                .await?
+                .ok_or_else(|| TaskError::Input("no open session to resume".into()))?,
+        };
+        let session = get(&self.api, &["api", "v1", "sessions", &id], &[]).await?;
+        print!("{}", render_session(&session));
+        self.session = Some(id);
+        Ok(())
+    }
+
+    /// Takes a turn with `message` (starting the session first if there is none), follows
+    /// it and prints the answer.
+    async fn say(&mut self, message: &str) -> Result<(), TaskError> {
+        let turn: Value = match &self.session {
+            Some(id) => {
+                let body = json!({"message": message});
+                post(
+                    &self.api,
+                    &["api", "v1", "sessions", id, "turns"],
+                    Some(&body),
+                )
+                .await?
+            }
+            None => {
+                let body = self.settings.body(Some(message));
+                let started = post(&self.api, &["api", "v1", "sessions"], Some(&body)).await?;
+                let id = text(&started["session_id"]);
+                println!("(session {id})");
+                self.session = Some(id);
+                started["turn"].clone()
+            }
+        };
+        let task_id = text(&turn["task_id"]);
+        let interrupt = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let ended = follow::follow(&self.api, &task_id, |l| println!("{l}"), interrupt).await?;
+        match ended.answer() {
+            Some(answer) => println!("agent> {answer}"),
+            None => println!("(the turn ended {})", ended.error()),
+        }
+        Ok(())
+    }
+}
+
+/// `mister-smith` with no command, or `chat`: the shell, or the exit code of why it
+/// could not start.
+pub async fn chat(args: &super::ChatArgs) -> u8 {
+    let result = async {
+        let session = match (&args.session, args.last) {
+            (Some(id), _) => Some(id.clone()),
+            (None, true) => last_open(&args.client.api()?).await?,
+            (None, false) => None,
+        };
+        run(&args.client, session, &args.settings).await
+    }
+    .await;
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprint!("{}", e.report());
+            e.exit_code()
+        }
+    }
+}
