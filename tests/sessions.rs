@@ -388,3 +388,66 @@ async fn a_turn_cut_by_sigkill_finishes_after_restart() {
         "{last:#}"
     );
 }
+
+/// Continuity across nodes: two nodes of a cluster share the database; the node running a
+/// session's turn is SIGKILLed in the middle of it, the other takes the turn over and
+/// finishes it (the provider saw the finished call once), shows itself as the session's
+/// node, and takes the next turn with the whole conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_node_dies_continues_on_another() {
+    use common::cluster::{Member, cluster_name, wait_status};
+    let nap = openai_calls(json!([{"id": "call_nap", "type": "function",
+        "function": {"name": "sleep", "arguments": "{\"ms\": 3000}"}}]));
+    let (fake, addr) = Fake::start(
+        vec![nap, openai_ok("Rested."), openai_ok("Continued.")],
+        Reply::Raw(500, "no more replies scripted"),
+    )
+    .await;
+    let nats = common::nats::NatsServer::spawn().await;
+    let db = postgres_database().await;
+    let cluster = cluster_name("sessions");
+    let llm =
+        format!("[llm]\nprovider = \"openai\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"m\"\n");
+    let member = |name| Member::new(&cluster, &db, nats.url(), name).config(&llm);
+    let (mut a, b) = tokio::join!(member("a").start(), member("b").start());
+    wait_status(&b, &["a"], "up").await;
+
+    let id = start(&a, &json!({"message": "take a nap", "tools": ["sleep"]})).await;
+    let task_id = session(&a, &id).await["turns"][0]["task_id"]
+        .as_str()
+        .expect("a task")
+        .to_string();
+    wait_task(&a, &task_id, "the nap running", |t| {
+        t["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["id"] == "t1_0" && s["status"] == "running")
+    })
+    .await;
+    assert_eq!(session(&b, &id).await["node"], "a");
+    a.signal(Signal::SIGKILL);
+    a.wait_exit().await;
+
+    let s = wait_turn(&b, &id, 1).await;
+    assert_eq!(s["turns"][0]["answer"], "Rested.", "{s:#}");
+    assert_eq!(
+        s["node"], "b",
+        "the node that took the turn over owns the session: {s:#}"
+    );
+    assert_eq!(fake.hits(), 2, "the first LLM call was not made again");
+    let (status, body) = send(&b, &id, "go on").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let s = wait_turn(&b, &id, 2).await;
+    assert_eq!(s["turns"][1]["answer"], "Continued.", "{s:#}");
+    let last = fake.seen.lock().unwrap()[2].body.clone();
+    assert_eq!(
+        said(&last),
+        pairs(&[
+            ("user", "take a nap"),
+            ("assistant", "Rested."),
+            ("user", "go on")
+        ]),
+        "{last:#}"
+    );
+}

@@ -29,7 +29,9 @@ pub struct SessionView {
     /// Who started it (the API token's `sub`); `null` when the API does not authenticate.
     #[schema(required)]
     pub principal: Option<String>,
-    /// The node whose Coordinator owns the session.
+    /// The node whose Coordinator owns the session: the one that runs (or last ran) its
+    /// latest turn — after a takeover, the node that took it over —; before any turn,
+    /// the node that started it.
     pub node: String,
     pub settings: SessionSettings,
     /// Tokens and calls of every turn.
@@ -199,6 +201,15 @@ fn turn_views(turns: Vec<TurnRow>, steps: Vec<StepRow>, now: i64) -> Vec<TurnVie
             },
         )
         .collect()
+}
+
+/// The node that owns a session, as SQL over a `sessions` row: the owner of its latest
+/// turn's task, else the node that started it.
+macro_rules! owning_node {
+    () => {
+        "COALESCE((SELECT k.owner FROM session_turns t JOIN tasks k ON k.id = t.task_id \
+         WHERE t.session_id = sessions.id ORDER BY t.turn DESC LIMIT 1), node)"
+    };
 }
 
 fn settings_of(json: &str) -> SessionSettings {
@@ -378,8 +389,11 @@ macro_rules! backend {
                 let mut tx = pool.begin_with($snapshot).await?;
                 type Row = (String, Option<String>, String, String, String, i64, i64, Option<i64>);
                 let row: Option<Row> = sqlx::query_as(
-                    "SELECT id, principal, status, settings, node, created_at, updated_at, ended_at \
-                     FROM sessions WHERE id = $1",
+                    concat!(
+                        "SELECT id, principal, status, settings, ",
+                        owning_node!(),
+                        ", created_at, updated_at, ended_at FROM sessions WHERE id = $1"
+                    ),
                 )
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -407,9 +421,13 @@ macro_rules! backend {
 
             pub async fn list(pool: &Pool<$db>, f: &SessionFilter) -> Result<Vec<SessionSummary>, sqlx::Error> {
                 let rows: Vec<(String, String, String, i64, i64, i64, Option<i64>)> = sqlx::query_as(
-                    "SELECT id, status, node, turns, created_at, updated_at, ended_at FROM sessions \
+                    concat!(
+                        "SELECT id, status, ",
+                        owning_node!(),
+                        ", turns, created_at, updated_at, ended_at FROM sessions \
                      WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2) \
-                     AND ($3 IS NULL OR principal = $3) ORDER BY id DESC LIMIT $4",
+                     AND ($3 IS NULL OR principal = $3) ORDER BY id DESC LIMIT $4"
+                    ),
                 )
                 .bind(&f.status)
                 .bind(&f.cursor)
