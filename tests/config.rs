@@ -431,3 +431,24 @@ async fn a_cluster_needs_a_cookie_and_a_shared_database() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_approval_setting_naming_no_tool_or_no_mode_is_refused() {
+    expect_config_error(
+        &[("bad.toml", "[tools]\napproval = { shel = \"required\" }\n")],
+        &["run", "--config", "bad.toml"],
+        &[],
+        &["tools.approval.shel", "shell"],
+    )
+    .await;
+    expect_config_error(
+        &[(
+            "bad.toml",
+            "[tools]\napproval = { shell = \"sometimes\" }\n",
+        )],
+        &["run", "--config", "bad.toml"],
+        &[],
+        &["sometimes", "required"],
+    )
+    .await;
+}

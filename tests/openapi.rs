@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 /// Every route of the API listener with its methods, as the router serves them
 /// (`src/http/mod.rs`), apart from the document itself.
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 17] = [
     ("get", "/health/live"),
     ("get", "/health/ready"),
     ("get", "/metrics"),
@@ -38,6 +38,8 @@ const ROUTES: [(&str, &str); 15] = [
     ("get", "/api/v1/sessions/{id}"),
     ("post", "/api/v1/sessions/{id}/turns"),
     ("post", "/api/v1/sessions/{id}/end"),
+    ("post", "/api/v1/sessions/{id}/turns/{turn}/approve"),
+    ("post", "/api/v1/sessions/{id}/turns/{turn}/deny"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [
@@ -494,6 +496,7 @@ async fn the_document_lists_every_route_and_its_parts_resolve() {
                 "failed",
                 "cancelled",
                 "skipped",
+                "awaiting_approval",
             ][..],
         ),
         (
@@ -1041,6 +1044,32 @@ async fn session_answers_conform_to_the_document() {
     .await;
     assert_eq!(ended.status, StatusCode::CONFLICT, "{}", ended.text);
     doc.conforms("post", "/api/v1/sessions/{id}/turns", &ended);
+    for (decision, want) in [("approve", 409), ("deny", 409)] {
+        let path = format!("{session}/turns/1/{decision}");
+        let answer = send(
+            &node,
+            Method::POST,
+            &path,
+            json_body(&json!({"reason": "r"})),
+        )
+        .await;
+        assert_eq!(answer.status.as_u16(), want, "{path}: {}", answer.text);
+        let template = format!("/api/v1/sessions/{{id}}/turns/{{turn}}/{decision}");
+        doc.conforms("post", &template, &answer);
+    }
+    let unknown = send(
+        &node,
+        Method::POST,
+        &format!("{session}/turns/99/approve"),
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+    doc.conforms(
+        "post",
+        "/api/v1/sessions/{id}/turns/{turn}/approve",
+        &unknown,
+    );
     let missing = "/api/v1/sessions/0190a0f0-0000-7000-8000-000000000000";
     let gone = send(&node, Method::GET, missing, None).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text);

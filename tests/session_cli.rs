@@ -1,8 +1,13 @@
 //! The `session` commands and the chat shell against a node whose provider is `scripted`:
 //! `start`/`send` print the tool calls, their results and the answer; `show`, `list` and
 //! `end` read and change what the API holds; refusals are one clear line with an exit
-//! code. The shell runs in a real terminal (tmux): a message, its tool call as recorded
-//! and answer, `/show`, Ctrl-C cancelling a running turn, and the line history kept.
+//! code; a call awaiting approval is shown with the command that decides it. The shell
+//! runs in a real terminal (tmux): a message, the approval it asks for, its tool call
+//! as recorded and the answer, `/show`, Ctrl-C cancelling a running turn, and the line
+//! history kept.
+
+/// Agents' `echo` calls wait for a person's approval.
+const ECHO_NEEDS_APPROVAL: &str = "[tools]\napproval = { echo = \"required\" }\n";
 
 mod common;
 
@@ -10,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::tasks::{TASK_DEADLINE, eventually_within, scripted_node};
+use common::tasks::{TASK_DEADLINE, eventually_within, scripted_node, scripted_node_with};
 use common::{BIN, Finished, TestNode, run_to_exit, temp_dir};
 use serde_json::{Value, json};
 
@@ -185,9 +190,53 @@ impl Drop for Terminal {
     }
 }
 
+#[tokio::test]
+async fn a_call_awaiting_approval_is_shown_and_decided_from_the_command_line() {
+    let node = scripted_node_with(&script(), ECHO_NEEDS_APPROVAL).await;
+    let out = cli(
+        &node,
+        &["session", "start", "-m", "please echo hi", "--tool", "echo"],
+    )
+    .await;
+    assert_eq!(out.code(), Some(6), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("? echo {\"text\":\"hi\"} (t1_0) awaits approval"),
+        "{}",
+        out.describe()
+    );
+    let id = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("session "))
+        .unwrap_or_else(|| panic!("no session id: {}", out.describe()))
+        .to_string();
+    assert!(
+        out.stderr.contains(&format!("session approve {id} 1")),
+        "{}",
+        out.describe()
+    );
+    let out = cli(&node, &["session", "approve", &id, "1"]).await;
+    ok(&out);
+    assert_eq!(out.stdout, "approved: [\"t1_0\"]\n", "{}", out.describe());
+    let url = format!("{}/api/v1/sessions/{id}", node.http_url());
+    eventually_within(TASK_DEADLINE, "the approved turn to answer", || async {
+        let (_, s) = node.get_json(&url).await;
+        if s["turns"][0]["answer"] == "Said hi." {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let out = cli(&node, &["session", "deny", &id, "1", "--reason", "late"]).await;
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(out.stderr.contains("awaits approval"), "{}", out.describe());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chat_shell_converses_in_a_real_terminal() {
-    let node = scripted_node(&script()).await;
+    let node = scripted_node_with(&script(), ECHO_NEEDS_APPROVAL).await;
     let dir = temp_dir();
     let http = node.http.to_string();
     let term = Terminal::start(
@@ -197,6 +246,15 @@ async fn the_chat_shell_converses_in_a_real_terminal() {
     term.shows("a new session starts with your first message")
         .await;
     term.keys(&["please echo hi", "Enter"]);
+    term.shows("approve? [y, or a reason to deny]").await;
+    let screen = term
+        .shows("? echo {\"text\":\"hi\"} awaits your approval")
+        .await;
+    assert!(
+        !screen.contains("agent>"),
+        "nothing ran before the approval: {screen}"
+    );
+    term.keys(&["y", "Enter"]);
     let screen = term.shows("agent> Said hi.").await;
     assert!(screen.contains("  → echo {\"text\":\"hi\"}"), "{screen}");
     assert!(screen.contains("  ← echo succeeded: hi"), "{screen}");

@@ -23,20 +23,33 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// A node whose provider is the fake OpenAI server at `addr`, with `extra` arguments.
-async fn node_on(addr: SocketAddr, extra: &[&str]) -> TestNode {
+/// A node's directory whose `llm.toml` points at the fake OpenAI server at `addr`, with
+/// `more` configuration after it.
+fn config_dir(addr: SocketAddr, more: &str) -> tempfile::TempDir {
     let dir = temp_dir();
     write_config(
         dir.path(),
         "llm.toml",
-        &format!("[llm]\nprovider = \"openai\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"m\"\n"),
+        &format!(
+            "[llm]\nprovider = \"openai\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"m\"\n{more}"
+        ),
     );
+    dir
+}
+
+/// A node in `dir` (see [`config_dir`]), with `extra` arguments.
+async fn node_in(dir: tempfile::TempDir, extra: &[&str]) -> TestNode {
     Launch::new()
         .args(&["--config", "llm.toml"])
         .args(extra)
         .in_dir(dir)
         .start()
         .await
+}
+
+/// A node whose provider is the fake OpenAI server at `addr`, with `extra` arguments.
+async fn node_on(addr: SocketAddr, extra: &[&str]) -> TestNode {
+    node_in(config_dir(addr, ""), extra).await
 }
 
 fn url(node: &TestNode, path: &str) -> String {
@@ -450,4 +463,158 @@ async fn a_session_whose_node_dies_continues_on_another() {
         ]),
         "{last:#}"
     );
+}
+
+/// Waits until turn `turn` of session `id` has the status `status`.
+async fn wait_turn_status(node: &TestNode, id: &str, turn: usize, status: &str) -> Value {
+    eventually_within(
+        TASK_DEADLINE,
+        &format!("turn {turn} to be {status}"),
+        || async {
+            let s = session(node, id).await;
+            if s["turns"][turn - 1]["status"] == status {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// A call of a tool marked `approval = "required"` waits, durably: across a SIGKILL and
+/// a restart, until approved (it runs, and the model reads its result); a denied call's
+/// reason is what the model reads as its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_needs_approval_waits_across_a_restart_until_decided_on_sqlite() {
+    a_call_that_needs_approval_waits_across_a_restart_until_decided(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_needs_approval_waits_across_a_restart_until_decided_on_postgres() {
+    let db = postgres_database().await;
+    a_call_that_needs_approval_waits_across_a_restart_until_decided(&["--database", &db.url]).await;
+}
+
+async fn a_call_that_needs_approval_waits_across_a_restart_until_decided(extra: &[&str]) {
+    let echo = |id: &str, text: &str| {
+        openai_calls(json!([{"id": id, "type": "function",
+            "function": {"name": "echo", "arguments": json!({"text": text}).to_string()}}]))
+    };
+    let (fake, addr) = Fake::start(
+        vec![
+            echo("call_1", "approved text"),
+            openai_ok("It echoed."),
+            echo("call_2", "secret"),
+            openai_ok("Understood, not now."),
+        ],
+        Reply::Raw(500, "no more replies scripted"),
+    )
+    .await;
+    let dir = config_dir(addr, "[tools]\napproval = { echo = \"required\" }\n");
+    let mut first = node_in(dir, extra).await;
+    let id = start(
+        &first,
+        &json!({"message": "echo something", "tools": ["echo"]}),
+    )
+    .await;
+    let s = wait_turn_status(&first, &id, 1, "awaiting_approval").await;
+    assert_eq!(
+        s["turns"][0]["awaiting_approval"],
+        json!([{"step": "t1_0", "tool": "echo", "arguments": {"text": "approved text"}}]),
+        "{s:#}"
+    );
+    first.signal(Signal::SIGKILL);
+    first.wait_exit().await;
+
+    let node = node_in(first.into_dir(), extra).await;
+    wait_turn_status(&node, &id, 1, "awaiting_approval").await;
+    assert_eq!(fake.hits(), 1, "nothing ran while the call waited");
+    let approve = url(&node, &format!("/{id}/turns/1/approve"));
+    let (status, body) = node.post_json(&approve, &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["steps"], json!(["t1_0"]), "{body}");
+    let (status, body) = node.post_json(&approve, &json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "nothing_awaits_approval", "{body}");
+    let s = wait_turn(&node, &id, 1).await;
+    assert_eq!(s["turns"][0]["answer"], "It echoed.", "{s:#}");
+    let second = fake.seen.lock().unwrap()[1].body.clone();
+    assert_eq!(
+        said(&second).last().map(|(_, c)| c.as_str()),
+        Some("approved text"),
+        "{second:#}"
+    );
+    let task_id = s["turns"][0]["task_id"].as_str().expect("a task");
+    let (_, task) = node
+        .get_json(&format!("{}/api/v1/tasks/{task_id}", node.http_url()))
+        .await;
+    let kinds: Vec<&str> = task["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| k.starts_with("approval."))
+        .collect();
+    let statuses: Vec<(&str, &str)> = task["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or(""),
+                s["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("llm_1", "succeeded"),
+            ("t1_0", "succeeded"),
+            ("llm_2", "succeeded")
+        ],
+        "{task:#}"
+    );
+    // The restarted run found the call waiting as recorded: it did not ask again.
+    assert_eq!(
+        kinds,
+        ["approval.requested", "approval.granted"],
+        "{task:#}"
+    );
+
+    let (status, body) = send(&node, &id, "echo the secret").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_turn_status(&node, &id, 2, "awaiting_approval").await;
+    let deny = url(&node, &format!("/{id}/turns/2/deny"));
+    let (status, body) = node
+        .post_json(&deny, &json!({"reason": "not now", "colour": 1}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = node.post_json(&deny, &json!({"reason": "not now"})).await;
+    assert_eq!(
+        (status, &body["approved"]),
+        (StatusCode::OK, &json!(false)),
+        "{body}"
+    );
+    let s = wait_turn(&node, &id, 2).await;
+    assert_eq!(s["turns"][1]["answer"], "Understood, not now.", "{s:#}");
+    let fourth = fake.seen.lock().unwrap()[3].body.clone();
+    let result = said(&fourth)
+        .last()
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        result, "error: denied by the operator: not now",
+        "{fourth:#}"
+    );
+    let denied = s["turns"][1]["task_id"].as_str().expect("a task");
+    let (_, task) = node
+        .get_json(&format!("{}/api/v1/tasks/{denied}", node.http_url()))
+        .await;
+    assert_eq!(task["steps"][1]["status"], "failed", "{task:#}");
+    let (status, _) = node
+        .post_json(&url(&node, &format!("/{id}/turns/9/approve")), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -20,7 +20,9 @@ use actors::roles::memory::{MemoryEntry, MemoryStore};
 use actors::roles::{Role, coordinator, router};
 use actors::root::{RootPolicy, root_args};
 use actors::supervisor::{Backoff, Strategy, Supervisor};
-use actors::task::store::{BoxFuture, Claim, NewTask, Progress, StoreError, Submitted, TaskStore};
+use actors::task::store::{
+    BoxFuture, Claim, Decision, NewTask, Progress, StoreError, Submitted, TaskStore,
+};
 use actors::task::{Priority, StepSpec, TaskStatus};
 use actors::tools::{ToolError, Tools, ToolsConfig};
 use ractor::{ActorRef, call_t};
@@ -95,6 +97,9 @@ impl TaskStore for NoTasks {
         _: String,
         _: bool,
     ) -> BoxFuture<'_, Result<Vec<(String, Priority)>, StoreError>> {
+        no_storage()
+    }
+    fn decisions(&self, _: String) -> BoxFuture<'_, Result<Vec<Decision>, StoreError>> {
         no_storage()
     }
 }

@@ -57,6 +57,16 @@ pub const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/sessions/{id}", SESSIONS_READ),
     ("POST", "/api/v1/sessions/{id}/turns", SESSIONS_WRITE),
     ("POST", "/api/v1/sessions/{id}/end", SESSIONS_WRITE),
+    (
+        "POST",
+        "/api/v1/sessions/{id}/turns/{turn}/approve",
+        SESSIONS_WRITE,
+    ),
+    (
+        "POST",
+        "/api/v1/sessions/{id}/turns/{turn}/deny",
+        SESSIONS_WRITE,
+    ),
 ];
 
 /// Who made a request, from its token.

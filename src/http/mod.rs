@@ -43,6 +43,14 @@ pub fn router(
         .route("/api/v1/sessions/{id}/turns", post(sessions::turn))
         .route("/api/v1/sessions/{id}/end", post(sessions::end))
         .route(
+            "/api/v1/sessions/{id}/turns/{turn}/approve",
+            post(sessions::approve),
+        )
+        .route(
+            "/api/v1/sessions/{id}/turns/{turn}/deny",
+            post(sessions::deny),
+        )
+        .route(
             "/api/v1/tasks/{id}/steps/{step}/output",
             get(task_output::get),
         );

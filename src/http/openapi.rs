@@ -56,6 +56,8 @@ use actors::session::{SessionSettings, Usage};
         sessions::get,
         sessions::turn,
         sessions::end,
+        sessions::approve,
+        sessions::deny,
     ),
     components(schemas(
         Live,
@@ -99,6 +101,9 @@ use actors::session::{SessionSettings, Usage};
         TurnAccepted,
         SessionEnded,
         SessionList,
+        sessions::Decide,
+        Decided,
+        crate::store::sessions::AwaitingCall,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -368,4 +373,14 @@ pub struct SessionList {
     /// Pass as `cursor` for the next page; `null` on the last page.
     #[schema(required)]
     pub next_cursor: Option<String>,
+}
+
+/// What a decision on tool calls awaiting approval decided.
+#[derive(Serialize, ToSchema)]
+pub struct Decided {
+    pub session_id: String,
+    pub turn: i64,
+    pub approved: bool,
+    /// The calls (step ids) decided.
+    pub steps: Vec<String>,
 }

@@ -316,6 +316,128 @@ pub async fn end(
     Ok(Json(json!({"session_id": id, "status": "ended"})))
 }
 
+/// A decision on a turn's tool calls awaiting approval.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    /// Why; the model reads a denial's reason as the call's result.
+    #[serde(default)]
+    #[schema(max_length = 2000)]
+    pub reason: Option<String>,
+    /// Only this call (its step id, from `awaiting_approval`); without it, every call of
+    /// the turn that awaits approval.
+    #[serde(default)]
+    pub step: Option<String>,
+}
+
+const MAX_REASON: usize = 2000;
+
+async fn decide(
+    node: AppState,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Option<Json<Decide>>, JsonRejection>,
+    approved: bool,
+) -> Result<Json<Value>, ApiError> {
+    let Path((id, turn)) = path.map_err(|_| ApiError::not_found("no such turn"))?;
+    let turn: i64 = turn
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no turn {turn} in session {id}")))?;
+    let decide = body
+        .map_err(|r| json_rejection(r, "invalid_decision"))?
+        .map(|Json(d)| d)
+        .unwrap_or_default();
+    if decide.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_decision",
+            format!("reason: at most {MAX_REASON} bytes"),
+        ));
+    }
+    let store = store(&node)?;
+    let task_id = store
+        .turn_task(&id, turn, owner(&caller))
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::not_found(format!("no turn {turn} in session {id}")))?;
+    let by = caller.as_deref().map(|p| p.sub.as_str());
+    let decided = store
+        .decide(
+            &task_id,
+            decide.step.as_deref(),
+            approved,
+            decide.reason.as_deref(),
+            by,
+            now_ms(),
+        )
+        .await
+        .map_err(unavailable)?;
+    if decided.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nothing_awaits_approval",
+            format!("no tool call of turn {turn} awaits approval (now)"),
+        ));
+    }
+    Ok(Json(json!({
+        "session_id": id,
+        "turn": turn,
+        "approved": approved,
+        "steps": decided,
+    })))
+}
+
+/// Approves the turn's tool calls awaiting approval (or the one named): they run.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/turns/{turn}/approve",
+    operation_id = "approve_calls",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session's id"), ("turn" = i64, Path, description = "The turn's number")),
+    request_body(content = Option<Decide>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Decided: the calls named in `steps`", body = crate::http::openapi::Decided),
+        (status = 404, description = "`not_found`: no such session or turn", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`nothing_awaits_approval`: no call of the turn awaits approval", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_decision`: unknown fields, or a reason too long", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn approve(
+    State(node): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Option<Json<Decide>>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(node, caller, path, body, true).await
+}
+
+/// Denies the turn's tool calls awaiting approval (or the one named): the model is told
+/// so, with the reason, as the calls' results.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/turns/{turn}/deny",
+    operation_id = "deny_calls",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session's id"), ("turn" = i64, Path, description = "The turn's number")),
+    request_body(content = Option<Decide>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Decided: the calls named in `steps`", body = crate::http::openapi::Decided),
+        (status = 404, description = "`not_found`: no such session or turn", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`nothing_awaits_approval`: no call of the turn awaits approval", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_decision`: unknown fields, or a reason too long", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn deny(
+    State(node): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Option<Json<Decide>>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(node, caller, path, body, false).await
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

@@ -85,53 +85,100 @@ fn lines_of(step: &Value) -> Vec<String> {
     )]
 }
 
-/// Reads task `task_id` until it ends, handing each new transcript line to `show`. On
-/// `interrupt`, the task is cancelled (once) and followed to its end.
-pub async fn follow(
-    api: &Api,
-    task_id: &str,
-    mut show: impl FnMut(&str),
-    interrupt: impl Future<Output = ()>,
-) -> Result<Ended, ClientError> {
-    let mut shown = std::collections::HashSet::new();
-    let mut lost_since: Option<Instant> = None;
-    let mut interrupt = std::pin::pin!(interrupt);
-    let mut cancelled = false;
-    loop {
-        match api.task(task_id).await {
-            Ok(task) => {
-                lost_since = None;
-                for step in steps(&task) {
-                    let final_ = !matches!(step["status"].as_str(), Some("pending" | "running"));
-                    if final_ && shown.insert(text(&step["id"])) {
-                        lines_of(step).iter().for_each(|l| show(l));
+/// Where following a turn stopped: at its end, or at tool calls awaiting a person's
+/// approval (each announced once; follow again after deciding).
+pub enum Followed {
+    Ended(Ended),
+    /// The calls newly awaiting approval: step id, tool, arguments.
+    Awaiting(Vec<(String, String, String)>),
+}
+
+/// What a follower has shown of a turn, so that following again after an approval shows
+/// only what is new.
+#[derive(Default)]
+pub struct Follower {
+    shown: std::collections::HashSet<String>,
+    asked: std::collections::HashSet<String>,
+}
+
+impl Follower {
+    /// Reads task `task_id` until it ends or a call awaits approval, handing each new
+    /// transcript line to `show`. On `interrupt`, the task is cancelled (once) and
+    /// followed to its end.
+    pub async fn follow(
+        &mut self,
+        api: &Api,
+        task_id: &str,
+        mut show: impl FnMut(&str),
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<Followed, ClientError> {
+        let mut lost_since: Option<Instant> = None;
+        let mut interrupt = std::pin::pin!(interrupt);
+        let mut cancelled = false;
+        loop {
+            match api.task(task_id).await {
+                Ok(task) => {
+                    lost_since = None;
+                    let mut awaiting = Vec::new();
+                    for step in steps(&task) {
+                        let id = text(&step["id"]);
+                        match step["status"].as_str() {
+                            Some("pending" | "running") => {}
+                            Some("awaiting_approval") => {
+                                if !cancelled && self.asked.insert(id.clone()) {
+                                    let args = one_line(&step_args(&task, &id), SHOWN);
+                                    awaiting.push((id, text(&step["tool"]), args));
+                                }
+                            }
+                            _ => {
+                                if self.shown.insert(id) {
+                                    lines_of(step).iter().for_each(|l| show(l));
+                                }
+                            }
+                        }
+                    }
+                    let status = text(&task["status"]);
+                    if crate::task_cli::final_exit_code(&status).is_some() {
+                        return Ok(Followed::Ended(Ended { task, status }));
+                    }
+                    if !awaiting.is_empty() {
+                        return Ok(Followed::Awaiting(awaiting));
                     }
                 }
-                let status = text(&task["status"]);
-                if crate::task_cli::final_exit_code(&status).is_some() {
-                    return Ok(Ended { task, status });
+                Err(e) if transient(&e) => {
+                    if lost_since.get_or_insert_with(Instant::now).elapsed() > LOST_GRACE {
+                        return Err(e);
+                    }
                 }
+                Err(e) => return Err(e),
             }
-            Err(e) if transient(&e) => {
-                if lost_since.get_or_insert_with(Instant::now).elapsed() > LOST_GRACE {
-                    return Err(e);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = &mut interrupt, if !cancelled => {
-                cancelled = true;
-                show("  (cancelling the turn)");
-                let url = api.url(&["api", "v1", "tasks", task_id, "cancel"])?;
-                let answer = api.send(Method::POST, url, &[], None, POLL * 100).await?;
-                if !answer.status.is_success() {
-                    return Err(answer.refused());
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = &mut interrupt, if !cancelled => {
+                    cancelled = true;
+                    show("  (cancelling the turn)");
+                    let url = api.url(&["api", "v1", "tasks", task_id, "cancel"])?;
+                    let answer = api.send(Method::POST, url, &[], None, POLL * 100).await?;
+                    if !answer.status.is_success() {
+                        return Err(answer.refused());
+                    }
                 }
             }
         }
     }
+}
+
+/// The arguments of step `id` as the task's view shows them: the tool call's, from the
+/// `approval.requested` event that announced it.
+fn step_args(task: &Value, id: &str) -> String {
+    task["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "approval.requested" && e["data"]["step"] == id)
+        .map(|e| e["data"]["args"].to_string())
+        .next_back()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -15,7 +15,11 @@ use crate::client::{ClientError, pretty, text};
 use crate::task_cli::api::Api;
 use crate::task_cli::render::{one_line, table};
 use crate::task_cli::{EXIT_OK, TaskError, final_exit_code};
-use follow::Ended;
+use follow::{Ended, Followed, Follower};
+
+/// `start`/`send`: the turn waits for a person's approval of a tool call (decide with
+/// `session approve` or `session deny`).
+pub const EXIT_AWAITING: u8 = 6;
 
 /// A request's time limit: a turn is stored before the node answers (up to 30 s).
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
@@ -40,6 +44,28 @@ pub enum SessionCommand {
     End(IdArgs),
     /// Open the chat shell on a session (the latest open one with --last).
     Resume(ResumeArgs),
+    /// Approve a turn's tool calls awaiting approval: they run.
+    Approve(DecideArgs),
+    /// Deny a turn's tool calls awaiting approval: the agent is told, with the reason.
+    Deny(DecideArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The session's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// The turn's number.
+    #[arg(value_name = "TURN")]
+    pub turn: u32,
+    /// Why (the agent reads a denial's reason).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Only this call (a step id the turn shows awaiting approval).
+    #[arg(long, value_name = "STEP")]
+    pub step: Option<String>,
+    #[command(flatten)]
+    pub client: TaskClientFlags,
 }
 
 /// What every turn of a new session runs with.
@@ -168,6 +194,8 @@ pub async fn run(args: &SessionArgs) -> u8 {
         SessionCommand::List(a) => list(a).await,
         SessionCommand::End(a) => end(a).await,
         SessionCommand::Resume(a) => resume(a).await,
+        SessionCommand::Approve(a) => decide(a, true).await,
+        SessionCommand::Deny(a) => decide(a, false).await,
     };
     match result {
         Ok(code) => code,
@@ -222,7 +250,28 @@ async fn take(api: &Api, turn: &Value, json: bool) -> Result<u8, TaskError> {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let ended = follow::follow(api, task_id, show, interrupt).await?;
+    let followed = Follower::default()
+        .follow(api, task_id, show, interrupt)
+        .await?;
+    let ended = match followed {
+        Followed::Ended(ended) => ended,
+        Followed::Awaiting(calls) => {
+            let (id, n) = (text(&turn["session_id"]), text(&turn["turn"]));
+            if json {
+                print!(
+                    "{}",
+                    pretty(&json!({"turn": turn, "awaiting_approval": calls}))
+                );
+            }
+            for (step, tool, args) in calls {
+                eprintln!("  ? {tool} {args} ({step}) awaits approval");
+            }
+            eprintln!(
+                "decide: mister-smith session approve {id} {n}, or session deny {id} {n} --reason …"
+            );
+            return Ok(EXIT_AWAITING);
+        }
+    };
     if json {
         print!(
             "{}",
@@ -395,4 +444,26 @@ async fn resume(args: &ResumeArgs) -> Result<u8, TaskError> {
             .ok_or_else(|| TaskError::Input("no open session to resume".into()))?,
     };
     shell::run(&args.client, Some(id), &SessionSettingsFlags::default()).await
+}
+
+async fn decide(args: &DecideArgs, approve: bool) -> Result<u8, TaskError> {
+    let api = args.client.api()?;
+    let turn = args.turn.to_string();
+    let verb = if approve { "approve" } else { "deny" };
+    let mut body = json!({});
+    if let Some(reason) = &args.reason {
+        body["reason"] = json!(reason);
+    }
+    if let Some(step) = &args.step {
+        body["step"] = json!(step);
+    }
+    let segments = ["api", "v1", "sessions", &args.id, "turns", &turn, verb];
+    let decided = post(&api, &segments, Some(&body)).await?;
+    if args.client.json {
+        print!("{}", pretty(&decided));
+    } else {
+        let done = if approve { "approved" } else { "denied" };
+        println!("{done}: {}", text(&decided["steps"]));
+    }
+    Ok(EXIT_OK)
 }

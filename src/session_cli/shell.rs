@@ -9,7 +9,8 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use serde_json::{Value, json};
 
-use super::{SessionSettingsFlags, follow, get, last_open, post, render_list, render_session};
+use super::follow::{Followed, Follower};
+use super::{SessionSettingsFlags, get, last_open, post, render_list, render_session};
 use crate::cli::TaskClientFlags;
 use crate::client::text;
 use crate::task_cli::api::Api;
@@ -38,6 +39,8 @@ struct Shell {
     api: Api,
     session: Option<String>,
     settings: SessionSettingsFlags,
+    /// The line editor with its history (out while it reads a line).
+    editor: Option<DefaultEditor>,
 }
 
 /// Runs the shell until `/quit` or end of input.
@@ -50,6 +53,7 @@ pub async fn run(
         api: client.api()?,
         session: None,
         settings: settings.clone(),
+        editor: None,
     };
     println!(
         "mister-smith chat on {} — /help for commands",
@@ -59,32 +63,24 @@ pub async fn run(
         Some(id) => shell.resume(Some(&id)).await?,
         None => println!("a new session starts with your first message"),
     }
-    let mut editor =
-        DefaultEditor::new().map_err(|e| TaskError::Input(format!("no line editor: {e}")))?;
+    let mut editor = new_editor()?;
     let history = history_file();
     if let Some(path) = &history {
         let _ = editor.load_history(path);
     }
+    shell.editor = Some(editor);
     loop {
-        // rustyline blocks: it reads the terminal on a thread of its own.
-        let (back, read) = tokio::task::spawn_blocking(move || {
-            let read = editor.readline("you> ");
-            (editor, read)
-        })
-        .await
-        .map_err(|e| TaskError::Input(format!("the line editor stopped: {e}")))?;
-        editor = back;
-        let line = match read {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(TaskError::Input(format!("reading a line: {e}"))),
+        let line = match shell.read("you> ").await? {
+            Some(line) => line,
+            None => break, // Ctrl-D
         };
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let _ = editor.add_history_entry(line);
+        if let Some(editor) = shell.editor.as_mut() {
+            let _ = editor.add_history_entry(line);
+        }
         if matches!(line, "/quit" | "/exit") {
             break;
         }
@@ -93,7 +89,7 @@ pub async fn run(
             eprint!("{}", e.report());
         }
     }
-    if let Some(path) = &history {
+    if let (Some(path), Some(editor)) = (&history, shell.editor.as_mut()) {
         let _ = editor.save_history(path);
     }
     Ok(EXIT_OK)
@@ -173,16 +169,89 @@ impl Shell {
             }
         };
         let task_id = text(&turn["task_id"]);
-        let interrupt = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let mut follower = Follower::default();
+        let ended = loop {
+            let interrupt = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let followed = follower
+                .follow(&self.api, &task_id, |l| println!("{l}"), interrupt)
+                .await?;
+            match followed {
+                Followed::Ended(ended) => break ended,
+                Followed::Awaiting(calls) => self.ask(&turn, calls).await?,
+            }
         };
-        let ended = follow::follow(&self.api, &task_id, |l| println!("{l}"), interrupt).await?;
         match ended.answer() {
             Some(answer) => println!("agent> {answer}"),
             None => println!("(the turn ended {})", ended.error()),
         }
         Ok(())
     }
+
+    /// Asks the person at the terminal about each call awaiting approval: `y` approves,
+    /// anything else denies with that as the reason.
+    async fn ask(
+        &mut self,
+        turn: &Value,
+        calls: Vec<(String, String, String)>,
+    ) -> Result<(), TaskError> {
+        let (id, n) = (text(&turn["session_id"]), text(&turn["turn"]));
+        for (step, tool, args) in calls {
+            println!("  ? {tool} {args} awaits your approval");
+            let answer = self
+                .read("approve? [y, or a reason to deny] ")
+                .await?
+                .unwrap_or_default();
+            let answer = answer.trim();
+            let approved = matches!(answer, "y" | "Y" | "yes");
+            let verb = if approved { "approve" } else { "deny" };
+            let mut body = json!({"step": step});
+            if !approved {
+                let reason = if answer.is_empty() {
+                    "denied at the terminal"
+                } else {
+                    answer
+                };
+                body["reason"] = json!(reason);
+            }
+            post(
+                &self.api,
+                &["api", "v1", "sessions", &id, "turns", &n, verb],
+                Some(&body),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Reads a line with the editor (on a blocking thread of its own: rustyline blocks);
+    /// Ctrl-C reads as an empty line, the end of input (Ctrl-D) as `None`.
+    async fn read(&mut self, prompt: &str) -> Result<Option<String>, TaskError> {
+        let editor = match self.editor.take() {
+            Some(editor) => editor,
+            None => new_editor()?,
+        };
+        let prompt = prompt.to_string();
+        let (editor, read) = tokio::task::spawn_blocking(move || {
+            let mut editor = editor;
+            let read = editor.readline(&prompt);
+            (editor, read)
+        })
+        .await
+        .map_err(|e| TaskError::Input(format!("the line editor stopped: {e}")))?;
+        self.editor = Some(editor);
+        match read {
+            Ok(line) => Ok(Some(line)),
+            Err(ReadlineError::Interrupted) => Ok(Some(String::new())),
+            Err(ReadlineError::Eof) => Ok(None),
+            Err(e) => Err(TaskError::Input(format!("reading a line: {e}"))),
+        }
+    }
+}
+
+fn new_editor() -> Result<DefaultEditor, TaskError> {
+    DefaultEditor::new().map_err(|e| TaskError::Input(format!("no line editor: {e}")))
 }
 
 /// `mister-smith` with no command, or `chat`: the shell, or the exit code of why it

@@ -345,7 +345,8 @@ macro_rules! batch_backend {
                         " ON CONFLICT (task_id, step_id) DO UPDATE SET status = excluded.status, \
                          attempts = excluded.attempts, output = excluded.output, epoch = excluded.epoch, \
                          updated_at = excluded.updated_at \
-                         WHERE steps.status IN ('pending', 'running') AND steps.epoch <= excluded.epoch",
+                         WHERE steps.status IN ('pending', 'running', 'awaiting_approval') \
+                         AND steps.epoch <= excluded.epoch",
                     );
                     q.build().execute(&mut **tx).await?;
                 }

@@ -4,6 +4,18 @@
 //! own types and migrations (`migrations/sqlite`, `migrations/postgres`, embedded in the
 //! binary and run at start).
 
+/// Calls the backend's instance of a query function written once for both (the
+/// submodules' `sqlite`/`postgres` modules): `on_backend!(store, f(args…))`.
+macro_rules! on_backend {
+    ($store:expr, $f:ident ( $($arg:expr),* )) => {
+        match $store {
+            Store::Sqlite(pool) => sqlite::$f(pool, $($arg),*).await,
+            Store::Postgres(pool) => postgres::$f(pool, $($arg),*).await,
+        }
+    };
+}
+
+mod approvals;
 mod batch;
 mod cluster;
 mod memory;
@@ -285,6 +297,15 @@ impl actors::task::store::TaskStore for Tasks {
         at_ms: i64,
     ) -> PortFuture<'_, actors::task::TaskStatus> {
         Box::pin(self.writer.cancel_queued(task_id, at_ms))
+    }
+
+    fn decisions(&self, task_id: String) -> PortFuture<'_, Vec<actors::task::store::Decision>> {
+        Box::pin(async move {
+            self.store
+                .decisions(&task_id)
+                .await
+                .map_err(|e| PortError::Unavailable(e.to_string()))
+        })
     }
 
     fn unfinished(

@@ -9,6 +9,8 @@
 //! it is `abandoned` (the node stopped between the two writes, and its caller was never
 //! told the turn was accepted).
 
+use std::collections::HashMap;
+
 use actors::session::{PastTurn, SessionSettings, Usage};
 use actors::task::TaskStatus;
 use serde::Serialize;
@@ -59,6 +61,9 @@ pub struct TurnView {
     /// The agent's final answer, once the turn succeeded.
     #[schema(required)]
     pub answer: Option<String>,
+    /// The tool calls waiting for a person's approval (`tools.approval`); the turn's
+    /// status is `awaiting_approval` while there are any.
+    pub awaiting_approval: Vec<AwaitingCall>,
     #[schema(required)]
     pub error: Option<String>,
     pub usage: Usage,
@@ -66,6 +71,16 @@ pub struct TurnView {
     pub created_at: String,
     #[schema(required, format = DateTime)]
     pub finished_at: Option<String>,
+}
+
+/// A tool call waiting for approval: approve or deny it at
+/// `/api/v1/sessions/{id}/turns/{turn}/approve` (or `/deny`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AwaitingCall {
+    pub step: String,
+    pub tool: String,
+    /// The arguments the model gave (any JSON value).
+    pub arguments: Value,
 }
 
 /// A session in a listing.
@@ -169,10 +184,41 @@ const SELECT_STEPS: &str = "SELECT s.task_id, s.step_id, \
 
 type StepRow = (String, String, Option<String>);
 
-/// Turns as views, from their rows and their steps.
-fn turn_views(turns: Vec<TurnRow>, steps: Vec<StepRow>, now: i64) -> Vec<TurnView> {
-    let mut by_task: std::collections::HashMap<String, Vec<(String, Option<Value>)>> =
-        std::collections::HashMap::new();
+/// The steps of the session's turns awaiting approval, with their task's plan (where the
+/// call's tool and arguments are).
+const SELECT_AWAITING: &str = "SELECT s.task_id, s.step_id, k.plan \
+     FROM steps s JOIN session_turns t ON t.task_id = s.task_id JOIN tasks k ON k.id = s.task_id \
+     WHERE t.session_id = $1 AND s.status = 'awaiting_approval'";
+
+type AwaitingRow = (String, String, Option<String>);
+
+/// The calls awaiting approval, by task.
+fn awaiting_calls(rows: Vec<AwaitingRow>) -> HashMap<String, Vec<AwaitingCall>> {
+    let mut by_task: HashMap<String, Vec<AwaitingCall>> = HashMap::new();
+    for (task_id, step, plan) in rows {
+        let plan: Vec<actors::task::StepSpec> = plan
+            .and_then(|p| serde_json::from_str(&p).ok())
+            .unwrap_or_default();
+        let Some(spec) = plan.into_iter().find(|s| s.id == step) else {
+            continue;
+        };
+        by_task.entry(task_id).or_default().push(AwaitingCall {
+            step,
+            tool: spec.tool,
+            arguments: spec.args,
+        });
+    }
+    by_task
+}
+
+/// Turns as views, from their rows, their steps and their calls awaiting approval.
+fn turn_views(
+    turns: Vec<TurnRow>,
+    steps: Vec<StepRow>,
+    mut awaiting: HashMap<String, Vec<AwaitingCall>>,
+    now: i64,
+) -> Vec<TurnView> {
+    let mut by_task: HashMap<String, Vec<(String, Option<Value>)>> = HashMap::new();
     for (task_id, step_id, output) in steps {
         let output = output.and_then(|o| serde_json::from_str(&o).ok());
         by_task.entry(task_id).or_default().push((step_id, output));
@@ -183,7 +229,11 @@ fn turn_views(turns: Vec<TurnRow>, steps: Vec<StepRow>, now: i64) -> Vec<TurnVie
             |(turn, task_id, message, created, status, error, finished)| {
                 let steps = by_task.remove(&task_id).unwrap_or_default();
                 let refs = || steps.iter().map(|(id, o)| (id.as_str(), o.as_ref()));
-                let status = status_of_turn(status.as_deref(), created, now);
+                let awaiting_approval = awaiting.remove(&task_id).unwrap_or_default();
+                let mut status = status_of_turn(status.as_deref(), created, now);
+                if status == "running" && !awaiting_approval.is_empty() {
+                    status = "awaiting_approval".into();
+                }
                 let answer = (status == "succeeded")
                     .then(|| actors::session::answer(refs()))
                     .flatten();
@@ -193,6 +243,7 @@ fn turn_views(turns: Vec<TurnRow>, steps: Vec<StepRow>, now: i64) -> Vec<TurnVie
                     status,
                     message,
                     answer,
+                    awaiting_approval,
                     error,
                     usage: Usage::of(refs()),
                     created_at: rfc3339(created),
@@ -311,7 +362,7 @@ macro_rules! backend {
                 }
                 let turns: Vec<TurnRow> = sqlx::query_as(SELECT_TURNS).bind(id).fetch_all(&mut *tx).await?;
                 let steps: Vec<StepRow> = sqlx::query_as(SELECT_STEPS).bind(id).fetch_all(&mut *tx).await?;
-                let past = turn_views(turns, steps, now)
+                let past = turn_views(turns, steps, HashMap::new(), now)
                     .into_iter()
                     .map(|t| PastTurn { message: t.message, answer: t.answer })
                     .collect();
@@ -403,8 +454,10 @@ macro_rules! backend {
                 };
                 let turns: Vec<TurnRow> = sqlx::query_as(SELECT_TURNS).bind(&id).fetch_all(&mut *tx).await?;
                 let steps: Vec<StepRow> = sqlx::query_as(SELECT_STEPS).bind(&id).fetch_all(&mut *tx).await?;
+                let awaiting: Vec<AwaitingRow> =
+                    sqlx::query_as(SELECT_AWAITING).bind(&id).fetch_all(&mut *tx).await?;
                 tx.commit().await?;
-                let turns = turn_views(turns, steps, now);
+                let turns = turn_views(turns, steps, awaiting_calls(awaiting), now);
                 Ok(Some(SessionView {
                     usage: turns.iter().fold(Usage::default(), |sum, t| sum + t.usage),
                     session_id: id,
@@ -417,6 +470,25 @@ macro_rules! backend {
                     ended_at: ended.map(rfc3339),
                     turns,
                 }))
+            }
+
+            /// The task of turn `turn` of session `id`, if both exist for `owner`.
+            pub async fn turn_task(
+                pool: &Pool<$db>,
+                id: &str,
+                turn: i64,
+                owner: Option<&str>,
+            ) -> Result<Option<String>, sqlx::Error> {
+                let row: Option<(String,)> = sqlx::query_as(
+                    "SELECT t.task_id FROM session_turns t JOIN sessions s ON s.id = t.session_id \
+                     WHERE t.session_id = $1 AND t.turn = $2 AND ($3 IS NULL OR s.principal = $3)",
+                )
+                .bind(id)
+                .bind(turn)
+                .bind(owner)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map(|(task,)| task))
             }
 
             pub async fn list(pool: &Pool<$db>, f: &SessionFilter) -> Result<Vec<SessionSummary>, sqlx::Error> {
@@ -459,16 +531,6 @@ backend!(
     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 );
 
-/// Dispatches each session query to the backend's instance.
-macro_rules! on_backend {
-    ($store:expr, $f:ident ( $($arg:expr),* )) => {
-        match $store {
-            Store::Sqlite(pool) => sqlite::$f(pool, $($arg),*).await,
-            Store::Postgres(pool) => postgres::$f(pool, $($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     pub async fn create_session(&self, session: &NewSession) -> Result<(), StoreError> {
         Ok(on_backend!(self, create(session))?)
@@ -503,6 +565,15 @@ impl Store {
 
     pub async fn session(&self, id: &str, now: i64) -> Result<Option<SessionView>, StoreError> {
         Ok(on_backend!(self, get(id, now))?)
+    }
+
+    pub async fn turn_task(
+        &self,
+        id: &str,
+        turn: i64,
+        owner: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(on_backend!(self, turn_task(id, turn, owner))?)
     }
 
     pub async fn sessions(

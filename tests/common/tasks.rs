@@ -96,12 +96,17 @@ pub async fn submit(node: &TestNode, task: &Value) -> (StatusCode, Value) {
 /// true}`) and returns its id.
 /// A node on the embedded defaults whose LLM provider is `scripted` with `script`.
 pub async fn scripted_node(script: &Value) -> TestNode {
+    scripted_node_with(script, "").await
+}
+
+/// [`scripted_node`] with `more` configuration after the `[llm]` section.
+pub async fn scripted_node_with(script: &Value, more: &str) -> TestNode {
     let dir = super::temp_dir();
     std::fs::write(dir.path().join("script.json"), script.to_string()).expect("script");
     write_config(
         dir.path(),
         "llm.toml",
-        "[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
+        &format!("[llm]\nprovider = \"scripted\"\nscript = \"script.json\"\n{more}"),
     );
     super::Launch::new()
         .args(&["--config", "llm.toml"])

@@ -38,6 +38,13 @@ pub fn llm_number(id: &str) -> Option<u32> {
     id.strip_prefix("llm_")?.parse().ok()
 }
 
+/// `t<n>_<j>`: whether a step of an agent's plan is one of its tool calls.
+pub fn is_tool_call(id: &str) -> bool {
+    id.strip_prefix('t')
+        .and_then(|rest| rest.split_once('_'))
+        .is_some_and(|(n, j)| n.parse::<u32>().is_ok() && j.parse::<usize>().is_ok())
+}
+
 /// The plan an agent task starts with: its first LLM call.
 pub fn first_plan() -> Vec<StepSpec> {
     vec![llm_spec(1, Vec::new())]

@@ -13,7 +13,12 @@ use crate::task::{Attempt, StepStatus};
 impl RunState {
     /// Readies an attempt of step `i` (on an executor chosen by the Router when it
     /// starts): records it, and starts it once that may happen ([`Self::start_launches`]).
+    /// An agent's call that needs approval waits for it instead ([`super::approval`]).
     pub(super) fn launch(&mut self, i: usize) {
+        if self.needs_approval(i) {
+            self.await_approval(i);
+            return;
+        }
         let input = self.plan.input_for(i);
         let timeout = self.plan.steps[i]
             .spec

@@ -41,6 +41,7 @@ use crate::tools::{ToolError, ToolOutput};
 use plan::Plan;
 
 pub mod agent;
+mod approval;
 mod budget;
 mod launch;
 mod plan;
@@ -94,6 +95,8 @@ pub enum RunMsg {
     ),
     /// Stop running steps and record the task cancelled; replies with the final status.
     Cancel(RpcReplyPort<TaskStatus>),
+    /// Internal: read the decisions on the steps awaiting approval ([`approval`]).
+    CheckApprovals,
 }
 
 // ractor's `cluster` feature (for ractor_cluster) drops the blanket `Message` impl.
@@ -151,6 +154,8 @@ pub struct RunState {
     output_used: u64,
     /// The first plan's failure, while the Planner replans ([`planning`]).
     replanning: Option<String>,
+    /// Tool calls approved and the decisions' poll ([`approval`]).
+    approvals: approval::Approvals,
 }
 
 pub struct Run;
@@ -216,6 +221,7 @@ impl Actor for Run {
             reported: false,
             output_used: 0,
             replanning: None,
+            approvals: approval::Approvals::default(),
         })
     }
 
@@ -286,13 +292,17 @@ impl Actor for Run {
                 state.cancel_replies.push(reply);
                 result = state.stop_all(TaskStatus::Cancelled, "cancelled on request");
             }
+            RunMsg::CheckApprovals => result = state.check_approvals(&myself).await,
         }
         let result = match result {
             Ok(()) => state.flush(&myself).await,
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => state.start_launches(&myself),
+            Ok(()) => {
+                state.start_launches(&myself);
+                state.arm_approval_poll(&myself);
+            }
             Err(StoreError::Fenced { task_id, epoch }) => {
                 tracing::warn!(%task_id, epoch, "lost the task's lease; stopping this run");
                 state.lost = true;

@@ -35,6 +35,9 @@ pub enum StepStatus {
     Cancelled,
     /// Not run because a step it depends on failed.
     Skipped,
+    /// An agent's tool call that needs a person's approval (`tools.approval`), waiting
+    /// for it; approved it becomes `pending`, denied `failed`.
+    AwaitingApproval,
 }
 
 macro_rules! string_enum {
@@ -76,6 +79,7 @@ string_enum!(StepStatus {
     Failed => "failed",
     Cancelled => "cancelled",
     Skipped => "skipped",
+    AwaitingApproval => "awaiting_approval",
 });
 
 impl TaskStatus {
@@ -92,7 +96,10 @@ impl TaskStatus {
 
 impl StepStatus {
     pub fn is_final(self) -> bool {
-        !matches!(self, StepStatus::Pending | StepStatus::Running)
+        !matches!(
+            self,
+            StepStatus::Pending | StepStatus::Running | StepStatus::AwaitingApproval
+        )
     }
 }
 

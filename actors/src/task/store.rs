@@ -136,6 +136,17 @@ impl Progress {
     }
 }
 
+/// A person's decision on an agent's tool call that awaited approval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub step_id: String,
+    pub approved: bool,
+    /// Why (what the model is told of a denial).
+    pub reason: Option<String>,
+    /// Who decided (the API token's `sub`), when the API authenticates.
+    pub by: Option<String>,
+}
+
 pub trait TaskStore: Send + Sync + 'static {
     /// Stores a new task (or finds the one with the same idempotency key). Resolves only
     /// after the commit.
@@ -164,6 +175,9 @@ pub trait TaskStore: Send + Sync + 'static {
         task_id: String,
         at_ms: i64,
     ) -> BoxFuture<'_, Result<TaskStatus, StoreError>>;
+
+    /// The decisions taken on the task's tool calls that awaited approval.
+    fn decisions(&self, task_id: String) -> BoxFuture<'_, Result<Vec<Decision>, StoreError>>;
 
     /// The tasks `owner` holds that are not final, oldest first (to resume and
     /// reconcile); only those a run has started (`planning`, `running`) when

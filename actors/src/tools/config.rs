@@ -25,7 +25,37 @@ pub struct ToolsConfig {
     pub shell: ShellConfig,
     pub http: HttpToolConfig,
     pub file: FileToolConfig,
+    /// Tools whose calls by an agent's model wait for a person's approval
+    /// (`approval = { shell = "required" }`): the call's step waits `awaiting_approval`,
+    /// durably, until it is approved or denied through the API. Steps submitted in a plan
+    /// are a person's already and never wait.
+    pub approval: std::collections::BTreeMap<String, Approval>,
 }
+
+/// Whether an agent's calls of a tool wait for approval.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum Approval {
+    Required,
+    None,
+}
+
+impl TryFrom<String> for Approval {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Approval, String> {
+        match s.as_str() {
+            "required" => Ok(Approval::Required),
+            "none" => Ok(Approval::None),
+            other => Err(format!("must be \"required\" or \"none\", not {other:?}")),
+        }
+    }
+}
+
+/// The tools `tools.approval` may name.
+pub const APPROVABLE: &[&str] = &[
+    "echo", "sleep", "shell", "http", "file", "memory", "llm", "json", "template", "hash",
+];
 
 /// `[tools.shell]`: off unless enabled, and then only the listed programs.
 #[derive(Deserialize, Clone, Debug, PartialEq, Default)]
@@ -81,6 +111,7 @@ impl Default for ToolsConfig {
             shell: ShellConfig::default(),
             http: HttpToolConfig::default(),
             file: FileToolConfig::default(),
+            approval: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -106,8 +137,23 @@ impl Default for FileToolConfig {
 }
 
 impl ToolsConfig {
+    /// Whether an agent's call of `tool` waits for a person's approval.
+    pub fn needs_approval(&self, tool: &str) -> bool {
+        self.approval.get(tool) == Some(&Approval::Required)
+    }
+
     /// Checks every setting; the error names the key and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(tool) = self
+            .approval
+            .keys()
+            .find(|t| !APPROVABLE.contains(&t.as_str()))
+        {
+            return Err(format!(
+                "tools.approval.{tool}: no such tool; one of: {}",
+                APPROVABLE.join(", ")
+            ));
+        }
         let t = self.default_timeout_secs;
         if !t.is_finite() || t <= 0.0 || t > MAX_TIMEOUT_SECS {
             return Err(format!(
