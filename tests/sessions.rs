@@ -618,3 +618,102 @@ async fn a_call_that_needs_approval_waits_across_a_restart_until_decided(extra: 
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A session with a context window: once its turns outgrow it, the next turn first has
+/// the LLM summarize the older ones (a recorded step, shown on the turn), is sent the
+/// summary in its system prompt instead of them, and later turns start from that summary.
+#[tokio::test]
+async fn an_outgrown_context_window_is_summarized_and_slides() {
+    // Each turn is ~160 tokens (300-byte message and answer); the window is 256.
+    let long = |c: char| c.to_string().repeat(300);
+    let (fake, addr) = Fake::start(
+        vec![
+            openai_ok(&long('a')),
+            openai_ok(&long('b')),
+            openai_ok("SUMMARY-ONE"),
+            openai_ok(&long('c')),
+            openai_ok("four"),
+        ],
+        Reply::Raw(500, "no more replies scripted"),
+    )
+    .await;
+    let node = node_on(addr, &[]).await;
+    let id = start(
+        &node,
+        &json!({"message": long('1'), "system": "Be brief.", "context_tokens": 256}),
+    )
+    .await;
+    wait_turn(&node, &id, 1).await;
+    for (turn, c) in [(2, '2'), (3, '3'), (4, '4')] {
+        let (status, body) = send(&node, &id, &long(c)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let s = wait_turn(&node, &id, turn).await;
+        assert_eq!(s["turns"][turn - 1]["status"], "succeeded", "{s:#}");
+    }
+    let s = session(&node, &id).await;
+    let third = &s["turns"][2];
+    assert_eq!(third["summary"], "SUMMARY-ONE", "{s:#}");
+    assert_eq!(third["summarized_through"], 2, "{s:#}");
+    assert_eq!(
+        third["usage"]["llm_calls"], 2,
+        "the summary is an LLM call: {s:#}"
+    );
+    assert_eq!(s["turns"][3]["summary"], Value::Null, "{s:#}");
+
+    let seen: Vec<Value> = fake
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.body.clone())
+        .collect();
+    assert_eq!(seen.len(), 5);
+    // Turn 2 was sent turn 1 whole.
+    assert_eq!(said(&seen[1]).len(), 4, "{:#}", seen[1]);
+    // Turn 3's first call summarized turns 1 and 2 ...
+    let asked = said(&seen[2]);
+    assert!(
+        asked[0].1.starts_with("You summarize conversations"),
+        "{asked:?}"
+    );
+    assert!(
+        asked[1].1.contains(&format!("user: {}", long('1'))),
+        "{asked:?}"
+    );
+    assert!(
+        asked[1].1.contains(&format!("assistant: {}", long('b'))),
+        "{asked:?}"
+    );
+    // ... and its answer was sent with the summary instead of them.
+    assert_eq!(
+        said(&seen[3]),
+        pairs(&[
+            (
+                "system",
+                "Be brief.\n\nSummary of the earlier conversation:\nSUMMARY-ONE"
+            ),
+            ("user", &long('3')),
+        ])
+    );
+    // Turn 4 starts from that summary, with turn 3 whole.
+    assert_eq!(
+        said(&seen[4]),
+        pairs(&[
+            (
+                "system",
+                "Be brief.\n\nSummary of the earlier conversation:\nSUMMARY-ONE"
+            ),
+            ("user", &long('3')),
+            ("assistant", &long('c')),
+            ("user", &long('4')),
+        ])
+    );
+    let (status, body) = node
+        .post_json(&url(&node, ""), &json!({"context_tokens": 10}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["error"]["fields"][0]["field"], "context_tokens",
+        "{body}"
+    );
+}

@@ -26,5 +26,8 @@ CREATE TABLE IF NOT EXISTS session_turns (
     task_id    TEXT NOT NULL,
     message    TEXT NOT NULL,
     created_at BIGINT NOT NULL,
+    -- When this turn folds older turns into a new summary (its task's `summary` step):
+    -- the last turn that summary covers. Later turns are given that summary for them.
+    summarized_through BIGINT,
     PRIMARY KEY (session_id, turn)
 );

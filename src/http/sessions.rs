@@ -5,7 +5,7 @@
 //! after the commit: a 202 means the turn is durable. A session is its principal's; with
 //! the `admin` scope any session may be read and changed.
 
-use actors::session::{SessionSettings, history};
+use actors::session::{SessionSettings, Window};
 use actors::task::FieldError;
 use actors::task::store::{NewTask, now_ms};
 use axum::Json;
@@ -49,6 +49,10 @@ pub struct StartSession {
     #[serde(default)]
     #[schema(minimum = 0.001, maximum = 86400)]
     pub timeout_secs: Option<f64>,
+    /// The context window in tokens (bytes / 4): older turns past it are summarized.
+    #[serde(default)]
+    #[schema(minimum = 256, maximum = 10000000)]
+    pub context_tokens: Option<u64>,
 }
 
 /// A turn's message.
@@ -122,9 +126,7 @@ async fn take_turn(
         .await
         .map_err(unavailable)?
         .map_err(refusal)?;
-    let spec = begun
-        .settings
-        .turn(id, begun.turn, message, history(&begun.past));
+    let spec = begun.settings.turn(id, begun.turn, message, begun.window);
     if let Err(errors) = check_spec(services, &spec) {
         store
             .abandon_turn(id, begun.turn)
@@ -189,14 +191,22 @@ pub async fn start(
         max_tokens: start.max_tokens,
         max_total_tokens: start.max_total_tokens,
         timeout_secs: start.timeout_secs,
+        context_tokens: start.context_tokens,
     };
     let services = node
         .ctx
         .services()
         .ok_or_else(|| ApiError::unavailable("the node is not ready to take sessions"))?;
     // The settings are checked as a turn would be, with the first message or a stand-in.
-    let probe = settings.turn("-", 1, start.message.clone().unwrap_or("-".into()), vec![]);
-    if let Err(errors) = check_spec(services, &probe) {
+    let probe = settings.turn(
+        "-",
+        1,
+        start.message.clone().unwrap_or("-".into()),
+        Window::default(),
+    );
+    let mut errors = check_spec(services, &probe).err().unwrap_or_default();
+    errors.extend(settings.check().err());
+    if !errors.is_empty() {
         return Ok(invalid("invalid_session", &as_session_fields(errors)));
     }
     let id = uuid::Uuid::now_v7().to_string();

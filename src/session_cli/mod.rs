@@ -83,6 +83,9 @@ pub struct SessionSettingsFlags {
     /// Wall time of a turn, in seconds.
     #[arg(long, value_name = "S")]
     pub timeout_secs: Option<f64>,
+    /// The context window in tokens: older turns past it are summarized by the LLM.
+    #[arg(long, value_name = "N")]
+    pub context_tokens: Option<u64>,
 }
 
 impl SessionSettingsFlags {
@@ -94,6 +97,7 @@ impl SessionSettingsFlags {
             ("system", self.system.clone().map(Value::from)),
             ("max_iterations", self.max_iterations.map(Value::from)),
             ("timeout_secs", self.timeout_secs.map(Value::from)),
+            ("context_tokens", self.context_tokens.map(Value::from)),
         ];
         for (key, value) in fields {
             if let Some(value) = value {

@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 
-use actors::session::{PastTurn, SessionSettings, Usage};
+use actors::run::summary::SUMMARY_STEP;
+use actors::session::{PastTurn, SessionSettings, Usage, Window};
 use actors::task::TaskStatus;
 use serde::Serialize;
 use serde_json::Value;
@@ -61,6 +62,12 @@ pub struct TurnView {
     /// The agent's final answer, once the turn succeeded.
     #[schema(required)]
     pub answer: Option<String>,
+    /// The summary this turn made of the conversation through turn `summarized_through`
+    /// (its context window was outgrown); later turns are given it for those turns.
+    #[schema(required)]
+    pub summary: Option<String>,
+    #[schema(required)]
+    pub summarized_through: Option<i64>,
     /// The tool calls waiting for a person's approval (`tools.approval`); the turn's
     /// status is `awaiting_approval` while there are any.
     pub awaiting_approval: Vec<AwaitingCall>,
@@ -126,8 +133,8 @@ pub struct NewSession {
 pub struct Begun {
     pub turn: i64,
     pub settings: SessionSettings,
-    /// The earlier turns, in order.
-    pub past: Vec<PastTurn>,
+    /// The conversation so far as the turn is given it ([`actors::session::window`]).
+    pub window: Window,
 }
 
 /// Why a session refused a change.
@@ -160,7 +167,8 @@ fn running(status: &str) -> bool {
     }
 }
 
-/// Row of a turn joined with its task: turn, task id, message, created, status, error, finished.
+/// Row of a turn joined with its task: turn, task id, message, created, status, error,
+/// finished, summarized through.
 type TurnRow = (
     i64,
     String,
@@ -169,16 +177,19 @@ type TurnRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Option<i64>,
 );
 
-const SELECT_TURNS: &str = "SELECT t.turn, t.task_id, t.message, t.created_at, k.status, k.error, k.finished_at \
+const SELECT_TURNS: &str = "SELECT t.turn, t.task_id, t.message, t.created_at, k.status, k.error, k.finished_at, \
+     t.summarized_through \
      FROM session_turns t LEFT JOIN tasks k ON k.id = t.task_id \
      WHERE t.session_id = $1 ORDER BY t.turn";
 
-/// Every recorded step of the session's turns, with the output of the LLM calls only (a
-/// tool's output can be large, and neither the answer nor the usage needs it).
+/// Every recorded step of the session's turns, with the output of the LLM calls (and the
+/// summary) only: a tool's output can be large, and neither the answer nor the usage
+/// needs it.
 const SELECT_STEPS: &str = "SELECT s.task_id, s.step_id, \
-     CASE WHEN s.step_id LIKE 'llm%' THEN s.output END \
+     CASE WHEN s.step_id LIKE 'llm%' OR s.step_id = 'summary' THEN s.output END \
      FROM steps s JOIN session_turns t ON t.task_id = s.task_id \
      WHERE t.session_id = $1 AND s.status IN ('succeeded', 'failed')";
 
@@ -226,7 +237,7 @@ fn turn_views(
     turns
         .into_iter()
         .map(
-            |(turn, task_id, message, created, status, error, finished)| {
+            |(turn, task_id, message, created, status, error, finished, through)| {
                 let steps = by_task.remove(&task_id).unwrap_or_default();
                 let refs = || steps.iter().map(|(id, o)| (id.as_str(), o.as_ref()));
                 let awaiting_approval = awaiting.remove(&task_id).unwrap_or_default();
@@ -237,12 +248,17 @@ fn turn_views(
                 let answer = (status == "succeeded")
                     .then(|| actors::session::answer(refs()))
                     .flatten();
+                let summary = refs()
+                    .find(|(id, _)| *id == SUMMARY_STEP)
+                    .and_then(|(_, o)| o?.get("text")?.as_str().map(str::to_string));
                 TurnView {
                     turn,
                     task_id,
                     status,
                     message,
                     answer,
+                    summarized_through: summary.as_ref().and(through),
+                    summary,
                     awaiting_approval,
                     error,
                     usage: Usage::of(refs()),
@@ -362,23 +378,32 @@ macro_rules! backend {
                 }
                 let turns: Vec<TurnRow> = sqlx::query_as(SELECT_TURNS).bind(id).fetch_all(&mut *tx).await?;
                 let steps: Vec<StepRow> = sqlx::query_as(SELECT_STEPS).bind(id).fetch_all(&mut *tx).await?;
-                let past = turn_views(turns, steps, HashMap::new(), now)
+                let past: Vec<PastTurn> = turn_views(turns, steps, HashMap::new(), now)
                     .into_iter()
-                    .map(|t| PastTurn { message: t.message, answer: t.answer })
+                    .map(|t| PastTurn {
+                        turn: t.turn,
+                        message: t.message,
+                        answer: t.answer,
+                        summary: t.summary,
+                        summarized_through: t.summarized_through,
+                    })
                     .collect();
+                let settings = settings_of(&settings);
+                let window = actors::session::window(&past, settings.context_tokens);
                 sqlx::query(
-                    "INSERT INTO session_turns (session_id, turn, task_id, message, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO session_turns (session_id, turn, task_id, message, created_at, summarized_through) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(id)
                 .bind(turn)
                 .bind(task_id)
                 .bind(message)
                 .bind(now)
+                .bind(window.summarized_through)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok(Ok(Begun { turn, settings: settings_of(&settings), past }))
+                Ok(Ok(Begun { turn, settings, window }))
             }
 
             /// Gives turn `turn` back after its task was refused (never stored), so the

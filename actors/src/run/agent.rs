@@ -45,9 +45,16 @@ pub fn is_tool_call(id: &str) -> bool {
         .is_some_and(|(n, j)| n.parse::<u32>().is_ok() && j.parse::<usize>().is_ok())
 }
 
-/// The plan an agent task starts with: its first LLM call.
-pub fn first_plan() -> Vec<StepSpec> {
-    vec![llm_spec(1, Vec::new())]
+/// The plan an agent task starts with: its first LLM call, after the summary of the
+/// earlier conversation when there is one to make ([`super::summary`]).
+pub fn first_plan(agent: &AgentTask) -> Vec<StepSpec> {
+    match super::summary::step(agent) {
+        Some(summary) => {
+            let first = llm_spec(1, vec![summary.id.clone()]);
+            vec![summary, first]
+        }
+        None => vec![llm_spec(1, Vec::new())],
+    }
 }
 
 fn llm_spec(n: u32, depends_on: Vec<String>) -> StepSpec {
@@ -209,7 +216,7 @@ pub fn llm_args(
         }
     }
     let mut args = json!({"messages": messages, "tools": toolbox::specs(&agent.tools)});
-    if let Some(system) = &agent.system {
+    if let Some(system) = super::summary::system(plan, agent) {
         args["system"] = json!(system);
     }
     if let Some(max_tokens) = agent.max_tokens {
@@ -270,12 +277,9 @@ mod tests {
     fn agent(tools: &[&str], max_iterations: u32) -> AgentTask {
         AgentTask {
             message: "What is 2+2?".into(),
-            history: Vec::new(),
-            system: None,
             tools: tools.iter().map(|t| t.to_string()).collect(),
             max_iterations,
-            max_tokens: None,
-            max_total_tokens: None,
+            ..AgentTask::default()
         }
     }
 
@@ -311,7 +315,7 @@ mod tests {
     #[test]
     fn calls_become_steps_and_their_results_the_next_conversation() {
         let agent = agent(&["echo"], 5);
-        let mut plan = Plan::new(first_plan(), Vec::<StepState>::new());
+        let mut plan = Plan::new(first_plan(&AgentTask::default()), Vec::<StepState>::new());
         plan.tolerant = true;
         answered(
             &mut plan,
@@ -364,7 +368,7 @@ mod tests {
     #[test]
     fn calls_past_the_cap_and_the_token_budget_stop_the_growth() {
         let mut agent = agent(&["echo"], 50);
-        let mut plan = Plan::new(first_plan(), Vec::<StepState>::new());
+        let mut plan = Plan::new(first_plan(&AgentTask::default()), Vec::<StepState>::new());
         let ids: Vec<String> = (0..MAX_CALLS_PER_ANSWER + 3)
             .map(|j| format!("c{j}"))
             .collect();
@@ -389,7 +393,7 @@ mod tests {
         );
 
         agent.max_total_tokens = Some(1000);
-        let mut spent = Plan::new(first_plan(), Vec::<StepState>::new());
+        let mut spent = Plan::new(first_plan(&AgentTask::default()), Vec::<StepState>::new());
         answered(
             &mut spent,
             "llm_1",
@@ -415,7 +419,7 @@ mod tests {
             ChatMessage::user("My name is Ada."),
             ChatMessage::assistant("Hello, Ada."),
         ];
-        let plan = Plan::new(first_plan(), Vec::<StepState>::new());
+        let plan = Plan::new(first_plan(&AgentTask::default()), Vec::<StepState>::new());
         let args = llm_args(&plan, 0, &agent, &ok);
         let messages: Vec<ChatMessage> = serde_json::from_value(args["messages"].clone()).unwrap();
         assert_eq!(
@@ -431,7 +435,7 @@ mod tests {
     #[test]
     fn a_failed_tool_is_a_result_and_the_last_allowed_call_still_calling_fails_the_task() {
         let agent = agent(&["echo"], 2);
-        let mut plan = Plan::new(first_plan(), Vec::<StepState>::new());
+        let mut plan = Plan::new(first_plan(&AgentTask::default()), Vec::<StepState>::new());
         plan.tolerant = true;
         answered(
             &mut plan,

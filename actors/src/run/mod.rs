@@ -47,6 +47,7 @@ mod launch;
 mod plan;
 mod planning;
 mod record;
+pub mod summary;
 
 /// A run that crashes this many times fails its task instead of looping.
 const MAX_INCARNATIONS: u32 = 5;
@@ -440,7 +441,7 @@ impl RunState {
         let plan = claim
             .plan
             .or_else(|| self.spec.steps.clone())
-            .or_else(|| self.spec.agent.as_ref().map(|_| agent::first_plan()));
+            .or_else(|| self.spec.agent.as_ref().map(agent::first_plan));
         match plan {
             Some(plan) => {
                 self.plan = Plan::new(plan, claim.steps);

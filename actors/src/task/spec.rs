@@ -167,6 +167,12 @@ pub struct AgentTask {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>, max_items = 1000)]
     pub history: Vec<crate::llm::ChatMessage>,
+    /// Earlier messages still, before `history`, to be summarized by the LLM first (a
+    /// step `summary` of their own); the summary joins the system prompt of every call.
+    /// A session puts here what no longer fits its context window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>, max_items = 1000)]
+    pub summarize: Vec<crate::llm::ChatMessage>,
     /// The system prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 100000)]
@@ -201,6 +207,7 @@ impl Default for AgentTask {
         AgentTask {
             message: String::new(),
             history: Vec::new(),
+            summarize: Vec::new(),
             system: None,
             tools: Vec::new(),
             max_iterations: default_iterations(),
@@ -275,7 +282,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
             message: message.into(),
@@ -395,6 +402,15 @@ impl AgentTask {
             errors.push(FieldError::new(
                 "agent.max_tokens",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if self.summarize.len() > MAX_HISTORY {
+            errors.push(FieldError::new(
+                "agent.summarize",
+                format!(
+                    "at most {MAX_HISTORY} messages, got {}",
+                    self.summarize.len()
+                ),
             ));
         }
         if self.history.len() > MAX_HISTORY {
