@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 /// Every route of the API listener with its methods, as the router serves them
 /// (`src/http/mod.rs`), apart from the document itself.
-const ROUTES: [(&str, &str); 17] = [
+const ROUTES: [(&str, &str); 18] = [
     ("get", "/health/live"),
     ("get", "/health/ready"),
     ("get", "/metrics"),
@@ -40,6 +40,7 @@ const ROUTES: [(&str, &str); 17] = [
     ("post", "/api/v1/sessions/{id}/end"),
     ("post", "/api/v1/sessions/{id}/turns/{turn}/approve"),
     ("post", "/api/v1/sessions/{id}/turns/{turn}/deny"),
+    ("get", "/api/v1/sessions/{id}/turns/{turn}/events"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use common::tasks::{TASK_DEADLINE, eventually_within, wait_task, write_config};
 use common::{Launch, TestNode, postgres_database, temp_dir};
-use fake_llm::{Fake, Reply, openai_calls, openai_ok};
+use fake_llm::{Fake, Reply, openai_calls, openai_ok, openai_stream};
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -716,4 +716,112 @@ async fn an_outgrown_context_window_is_summarized_and_slides() {
         body["error"]["fields"][0]["field"], "context_tokens",
         "{body}"
     );
+}
+
+/// A Server-Sent Events stream read event by event: (event name, data as JSON).
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(node: &TestNode, url: &str) -> Events {
+        let response = node.client.get(url).send().await.expect("the stream opens");
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+        Events {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event, `None` once the stream has ended.
+    async fn next(&mut self) -> Option<(String, Value)> {
+        let read = async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    let field = |name: &str| {
+                        block
+                            .lines()
+                            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                    };
+                    let Some(data) = field("data:") else {
+                        continue; // a keep-alive comment
+                    };
+                    let event = field("event:").unwrap_or_else(|| "message".into());
+                    return Some((event, serde_json::from_str(&data).unwrap_or(Value::Null)));
+                }
+                let chunk = self.response.chunk().await.ok()??;
+                self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        };
+        tokio::time::timeout(TASK_DEADLINE, read)
+            .await
+            .expect("an event within the deadline")
+    }
+}
+
+/// A turn's text reaches its event stream as the provider streams it: the first piece
+/// arrives while the provider still holds the rest, then the others, then the trace's
+/// final entry ends the stream; the recorded answer is the whole text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turns_text_streams_to_its_event_stream_as_it_arrives() {
+    let echo = openai_calls(json!([{"id": "call_1", "type": "function",
+        "function": {"name": "echo", "arguments": "{\"text\": \"hi\"}"}}]));
+    let (fake, addr) = Fake::start(
+        vec![echo, openai_stream(&["Hel", "lo ", "world"], 1)],
+        Reply::Raw(500, "no more replies scripted"),
+    )
+    .await;
+    // The approval holds the turn until the stream is open (a call streams only to
+    // those watching when it starts).
+    let dir = config_dir(addr, "[tools]\napproval = { echo = \"required\" }\n");
+    let node = node_in(dir, &[]).await;
+    let id = start(&node, &json!({"message": "say hello", "tools": ["echo"]})).await;
+    wait_turn_status(&node, &id, 1, "awaiting_approval").await;
+    let mut events = Events::open(&node, &url(&node, &format!("/{id}/turns/1/events"))).await;
+    let (status, body) = node
+        .post_json(&url(&node, &format!("/{id}/turns/1/approve")), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut seen = Vec::new();
+    let first_delta = loop {
+        let (event, data) = events.next().await.expect("a delta before the end");
+        if event == "delta" {
+            break data;
+        }
+        seen.push(event);
+    };
+    assert_eq!(first_delta, json!({"step": "llm_2", "text": "Hel"}));
+    // The stored trace came first, replayed.
+    for kind in [
+        "submitted",
+        "started",
+        "step.succeeded",
+        "approval.requested",
+    ] {
+        assert!(seen.iter().any(|e| e == kind), "{kind} in {seen:?}");
+    }
+    let s = session(&node, &id).await;
+    assert_eq!(s["turns"][0]["status"], "running", "still streaming: {s:#}");
+    fake.stream_gate.add_permits(1);
+    let mut rest = Vec::new();
+    let mut last = String::new();
+    while let Some((event, data)) = events.next().await {
+        if event == "delta" {
+            rest.push(data["text"].as_str().unwrap_or_default().to_string());
+        }
+        last = event;
+    }
+    assert_eq!(rest, ["lo ", "world"]);
+    assert_eq!(
+        last, "succeeded",
+        "the stream ends with the task's final entry"
+    );
+    let s = wait_turn(&node, &id, 1).await;
+    assert_eq!(s["turns"][0]["answer"], "Hello world", "{s:#}");
+    let (status, _) = node
+        .get_json(&url(&node, &format!("/{id}/turns/7/events")))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

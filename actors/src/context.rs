@@ -54,6 +54,8 @@ pub struct NodeContext {
     pub node: String,
     pub directory: Arc<Directory>,
     pub events: Events,
+    /// LLM calls' text as it streams, for this node's watchers.
+    pub deltas: crate::deltas::Deltas,
     registry: RwLock<Option<ActorRef<RegistryMsg>>>,
     scheduler: RwLock<Option<ActorRef<SchedulerMsg>>>,
     services: OnceLock<Arc<Services>>,
@@ -71,6 +73,7 @@ impl NodeContext {
             node: node.into(),
             directory: Directory::new(),
             events: Events::default(),
+            deltas: Default::default(),
             registry: RwLock::new(None),
             scheduler: RwLock::new(None),
             services: OnceLock::new(),

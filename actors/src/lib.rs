@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod context;
+pub mod deltas;
 pub mod directory;
 pub mod domain;
 pub mod events;

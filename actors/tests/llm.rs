@@ -607,3 +607,66 @@ async fn providers_over_tls_trust_the_ca_file_and_never_show_the_key() {
         assert!(!format!("{llm:?}").contains("sk-from-a-file"), "{provider}");
     }
 }
+
+/// A request with a delta sink streams: the text reaches the sink piece by piece while
+/// the answer is still coming (the fake holds the rest until let go), and the whole
+/// completion is what a plain answer gives. Both wire formats; and a server that answers
+/// a streamed request whole is read whole.
+#[tokio::test]
+async fn streamed_answers_reach_the_sink_as_they_arrive() {
+    use fake_llm::{anthropic_stream, openai_stream};
+    for (provider, reply) in [
+        (
+            ProviderKind::Openai,
+            openai_stream(&["Hel", "lo ", "world"], 1),
+        ),
+        (
+            ProviderKind::Anthropic,
+            anthropic_stream(&["Hel", "lo ", "world"], 3),
+        ),
+    ] {
+        let (fake, addr) = Fake::start(vec![reply], openai_ok("unused")).await;
+        let llm = Llm::new(&config(provider, addr)).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let sink = actors::llm::DeltaSink::new(move |t: &str| {
+            let _ = tx.send(t.to_string());
+        });
+        let asked = CompletionRequest {
+            stream: Some(sink),
+            ..request()
+        };
+        let call = tokio::spawn({
+            let llm = llm.clone();
+            async move { complete(&llm, asked).await }
+        });
+        let first = tokio::time::timeout(DEADLINE, rx.recv()).await.unwrap();
+        assert_eq!(first.as_deref(), Some("Hel"), "{provider:?}");
+        assert!(
+            !call.is_finished(),
+            "{provider:?}: the answer is still coming"
+        );
+        fake.stream_gate.add_permits(1);
+        let c = call.await.unwrap().unwrap();
+        assert_eq!(c.text, "Hello world", "{provider:?}");
+        assert_eq!(c.input_tokens, Some(7), "{provider:?}");
+        assert_eq!(c.output_tokens, Some(2), "{provider:?}");
+        let mut rest = Vec::new();
+        while let Ok(piece) = rx.try_recv() {
+            rest.push(piece);
+        }
+        assert_eq!(rest, ["lo ", "world"], "{provider:?}");
+        assert_eq!(
+            fake.seen.lock().unwrap()[0].body["stream"],
+            true,
+            "{provider:?}"
+        );
+    }
+    // A server that ignores `stream` and answers whole is read whole.
+    let (_fake, addr) = Fake::start(vec![], openai_ok("Whole.")).await;
+    let llm = Llm::new(&config(ProviderKind::Openai, addr)).unwrap();
+    let asked = CompletionRequest {
+        stream: Some(actors::llm::DeltaSink::new(|_: &str| {})),
+        ..request()
+    };
+    assert_eq!(complete(&llm, asked).await.unwrap().text, "Whole.");
+}

@@ -67,6 +67,11 @@ pub const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
         "/api/v1/sessions/{id}/turns/{turn}/deny",
         SESSIONS_WRITE,
     ),
+    (
+        "GET",
+        "/api/v1/sessions/{id}/turns/{turn}/events",
+        SESSIONS_READ,
+    ),
 ];
 
 /// Who made a request, from its token.

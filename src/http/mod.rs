@@ -13,6 +13,7 @@ pub mod sessions;
 pub mod task_events;
 pub mod task_output;
 pub mod tasks;
+pub mod turn_events;
 pub mod verified;
 
 use axum::Router;
@@ -49,6 +50,10 @@ pub fn router(
         .route(
             "/api/v1/sessions/{id}/turns/{turn}/deny",
             post(sessions::deny),
+        )
+        .route(
+            "/api/v1/sessions/{id}/turns/{turn}/events",
+            get(turn_events::stream),
         )
         .route(
             "/api/v1/tasks/{id}/steps/{step}/output",

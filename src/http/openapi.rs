@@ -26,7 +26,9 @@ use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::http::{agents, auth, health, metrics, sessions, task_events, task_output, tasks};
+use crate::http::{
+    agents, auth, health, metrics, sessions, task_events, task_output, tasks, turn_events,
+};
 use crate::store::sessions::{SessionSummary, SessionView, TurnView};
 use crate::store::tasks::{StepView, TaskSummary, TaskView};
 use actors::session::{SessionSettings, Usage};
@@ -58,6 +60,7 @@ use actors::session::{SessionSettings, Usage};
         sessions::end,
         sessions::approve,
         sessions::deny,
+        turn_events::stream,
     ),
     components(schemas(
         Live,

@@ -65,7 +65,7 @@ pub struct TurnRequest {
 
 /// Whose sessions a caller may see and change: its own, or any with `admin` (or without
 /// auth).
-fn owner(caller: &Caller) -> Option<&str> {
+pub(crate) fn owner(caller: &Caller) -> Option<&str> {
     caller
         .as_deref()
         .filter(|p| !p.has(ADMIN))

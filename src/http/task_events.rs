@@ -21,7 +21,8 @@ use crate::http::error::ApiError;
 use crate::state::AppState;
 use crate::store::Tasks;
 
-struct Follow {
+/// A task's trace being followed: what is stored, then what is committed live.
+pub(crate) struct Follow {
     task_id: String,
     tasks: Tasks,
     live: tokio::sync::broadcast::Receiver<actors::events::Stamped>,
@@ -51,21 +52,7 @@ pub async fn stream(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Path(task_id) = path?;
-    let tasks = node
-        .tasks
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::unavailable("storage is not open"))?;
-    let live = node.ctx.events.subscribe();
-    let view = crate::http::owned::readable(&node, &task_id, &caller).await?;
-    let follow = Follow {
-        task_id,
-        tasks,
-        live,
-        backlog: view.events.into(),
-        last_seq: -1,
-        finished: false,
-    };
+    let follow = Follow::start(&node, task_id, &caller).await?;
     let stream = futures::stream::unfold(follow, |mut f| async move {
         let event = f.next().await?;
         Some((Ok(event), f))
@@ -74,7 +61,33 @@ pub async fn stream(
 }
 
 impl Follow {
-    async fn next(&mut self) -> Option<SseEvent> {
+    /// Follows task `task_id`'s trace, as `caller` may see it: subscribed to live entries
+    /// before the stored ones are read, so nothing falls between the two.
+    pub(crate) async fn start(
+        node: &AppState,
+        task_id: String,
+        caller: &crate::http::owned::Caller,
+    ) -> Result<Follow, ApiError> {
+        let tasks = node
+            .tasks
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::unavailable("storage is not open"))?;
+        let live = node.ctx.events.subscribe();
+        let view = crate::http::owned::readable(node, &task_id, caller).await?;
+        Ok(Follow {
+            task_id,
+            tasks,
+            live,
+            backlog: view.events.into(),
+            last_seq: -1,
+            finished: false,
+        })
+    }
+
+    /// The next entry as an SSE event; `None` after the task's final entry. Cancel-safe:
+    /// dropped while it waits, nothing is lost.
+    pub(crate) async fn next(&mut self) -> Option<SseEvent> {
         loop {
             if self.finished {
                 return None;

@@ -171,8 +171,12 @@ impl Slots {
             stats: run.stats.clone(),
         };
         let (services, role) = (run.services.clone(), run.role);
+        // An LLM call streams its text to whoever on this node watches the task.
+        let stream = (role == Role::Worker && work.step.tool == "llm")
+            .then(|| run.ctx.deltas.sink(&work.task_id, &work.step.id))
+            .flatten();
         tokio::spawn(async move {
-            let result = perform(&services, role, &work).await;
+            let result = perform(&services, role, &work, stream).await;
             slot.finish(result);
         });
     }
@@ -201,7 +205,12 @@ async fn bounded(
 }
 
 /// Carries out one step as its agent's role does.
-async fn perform(services: &Services, role: Role, work: &Work) -> Result<ToolOutput, ToolError> {
+async fn perform(
+    services: &Services,
+    role: Role,
+    work: &Work,
+    stream: Option<crate::llm::DeltaSink>,
+) -> Result<ToolOutput, ToolError> {
     let step = &work.step;
     match role {
         Role::Memory => {
@@ -234,6 +243,7 @@ async fn perform(services: &Services, role: Role, work: &Work) -> Result<ToolOut
                 work.input.as_deref(),
                 &services.llm,
                 cap,
+                stream,
             );
             bounded(work, job).await
         }

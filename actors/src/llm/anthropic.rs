@@ -5,12 +5,13 @@
 //! `max_tokens`, so system-role messages are folded into `system` and `max_tokens` defaults
 //! to [`DEFAULT_MAX_TOKENS`]. Tools go as `tools` with an `input_schema`; the model's calls
 //! are `tool_use` blocks, and their results go back as `tool_result` blocks of one user
-//! message (consecutive results are gathered into it, as the API requires). One call is one
-//! attempt; retries and the breaker live in [`super::Llm`].
+//! message (consecutive results are gathered into it, as the API requires). A request
+//! with a delta sink is streamed (`anthropic_stream.rs`). One call is one attempt; retries
+//! and the breaker live in [`super::Llm`].
 
 use serde::{Deserialize, Serialize};
 
-use super::http::HttpClient;
+use super::http::{HttpClient, Streamed};
 use super::{
     BoxFuture, ChatMessage, Completion, CompletionRequest, LlmError, Provider, ProviderError,
     ProviderKind, Role, ToolCall,
@@ -41,6 +42,9 @@ struct WireRequest<'a> {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool<'a>>,
+    /// Streamed as Server-Sent Events ([`super::anthropic_stream`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
 }
 
 #[derive(Serialize)]
@@ -168,12 +172,27 @@ impl Anthropic {
                     input_schema: &t.parameters,
                 })
                 .collect(),
+            stream: request.stream.is_some(),
         };
         let headers = [
             ("x-api-key", self.api_key.expose()),
             ("anthropic-version", ANTHROPIC_VERSION),
         ];
-        let answer = self.http.post_json(&self.url, &headers, &body).await?;
+        let answer = match &request.stream {
+            None => self.http.post_json(&self.url, &headers, &body).await?,
+            Some(sink) => {
+                let mut assembly = super::anthropic_stream::Assembly::new(sink.clone());
+                let feed = |data: &str| assembly.feed(data);
+                match self
+                    .http
+                    .post_stream(&self.url, &headers, &body, feed)
+                    .await?
+                {
+                    Streamed::Events => return Ok(assembly.finish(&self.model)?),
+                    Streamed::Whole(answer) => answer,
+                }
+            }
+        };
         let response: WireResponse = answer.into_result(error_message)?;
         // An answer may legitimately hold no text block (e.g. an empty turn): that is "".
         let mut text = String::new();

@@ -93,6 +93,77 @@ impl HttpClient {
     }
 }
 
+/// What a streamed request came to: events read as they arrived, or (an error, or a
+/// provider that answered whole after all) the whole answer.
+pub(crate) enum Streamed {
+    Events,
+    Whole(Answer),
+}
+
+impl HttpClient {
+    /// POSTs `body` asking for a Server-Sent Events stream and hands each event's `data`
+    /// to `on_data` as it arrives. An answer that is not an event stream (an error, or a
+    /// provider that ignores `stream`) is read whole instead. One timeout for the whole
+    /// exchange, and `max_body` for all of it, as for [`Self::post_json`].
+    pub async fn post_stream(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &impl Serialize,
+        mut on_data: impl FnMut(&str) -> Result<(), LlmError> + Send,
+    ) -> Result<Streamed, LlmError> {
+        let mut request = self.client.post(url).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let exchange = async {
+            let mut response = request.send().await.map_err(transport)?;
+            let status = response.status().as_u16();
+            let retry_after = parse_retry_after(response.headers());
+            let is_stream = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let mut read = 0;
+            let mut buffer: Vec<u8> = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+                read += chunk.len();
+                if read > self.max_body {
+                    let limit = self.max_body;
+                    return Err(LlmError::BadResponse(format!(
+                        "answer larger than {limit} bytes (llm.max_response_bytes) (HTTP {status})"
+                    )));
+                }
+                buffer.extend_from_slice(&chunk);
+                if !(is_stream && (200..300).contains(&status)) {
+                    continue;
+                }
+                // Whole lines only: an event's line may be split across chunks.
+                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    if let Some(data) = line.trim_end().strip_prefix("data:") {
+                        on_data(data.trim_start())?;
+                    }
+                }
+            }
+            if is_stream && (200..300).contains(&status) {
+                return Ok(Streamed::Events);
+            }
+            Ok(Streamed::Whole(Answer {
+                status,
+                retry_after,
+                body: buffer,
+            }))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(LlmError::Timeout(self.timeout)),
+        }
+    }
+}
+
 impl Answer {
     /// A 2xx body as `T`, or the error this answer stands for. `error_message` pulls the
     /// provider's own message out of an error body.

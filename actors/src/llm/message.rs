@@ -124,6 +124,39 @@ pub struct CompletionRequest {
     /// The tools the model may call (none: a plain completion).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
+    /// Where the answer's text goes piece by piece as the provider streams it; `None`:
+    /// ask for the answer whole.
+    #[serde(skip)]
+    pub stream: Option<DeltaSink>,
+}
+
+/// Takes an answer's text as it streams in ([`CompletionRequest::stream`]).
+#[derive(Clone)]
+pub struct DeltaSink(std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl DeltaSink {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> DeltaSink {
+        DeltaSink(std::sync::Arc::new(f))
+    }
+
+    pub fn send(&self, text: &str) {
+        if !text.is_empty() {
+            (self.0)(text);
+        }
+    }
+}
+
+impl std::fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeltaSink")
+    }
+}
+
+/// Where the text goes does not change what is asked: requests compare by their content.
+impl PartialEq for DeltaSink {
+    fn eq(&self, _: &DeltaSink) -> bool {
+        true
+    }
 }
 
 impl CompletionRequest {

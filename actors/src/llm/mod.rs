@@ -10,11 +10,13 @@
 //! message that says which settings to set.
 
 pub mod anthropic;
+mod anthropic_stream;
 pub mod breaker;
 pub mod config;
 mod http;
 mod message;
 mod openai;
+mod openai_stream;
 pub mod scripted;
 
 use std::future::Future;
@@ -25,7 +27,9 @@ use std::time::{Duration, Instant};
 pub use crate::secret::Secret;
 pub use breaker::{BreakerState, CircuitBreaker, Outcome};
 pub use config::{BreakerConfig, LlmConfig, ProviderKind};
-pub use message::{ChatMessage, Completion, CompletionRequest, Role, ToolCall, ToolSpec};
+pub use message::{
+    ChatMessage, Completion, CompletionRequest, DeltaSink, Role, ToolCall, ToolSpec,
+};
 
 /// What a call with provider `none` answers.
 pub const NOT_CONFIGURED: &str = "no LLM provider is configured: set llm.provider = \"openai\" \

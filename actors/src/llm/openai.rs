@@ -4,12 +4,13 @@
 //! `POST {base_url}/chat/completions` with `Authorization: Bearer {api_key}` (omitted when no
 //! key is configured, as self-hosted servers usually want none). Tools go as `tools` of
 //! type `function`; the calls come back as the message's `tool_calls`, and each result goes
-//! as a `tool` message naming its `tool_call_id`. One call is one attempt; retries and the
-//! breaker live in [`super::Llm`].
+//! as a `tool` message naming its `tool_call_id`. A request with a delta sink is streamed
+//! (`openai_stream.rs`). One call is one attempt; retries and the breaker live in
+//! [`super::Llm`].
 
 use serde::{Deserialize, Serialize};
 
-use super::http::HttpClient;
+use super::http::{HttpClient, Streamed};
 use super::{
     BoxFuture, ChatMessage, Completion, CompletionRequest, LlmError, Provider, ProviderError,
     ProviderKind, Role, ToolCall,
@@ -33,6 +34,11 @@ struct WireRequest<'a> {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool<'a>>,
+    /// Streamed as Server-Sent Events ([`super::openai_stream`]), with the usage at the end.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -167,13 +173,33 @@ impl OpenAi {
             max_tokens: request.max_tokens,
             temperature: request.temperature,
             tools,
+            stream: request.stream.is_some(),
+            stream_options: request
+                .stream
+                .as_ref()
+                .map(|_| serde_json::json!({"include_usage": true})),
         };
         let headers: Vec<(&str, &str)> = self
             .authorization
             .iter()
             .map(|value| ("authorization", value.expose()))
             .collect();
-        let answer = self.http.post_json(&self.url, &headers, &body).await?;
+        let answer = match &request.stream {
+            None => self.http.post_json(&self.url, &headers, &body).await?,
+            Some(sink) => {
+                let mut assembly = super::openai_stream::Assembly::new(sink.clone());
+                let feed = |data: &str| assembly.feed(data);
+                match self
+                    .http
+                    .post_stream(&self.url, &headers, &body, feed)
+                    .await?
+                {
+                    Streamed::Events => return Ok(assembly.finish(&self.model)?),
+                    // An error, or a server that answered whole: read as usual.
+                    Streamed::Whole(answer) => answer,
+                }
+            }
+        };
         let response: WireResponse = answer.into_result(|body| {
             serde_json::from_slice::<WireError>(body)
                 .ok()

@@ -166,6 +166,13 @@ impl Provider for Scripted {
         request: &'a CompletionRequest,
     ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
         let result = self.answer(request).map_err(ProviderError::from);
+        // Streamed word by word, as a model would.
+        if let (Ok(completion), Some(sink)) = (&result, &request.stream) {
+            completion
+                .text
+                .split_inclusive(' ')
+                .for_each(|word| sink.send(word));
+        }
         Box::pin(std::future::ready(result))
     }
 }

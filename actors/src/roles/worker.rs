@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::llm::{ChatMessage, CompletionRequest, Llm, ToolSpec};
+use crate::llm::{ChatMessage, CompletionRequest, DeltaSink, Llm, ToolSpec};
 use crate::tools::output::{Capped, parse_json, render};
 use crate::tools::{ToolError, ToolOutput};
 
@@ -91,10 +91,11 @@ pub async fn run(
     input: Option<&str>,
     llm: &Llm,
     cap: usize,
+    stream: Option<DeltaSink>,
 ) -> Result<ToolOutput, ToolError> {
     validate(tool, args, llm.is_configured()).map_err(ToolError::InvalidArgs)?;
     let text = match tool {
-        "llm" if args.get("messages").is_some() => return converse(args, llm, cap).await,
+        "llm" if args.get("messages").is_some() => return converse(args, llm, cap, stream).await,
         "llm" => {
             let prompt = fill(
                 args["prompt"].as_str().unwrap_or_default(),
@@ -106,6 +107,7 @@ pub async fn run(
             let request = CompletionRequest {
                 system: system(args),
                 max_tokens: max_tokens(args),
+                stream,
                 ..CompletionRequest::user(prompt)
             };
             llm.complete(request)
@@ -174,7 +176,12 @@ pub async fn run(
 
 /// An `llm` step given a conversation (and maybe tools): the answer's text, and as its
 /// JSON the whole completion, the tool calls the model asks for included.
-async fn converse(args: &Value, llm: &Llm, cap: usize) -> Result<ToolOutput, ToolError> {
+async fn converse(
+    args: &Value,
+    llm: &Llm,
+    cap: usize,
+    stream: Option<DeltaSink>,
+) -> Result<ToolOutput, ToolError> {
     let field = |name: &str| args.get(name).cloned().unwrap_or(Value::Null);
     let invalid = |e: serde_json::Error| ToolError::InvalidArgs(e.to_string());
     let request = CompletionRequest {
@@ -186,6 +193,7 @@ async fn converse(args: &Value, llm: &Llm, cap: usize) -> Result<ToolOutput, Too
         },
         max_tokens: max_tokens(args),
         temperature: None,
+        stream,
     };
     let completion = llm
         .complete(request)
@@ -279,9 +287,16 @@ mod tests {
     async fn data_steps_compute_what_they_say() {
         let llm = none();
         let doc = r#"{"a": [{"b": "x"}, {"b": 2}]}"#;
-        let out = run("json", &json!({"pointer": "/a/1/b"}), Some(doc), &llm, CAP)
-            .await
-            .unwrap();
+        let out = run(
+            "json",
+            &json!({"pointer": "/a/1/b"}),
+            Some(doc),
+            &llm,
+            CAP,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(out.text, "2");
         let out = run(
             "json",
@@ -289,6 +304,7 @@ mod tests {
             Some(doc),
             &llm,
             CAP,
+            None,
         )
         .await
         .unwrap();
@@ -299,11 +315,12 @@ mod tests {
             Some("Bob"),
             &llm,
             CAP,
+            None,
         )
         .await
         .unwrap();
         assert_eq!(out.text, "Hi, Bob!");
-        let out = run("hash", &json!({}), Some("abc"), &llm, CAP)
+        let out = run("hash", &json!({}), Some("abc"), &llm, CAP, None)
             .await
             .unwrap();
         assert_eq!(
@@ -311,9 +328,16 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert!(
-            run("json", &json!({"pointer": "/zz"}), Some(doc), &llm, CAP)
-                .await
-                .is_err()
+            run(
+                "json",
+                &json!({"pointer": "/zz"}),
+                Some(doc),
+                &llm,
+                CAP,
+                None
+            )
+            .await
+            .is_err()
         );
         assert!(
             run(
@@ -321,7 +345,8 @@ mod tests {
                 &json!({"pointer": "/a"}),
                 Some("not json"),
                 &llm,
-                CAP
+                CAP,
+                None
             )
             .await
             .is_err()
@@ -334,14 +359,14 @@ mod tests {
         // Values are not expanded again: no doubling from one variable to the next.
         let vars = json!({"a": "{{b}}{{b}}", "b": "{{input}}{{input}}"});
         let args = json!({"template": "{{a}}|{{b}}|{{input}}", "vars": vars});
-        let out = run("template", &args, Some("{{a}}"), &llm, CAP)
+        let out = run("template", &args, Some("{{a}}"), &llm, CAP, None)
             .await
             .unwrap();
         assert_eq!(out.text, "{{b}}{{b}}|{{input}}{{input}}|{{a}}");
         // A template repeating its input is cut at the cap and counted in full.
         let args = json!({"template": "{{input}}".repeat(10_000)});
         let input = "y".repeat(100_000);
-        let out = run("template", &args, Some(&input), &llm, 64)
+        let out = run("template", &args, Some(&input), &llm, 64, None)
             .await
             .unwrap();
         assert!(out.truncated);

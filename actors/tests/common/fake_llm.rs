@@ -32,6 +32,12 @@ pub enum Reply {
     Hang,
     /// Waits for a permit of the server's gate, then replies.
     Gated(Box<Reply>),
+    /// A Server-Sent Events stream of these `data:` payloads; after the first `hold`
+    /// of them it waits for a permit of the server's `stream_gate` before the rest.
+    Stream {
+        events: Vec<String>,
+        hold: usize,
+    },
 }
 
 pub struct Seen {
@@ -47,6 +53,8 @@ pub struct Fake {
     queue: Mutex<VecDeque<Reply>>,
     fallback: Mutex<Reply>,
     pub gate: tokio::sync::Semaphore,
+    /// What a [`Reply::Stream`] waits on midway.
+    pub stream_gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl Fake {
@@ -57,6 +65,7 @@ impl Fake {
             queue: Mutex::new(replies.into()),
             fallback: Mutex::new(fallback),
             gate: tokio::sync::Semaphore::new(0),
+            stream_gate: Arc::new(tokio::sync::Semaphore::new(0)),
         })
     }
 
@@ -107,12 +116,32 @@ impl Fake {
             self.gate.acquire().await.unwrap().forget();
             reply = *inner;
         }
+        if let Reply::Stream { events, hold } = reply {
+            let gate = self.stream_gate.clone();
+            let chunks =
+                futures::stream::unfold((events.into_iter(), 0), move |(mut rest, sent)| {
+                    let gate = gate.clone();
+                    async move {
+                        let event = rest.next()?;
+                        if sent == hold {
+                            gate.acquire().await.unwrap().forget();
+                        }
+                        let chunk = Bytes::from(format!("data: {event}\n\n"));
+                        Some((Ok::<_, std::convert::Infallible>(chunk), (rest, sent + 1)))
+                    }
+                });
+            return Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(chunks))
+                .unwrap();
+        }
         let (status, retry_after, body) = match reply {
             Reply::Json(status, v) => (status, None, v.to_string()),
             Reply::RateLimit(after, v) => (429, Some(after), v.to_string()),
             Reply::Raw(status, text) => (status, None, text.to_string()),
             Reply::Hang => std::future::pending().await,
-            Reply::Gated(_) => unreachable!("gates do not nest"),
+            Reply::Gated(_) | Reply::Stream { .. } => unreachable!("gates do not nest"),
         };
         let mut response = Response::builder()
             .status(status)
@@ -140,6 +169,37 @@ pub fn openai_ok(text: &str) -> Reply {
                             "message": {"role": "assistant", "content": text}}],
                "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}),
     )
+}
+
+/// OpenAI's streamed answer of `pieces` of text (then the usage and `[DONE]`), holding
+/// after the first `hold` events until the server's `stream_gate` lets it go on.
+pub fn openai_stream(pieces: &[&str], hold: usize) -> Reply {
+    let mut events: Vec<String> = pieces
+        .iter()
+        .map(|p| {
+            json!({"model": "gpt-test", "choices": [{"index": 0, "delta": {"content": p}}]})
+                .to_string()
+        })
+        .collect();
+    events.push(
+        json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}).to_string(),
+    );
+    events.push("[DONE]".into());
+    Reply::Stream { events, hold }
+}
+
+/// Anthropic's streamed answer of `pieces` of text.
+pub fn anthropic_stream(pieces: &[&str], hold: usize) -> Reply {
+    let mut events = vec![
+        json!({"type": "message_start", "message": {"model": "claude-test", "usage": {"input_tokens": 7, "output_tokens": 1}}}).to_string(),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}).to_string(),
+    ];
+    events.extend(pieces.iter().map(|p| {
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}).to_string()
+    }));
+    events.push(json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}).to_string());
+    events.push(json!({"type": "message_stop"}).to_string());
+    Reply::Stream { events, hold }
 }
 
 /// An OpenAI answer that asks for `calls` (OpenAI `tool_calls` objects).
