@@ -256,6 +256,8 @@ async fn the_chat_shell_converses_in_a_real_terminal() {
     );
     term.keys(&["y", "Enter"]);
     let screen = term.shows("agent> Said hi.").await;
+    // Streamed in (the shell watched the turn from its start), and not printed twice.
+    assert_eq!(screen.matches("agent> Said hi.").count(), 1, "{screen}");
     assert!(screen.contains("  → echo {\"text\":\"hi\"}"), "{screen}");
     assert!(screen.contains("  ← echo succeeded: hi"), "{screen}");
     assert!(screen.contains("(session "), "{screen}");

@@ -97,8 +97,24 @@ pub enum Followed {
 /// only what is new.
 #[derive(Default)]
 pub struct Follower {
-    shown: std::collections::HashSet<String>,
+    /// Steps whose lines are printed (shared with [`print_deltas`], which prints a tool
+    /// call's result as soon as the trace says it is in).
+    pub shown: Shown,
     asked: std::collections::HashSet<String>,
+}
+
+/// The steps of a turn whose lines are printed.
+pub type Shown = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// Hands `step`'s lines to `show` unless they were shown.
+fn show_once(shown: &Shown, step: &Value, show: &mut impl FnMut(&str)) {
+    let first = shown
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(text(&step["id"]));
+    if first {
+        lines_of(step).iter().for_each(|l| show(l));
+    }
 }
 
 impl Follower {
@@ -130,11 +146,7 @@ impl Follower {
                                     awaiting.push((id, text(&step["tool"]), args));
                                 }
                             }
-                            _ => {
-                                if self.shown.insert(id) {
-                                    lines_of(step).iter().for_each(|l| show(l));
-                                }
-                            }
+                            _ => show_once(&self.shown, step, &mut show),
                         }
                     }
                     let status = text(&task["status"]);
@@ -217,5 +229,132 @@ mod tests {
             (failed.answer(), failed.error()),
             (None, "failed: no answer".into())
         );
+    }
+}
+
+/// What a turn's deltas printed so far: the step being streamed and its text.
+#[derive(Default)]
+pub struct Printed {
+    step: String,
+    text: String,
+}
+
+/// Waits for the delta printer to end (its stream ends after the turn's final entry, so
+/// the last pieces are printed), giving up after a second.
+pub async fn drain(printer: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(mut printer) = printer
+        && tokio::time::timeout(Duration::from_secs(1), &mut printer)
+            .await
+            .is_err()
+    {
+        printer.abort();
+    }
+}
+
+impl Printed {
+    /// Ends the streamed line and says whether `answer` was streamed whole (then it need
+    /// not be printed again).
+    pub fn finish(&self, answer: Option<&str>) -> bool {
+        if self.text.is_empty() {
+            return false;
+        }
+        println!();
+        answer == Some(self.text.as_str())
+    }
+}
+
+/// Prints the text of turn `turn` of session `session` as its LLM calls stream it (from
+/// the turn's event stream: `agent> ` and the pieces as they come), until aborted. Best
+/// effort: a stream that cannot be opened prints nothing, and the answer is printed whole
+/// at the end instead.
+pub fn print_deltas(
+    api: &Api,
+    task_id: &str,
+    session: &str,
+    turn: &str,
+    printed: std::sync::Arc<std::sync::Mutex<Printed>>,
+    shown: Shown,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let url = api
+        .url(&["api", "v1", "sessions", session, "turns", turn, "events"])
+        .ok()?;
+    let mut request = api.client.get(url);
+    if let Some(token) = &api.token {
+        request = request.bearer_auth(token);
+    }
+    let (api, task_id) = (api.clone(), task_id.to_string());
+    Some(tokio::spawn(async move {
+        let Ok(mut response) = request.send().await else {
+            return;
+        };
+        if !response.status().is_success() {
+            return;
+        }
+        let mut buffer = String::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                if block.lines().any(|l| l.starts_with("event: step.")) {
+                    // A call's result is in: its line now, before the text that follows it.
+                    print_results(&api, &task_id, &printed, &shown).await;
+                    continue;
+                }
+                if !block.lines().any(|l| l == "event: delta") {
+                    continue;
+                }
+                let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else {
+                    continue;
+                };
+                let Ok(delta) = serde_json::from_str::<Value>(data.trim()) else {
+                    continue;
+                };
+                let (step, text) = (text(&delta["step"]), text(&delta["text"]));
+                let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+                if printed.step != step {
+                    if !printed.text.is_empty() {
+                        println!();
+                    }
+                    print!("agent> ");
+                    printed.step = step;
+                    printed.text.clear();
+                }
+                print!("{text}");
+                printed.text.push_str(&text);
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+        }
+    }))
+}
+
+/// Prints the lines of the turn's finished steps not shown yet, ending a streamed line
+/// first.
+async fn print_results(
+    api: &Api,
+    task_id: &str,
+    printed: &std::sync::Mutex<Printed>,
+    shown: &Shown,
+) {
+    let Ok(task) = api.task(task_id).await else {
+        return;
+    };
+    // Every finished step in plan order (an LLM call's `→` lines before its calls' `←`);
+    // what the follower printed already is not printed again.
+    let finished = steps(&task).filter(|s| {
+        !matches!(
+            s["status"].as_str(),
+            Some("pending" | "running" | "awaiting_approval")
+        )
+    });
+    for step in finished {
+        show_once(shown, step, &mut |line: &str| {
+            let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+            if !printed.text.is_empty() {
+                println!();
+                printed.text.clear();
+                printed.step.clear();
+            }
+            println!("{line}");
+        });
     }
 }

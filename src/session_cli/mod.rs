@@ -254,6 +254,8 @@ async fn take(api: &Api, turn: &Value, json: bool) -> Result<u8, TaskError> {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    // The answer is printed whole at the end, so that stdout is the answer for scripts;
+    // the chat shell streams it.
     let followed = Follower::default()
         .follow(api, task_id, show, interrupt)
         .await?;

@@ -9,7 +9,9 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use serde_json::{Value, json};
 
-use super::follow::{Followed, Follower};
+use std::sync::{Arc, Mutex};
+
+use super::follow::{Followed, Follower, Printed, drain, print_deltas};
 use super::{SessionSettingsFlags, get, last_open, post, render_list, render_session};
 use crate::cli::TaskClientFlags;
 use crate::client::text;
@@ -169,7 +171,17 @@ impl Shell {
             }
         };
         let task_id = text(&turn["task_id"]);
+        let (id, n) = (text(&turn["session_id"]), text(&turn["turn"]));
+        let printed = Arc::new(Mutex::new(Printed::default()));
         let mut follower = Follower::default();
+        let deltas = print_deltas(
+            &self.api,
+            &task_id,
+            &id,
+            &n,
+            printed.clone(),
+            follower.shown.clone(),
+        );
         let ended = loop {
             let interrupt = async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -182,7 +194,14 @@ impl Shell {
                 Followed::Awaiting(calls) => self.ask(&turn, calls).await?,
             }
         };
-        match ended.answer() {
+        drain(deltas).await;
+        let answer = ended.answer();
+        let streamed = printed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish(answer.as_deref());
+        match answer {
+            Some(_) if streamed => {}
             Some(answer) => println!("agent> {answer}"),
             None => println!("(the turn ended {})", ended.error()),
         }

@@ -12,6 +12,7 @@ use crate::client::{ClientError, POOL_IDLE, challenge, json_body, refusal, root_
 // HTTP.
 
 /// A node's task API.
+#[derive(Clone)]
 pub(crate) struct Api {
     pub(crate) base: Url,
     pub(crate) client: reqwest::Client,
