@@ -6,6 +6,8 @@
 # not_a_server_error, status_code_conformance, response_schema_conformance and
 # content_type_conformance; zero failures required, a request without the token refused
 # with 401, and at least one task accepted (202 on POST /api/v1/tasks, counted afterwards).
+# The node's LLM is the scripted provider (it answers "ok"), so sessions and agent tasks
+# are fuzzed past validation too.
 #
 # Env: MS_FUZZ_EXAMPLES examples per operation (default 40)
 #      MS_FUZZ_SECONDS  time budget of the schemathesis run (default 120)
@@ -38,10 +40,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 HTTP_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 CONFIG="$WORK/fuzz.toml"
-(umask 077 && printf '[auth]\nmode = "jwt"\nsecret = "%s"\n' \
-    "$(python3 -c 'import secrets; print(secrets.token_hex(32))')" >"$CONFIG")
+# The scripted LLM answers everything at once ("ok"), so sessions and agent tasks run.
+printf '{"default": "ok"}\n' >"$WORK/script.json"
+(umask 077 && printf '[auth]\nmode = "jwt"\nsecret = "%s"\n[llm]\nprovider = "scripted"\nscript = "%s"\n' \
+    "$(python3 -c 'import secrets; print(secrets.token_hex(32))')" "$WORK/script.json" >"$CONFIG")
 TOKEN=$("$BIN" token issue --config "$CONFIG" --sub fuzz --ttl 1h \
-    --scope tasks:write --scope tasks:read --scope agents:read)
+    --scope tasks:write --scope tasks:read --scope agents:read \
+    --scope sessions:write --scope sessions:read)
 AUTH=(-H "Authorization: Bearer $TOKEN")
 (cd "$WORK" && exec "$BIN" run --config "$CONFIG" --http "127.0.0.1:$HTTP_PORT" \
     --admin "127.0.0.1:$ADMIN_PORT" --database "sqlite://$WORK/fuzz.db" >"$WORK/node.log" 2>&1) &
@@ -65,6 +70,7 @@ timeout 200 "$VENV/bin/st" run "$BASE/api/v1/openapi.json" --url "$BASE" "${AUTH
     --max-examples "${MS_FUZZ_EXAMPLES:-40}" --max-time "${MS_FUZZ_SECONDS:-120}" \
     --request-timeout 10 --workers 2 --seed 1 \
     --exclude-path /api/v1/tasks/{id}/events \
+    --exclude-path /api/v1/sessions/{id}/turns/{turn}/events \
     --suppress-health-check all 2>&1 | tee "$WORK/st.log"
 STATUS=${PIPESTATUS[0]}
 set -e
