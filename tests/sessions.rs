@@ -825,3 +825,46 @@ async fn a_turns_text_streams_to_its_event_stream_as_it_arrives() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// The agent keeps a fact across turns with the `memory` tool (scope `session`): a later
+/// turn's call reads what an earlier turn's call put, and the model is told it.
+#[tokio::test]
+async fn memory_keeps_facts_across_a_sessions_turns() {
+    let call = |id: &str, args: Value| {
+        openai_calls(json!([{"id": id, "type": "function",
+            "function": {"name": "memory", "arguments": args.to_string()}}]))
+    };
+    let (fake, addr) = Fake::start(
+        vec![
+            call(
+                "c1",
+                json!({"op": "put", "scope": "session", "key": "name", "value": "Ada"}),
+            ),
+            openai_ok("Noted."),
+            call(
+                "c2",
+                json!({"op": "get", "scope": "session", "key": "name"}),
+            ),
+            openai_ok("Your name is Ada."),
+        ],
+        Reply::Raw(500, "no more replies scripted"),
+    )
+    .await;
+    let node = node_on(addr, &[]).await;
+    let id = start(&node, &json!({"message": "I am Ada", "tools": ["memory"]})).await;
+    let s = wait_turn(&node, &id, 1).await;
+    assert_eq!(s["turns"][0]["answer"], "Noted.", "{s:#}");
+    let (status, body) = send(&node, &id, "Who am I?").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let s = wait_turn(&node, &id, 2).await;
+    assert_eq!(s["turns"][1]["answer"], "Your name is Ada.", "{s:#}");
+    let fourth = fake.seen.lock().unwrap()[3].body.clone();
+    let read = said(&fourth)
+        .last()
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default();
+    assert!(
+        read.contains("Ada"),
+        "the get's result went to the model: {fourth:#}"
+    );
+}
