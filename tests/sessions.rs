@@ -18,8 +18,9 @@ use std::net::SocketAddr;
 
 use common::tasks::{TASK_DEADLINE, eventually_within, wait_task, write_config};
 use common::{Launch, TestNode, postgres_database, temp_dir};
-use fake_llm::{Fake, Reply, openai_calls, openai_ok, openai_stream};
+use fake_llm::{Fake, Reply, anthropic_stream, openai_calls, openai_ok, openai_stream};
 use nix::sys::signal::Signal;
+use pki::Pki;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -511,7 +512,7 @@ async fn a_call_that_needs_approval_waits_across_a_restart_until_decided(extra: 
         Reply::Raw(500, "no more replies scripted"),
     )
     .await;
-    let dir = config_dir(addr, "[tools]\napproval = { echo = \"required\" }\n");
+    let dir = config_dir(addr, ECHO_NEEDS_APPROVAL);
     let mut first = node_in(dir, extra).await;
     let id = start(
         &first,
@@ -763,7 +764,8 @@ impl Events {
 
 /// A turn's text reaches its event stream as the provider streams it: the first piece
 /// arrives while the provider still holds the rest, then the others, then the trace's
-/// final entry ends the stream; the recorded answer is the whole text.
+/// final entry ends the stream; the recorded answer is the whole text. OpenAI's format
+/// over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turns_text_streams_to_its_event_stream_as_it_arrives() {
     let echo = openai_calls(json!([{"id": "call_1", "type": "function",
@@ -773,10 +775,58 @@ async fn a_turns_text_streams_to_its_event_stream_as_it_arrives() {
         Reply::Raw(500, "no more replies scripted"),
     )
     .await;
-    // The approval holds the turn until the stream is open (a call streams only to
-    // those watching when it starts).
-    let dir = config_dir(addr, "[tools]\napproval = { echo = \"required\" }\n");
-    let node = node_in(dir, &[]).await;
+    let dir = config_dir(addr, ECHO_NEEDS_APPROVAL);
+    streams_as_it_arrives(&fake, node_in(dir, &[]).await).await;
+}
+
+/// The same with Anthropic's format (a `tool_use` answer, then a streamed one) over TLS
+/// with the provider's certificate from a CA of its own (`llm.ca_file`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_streams_from_anthropic_over_tls() {
+    let pki = Pki::new();
+    let tool_use = Reply::Json(
+        200,
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+               "content": [{"type": "tool_use", "id": "tu_1", "name": "echo", "input": {"text": "hi"}}],
+               "stop_reason": "tool_use", "usage": {"input_tokens": 9, "output_tokens": 3}}),
+    );
+    let (fake, addr) = Fake::start_tls(
+        vec![tool_use, anthropic_stream(&["Hel", "lo ", "world"], 3)],
+        Reply::Raw(500, "no more replies scripted"),
+        &pki,
+    )
+    .await;
+    let dir = temp_dir();
+    write_config(
+        dir.path(),
+        "llm.toml",
+        &format!(
+            "[llm]\nprovider = \"anthropic\"\nbase_url = \"https://{addr}\"\nmodel = \"m\"\n\
+             api_key = \"sk-test\"\nca_file = \"{}\"\n{ECHO_NEEDS_APPROVAL}",
+            pki.ca.display()
+        ),
+    );
+    streams_as_it_arrives(&fake, node_in(dir, &[]).await).await;
+    // Anthropic's wire format for the result: a `tool_result` block for `tu_1`.
+    let second = fake.seen.lock().unwrap()[1].body.clone();
+    let last = &second["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["content"][0]["type"], "tool_result", "{second:#}");
+    assert_eq!(last["content"][0]["tool_use_id"], "tu_1", "{second:#}");
+    assert_eq!(second["stream"], true, "{second:#}");
+}
+
+/// Agents' `echo` calls wait for a person's approval.
+const ECHO_NEEDS_APPROVAL: &str = "[tools]\napproval = { echo = \"required\" }\n";
+
+/// The node's session: an echo call (held by its approval until the stream is open: a
+/// call streams only to those watching when it starts), then an answer streamed as
+/// "Hel", "lo ", "world" that the fake holds after its first piece.
+async fn streams_as_it_arrives(fake: &Fake, node: TestNode) {
     let id = start(&node, &json!({"message": "say hello", "tools": ["echo"]})).await;
     wait_turn_status(&node, &id, 1, "awaiting_approval").await;
     let mut events = Events::open(&node, &url(&node, &format!("/{id}/turns/1/events"))).await;
