@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 /// Every route of the API listener with its methods, as the router serves them
 /// (`src/http/mod.rs`), apart from the document itself.
-const ROUTES: [(&str, &str); 18] = [
+const ROUTES: [(&str, &str); 17] = [
     ("get", "/health/live"),
     ("get", "/health/ready"),
     ("get", "/metrics"),
@@ -38,8 +38,7 @@ const ROUTES: [(&str, &str); 18] = [
     ("get", "/api/v1/sessions/{id}"),
     ("post", "/api/v1/sessions/{id}/turns"),
     ("post", "/api/v1/sessions/{id}/end"),
-    ("post", "/api/v1/sessions/{id}/turns/{turn}/approve"),
-    ("post", "/api/v1/sessions/{id}/turns/{turn}/deny"),
+    ("post", "/api/v1/sessions/{id}/turns/{turn}/{decision}"),
     ("get", "/api/v1/sessions/{id}/turns/{turn}/events"),
 ];
 
@@ -1055,8 +1054,11 @@ async fn session_answers_conform_to_the_document() {
         )
         .await;
         assert_eq!(answer.status.as_u16(), want, "{path}: {}", answer.text);
-        let template = format!("/api/v1/sessions/{{id}}/turns/{{turn}}/{decision}");
-        doc.conforms("post", &template, &answer);
+        doc.conforms(
+            "post",
+            "/api/v1/sessions/{id}/turns/{turn}/{decision}",
+            &answer,
+        );
     }
     let unknown = send(
         &node,
@@ -1066,11 +1068,17 @@ async fn session_answers_conform_to_the_document() {
     )
     .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
-    doc.conforms(
-        "post",
-        "/api/v1/sessions/{id}/turns/{turn}/approve",
-        &unknown,
-    );
+    let decide = "/api/v1/sessions/{id}/turns/{turn}/{decision}";
+    doc.conforms("post", decide, &unknown);
+    let neither = send(
+        &node,
+        Method::POST,
+        &format!("{session}/turns/1/maybe"),
+        None,
+    )
+    .await;
+    assert_eq!(neither.status, StatusCode::NOT_FOUND, "{}", neither.text);
+    doc.conforms("post", decide, &neither);
     let missing = "/api/v1/sessions/0190a0f0-0000-7000-8000-000000000000";
     let gone = send(&node, Method::GET, missing, None).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text);

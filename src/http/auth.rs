@@ -59,12 +59,7 @@ pub const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/sessions/{id}/end", SESSIONS_WRITE),
     (
         "POST",
-        "/api/v1/sessions/{id}/turns/{turn}/approve",
-        SESSIONS_WRITE,
-    ),
-    (
-        "POST",
-        "/api/v1/sessions/{id}/turns/{turn}/deny",
+        "/api/v1/sessions/{id}/turns/{turn}/{decision}",
         SESSIONS_WRITE,
     ),
     (

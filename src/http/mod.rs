@@ -44,12 +44,8 @@ pub fn router(
         .route("/api/v1/sessions/{id}/turns", post(sessions::turn))
         .route("/api/v1/sessions/{id}/end", post(sessions::end))
         .route(
-            "/api/v1/sessions/{id}/turns/{turn}/approve",
-            post(sessions::approve),
-        )
-        .route(
-            "/api/v1/sessions/{id}/turns/{turn}/deny",
-            post(sessions::deny),
+            "/api/v1/sessions/{id}/turns/{turn}/{decision}",
+            post(sessions::decide),
         )
         .route(
             "/api/v1/sessions/{id}/turns/{turn}/events",

@@ -58,8 +58,7 @@ use actors::session::{SessionSettings, Usage};
         sessions::get,
         sessions::turn,
         sessions::end,
-        sessions::approve,
-        sessions::deny,
+        sessions::decide,
         turn_events::stream,
     ),
     components(schemas(

@@ -342,14 +342,43 @@ pub struct Decide {
 
 const MAX_REASON: usize = 2000;
 
-async fn decide(
-    node: AppState,
+/// Approves (`approve`: they run) or denies (`deny`: the model is told so, with the
+/// reason, as the calls' results) the turn's tool calls awaiting approval, or the one named.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/turns/{turn}/{decision}",
+    operation_id = "decide_calls",
+    tag = "sessions",
+    params(
+        ("id" = String, Path, description = "The session's id"),
+        ("turn" = i64, Path, description = "The turn's number"),
+        ("decision" = String, Path, description = "`approve` or `deny`", pattern = "^(approve|deny)$"),
+    ),
+    request_body(content = Option<Decide>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Decided: the calls named in `steps`", body = crate::http::openapi::Decided),
+        (status = 404, description = "`not_found`: no such session, turn or decision", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`nothing_awaits_approval`: no call of the turn awaits approval", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_decision`: unknown fields, or a reason too long", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn decide(
+    State(node): State<AppState>,
     caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
     body: Result<Option<Json<Decide>>, JsonRejection>,
-    approved: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let Path((id, turn)) = path.map_err(|_| ApiError::not_found("no such turn"))?;
+    let Path((id, turn, decision)) = path.map_err(|_| ApiError::not_found("no such turn"))?;
+    let approved = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no decision `{other}`: approve or deny"
+            )));
+        }
+    };
     let turn: i64 = turn
         .parse()
         .map_err(|_| ApiError::not_found(format!("no turn {turn} in session {id}")))?;
@@ -395,57 +424,6 @@ async fn decide(
         "approved": approved,
         "steps": decided,
     })))
-}
-
-/// Approves the turn's tool calls awaiting approval (or the one named): they run.
-#[utoipa::path(
-    post,
-    path = "/api/v1/sessions/{id}/turns/{turn}/approve",
-    operation_id = "approve_calls",
-    tag = "sessions",
-    params(("id" = String, Path, description = "The session's id"), ("turn" = i64, Path, description = "The turn's number")),
-    request_body(content = Option<Decide>, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Decided: the calls named in `steps`", body = crate::http::openapi::Decided),
-        (status = 404, description = "`not_found`: no such session or turn", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "`nothing_awaits_approval`: no call of the turn awaits approval", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "`invalid_decision`: unknown fields, or a reason too long", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
-    ),
-)]
-pub async fn approve(
-    State(node): State<AppState>,
-    caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Option<Json<Decide>>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    decide(node, caller, path, body, true).await
-}
-
-/// Denies the turn's tool calls awaiting approval (or the one named): the model is told
-/// so, with the reason, as the calls' results.
-#[utoipa::path(
-    post,
-    path = "/api/v1/sessions/{id}/turns/{turn}/deny",
-    operation_id = "deny_calls",
-    tag = "sessions",
-    params(("id" = String, Path, description = "The session's id"), ("turn" = i64, Path, description = "The turn's number")),
-    request_body(content = Option<Decide>, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Decided: the calls named in `steps`", body = crate::http::openapi::Decided),
-        (status = 404, description = "`not_found`: no such session or turn", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "`nothing_awaits_approval`: no call of the turn awaits approval", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "`invalid_decision`: unknown fields, or a reason too long", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "`unavailable`: storage is not open or did not answer", body = crate::http::openapi::ErrorBody),
-    ),
-)]
-pub async fn deny(
-    State(node): State<AppState>,
-    caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Option<Json<Decide>>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    decide(node, caller, path, body, false).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
