@@ -318,6 +318,8 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["turn"], Value::Null, "{body}");
     let id = body["session_id"].as_str().expect("an id").to_string();
+    let (status, body) = send(&node, &id, "a\u{0}b").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (status, body) = send(&node, &id, "  ").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "invalid_turn", "{body}");
@@ -917,4 +919,47 @@ async fn memory_keeps_facts_across_a_sessions_turns() {
         read.contains("Ada"),
         "the get's result went to the model: {fourth:#}"
     );
+}
+
+/// NUL characters, which PostgreSQL's text refuses, never reach it: in ids they name
+/// nothing (404); in what would be stored they are refused (422) naming the field.
+#[tokio::test]
+async fn nul_characters_are_refused_before_storage_on_postgres() {
+    let db = postgres_database().await;
+    let (_fake, addr) = Fake::start(vec![], openai_ok("ok")).await;
+    let node = node_on(addr, &["--database", &db.url]).await;
+    let api = |path: &str| format!("{}/api/v1{path}", node.http_url());
+    for path in [
+        "/tasks/a%00b",
+        "/tasks/a%00b/events",
+        "/tasks/a%00b/steps/x/output",
+        "/sessions/a%00b",
+    ] {
+        let (status, body) = node.get_json(&api(path)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let (status, body) = node.post(&api("/tasks/a%00b/cancel")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    for task in [
+        json!({"description": "a\u{0}b", "steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]}),
+        json!({"steps": [{"id": "m", "tool": "memory", "args": {"op": "put", "key": "k\u{0}", "value": "v"}}]}),
+        json!({"agent": {"message": "a\u{0}b"}}),
+    ] {
+        let (status, body) = node.post_json(&api("/tasks"), &task).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{task}: {body}");
+    }
+    let id = start(&node, &json!({"message": "hi"})).await;
+    let (status, body) = send(&node, &id, "a\u{0}b").await;
+    assert!(
+        status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::CONFLICT,
+        "{body}"
+    );
+    wait_turn(&node, &id, 1).await;
+    let (status, body) = send(&node, &id, "a\u{0}b").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let deny = url(&node, &format!("/{id}/turns/1/deny"));
+    let (status, body) = node.post_json(&deny, &json!({"reason": "a\u{0}b"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = node.post_json(&deny, &json!({"step": "t\u{0}"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }

@@ -14,6 +14,7 @@ pub type Caller = Option<Extension<Principal>>;
 
 /// Task `id` as `caller` may see it: another principal's task answers 404.
 pub async fn readable(node: &AppState, id: &str, caller: &Caller) -> Result<TaskView, ApiError> {
+    known_task(id)?;
     let tasks = node
         .tasks
         .get()
@@ -24,4 +25,12 @@ pub async fn readable(node: &AppState, id: &str, caller: &Caller) -> Result<Task
         .map_err(|e| ApiError::unavailable(e.to_string()))?
         .filter(|view| may_read(caller.as_deref(), view.principal.as_deref()))
         .ok_or_else(|| ApiError::not_found(format!("no task {id}")))
+}
+
+/// A task id from a path is one this API gave (a UUID), else there is no such task (404):
+/// nothing else reaches storage (PostgreSQL refuses a NUL in text, for one).
+pub fn known_task(id: &str) -> Result<(), ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(drop)
+        .map_err(|_| ApiError::not_found(format!("no task {id:?}")))
 }

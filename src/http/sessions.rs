@@ -72,6 +72,15 @@ pub(crate) fn owner(caller: &Caller) -> Option<&str> {
         .map(|p| p.sub.as_str())
 }
 
+/// A session id from a path: one this API gave (a UUID), else no session (404) — and
+/// nothing that is not one reaches storage.
+pub(crate) fn session_id(id: String) -> Result<String, ApiError> {
+    match uuid::Uuid::parse_str(&id) {
+        Ok(_) => Ok(id),
+        Err(_) => Err(ApiError::not_found(format!("no session {id:?}"))),
+    }
+}
+
 fn store(node: &AppState) -> Result<&Store, ApiError> {
     node.store
         .get()
@@ -120,6 +129,11 @@ async fn take_turn(
         .ctx
         .services()
         .ok_or_else(|| ApiError::unavailable("the node is not ready to take turns"))?;
+    // A message that cannot be a turn is refused before anything is written.
+    if let Err(why) = actors::task::spec::check_agent_text(&message) {
+        let error = FieldError::new("message", why);
+        return Ok(Err(invalid("invalid_turn", &[error])));
+    }
     let task_id = uuid::Uuid::now_v7().to_string();
     let begun = store
         .begin_turn(id, owner(caller), &task_id, &message, now_ms())
@@ -260,6 +274,7 @@ pub async fn turn(
     body: Result<Json<TurnRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::not_found("no such session"))?;
+    let id = session_id(id)?;
     let Json(request) = body.map_err(|r| json_rejection(r, "invalid_turn"))?;
     Ok(
         match take_turn(&node, &caller, &id, request.message).await? {
@@ -288,6 +303,7 @@ pub async fn get(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<crate::store::sessions::SessionView>, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::not_found("no such session"))?;
+    let id = session_id(id)?;
     let owner = owner(&caller);
     store(&node)?
         .session(&id, now_ms())
@@ -318,6 +334,7 @@ pub async fn end(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::not_found("no such session"))?;
+    let id = session_id(id)?;
     store(&node)?
         .end_session(&id, owner(&caller), now_ms())
         .await
@@ -370,6 +387,7 @@ pub async fn decide(
     body: Result<Option<Json<Decide>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path((id, turn, decision)) = path.map_err(|_| ApiError::not_found("no such turn"))?;
+    let id = session_id(id)?;
     let approved = match decision.as_str() {
         "approve" => true,
         "deny" => false,
@@ -386,11 +404,25 @@ pub async fn decide(
         .map_err(|r| json_rejection(r, "invalid_decision"))?
         .map(|Json(d)| d)
         .unwrap_or_default();
-    if decide.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
+    if decide
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.len() > MAX_REASON || r.contains('\0'))
+    {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_decision",
-            format!("reason: at most {MAX_REASON} bytes"),
+            format!("reason: at most {MAX_REASON} bytes, without NUL characters"),
+        ));
+    }
+    // A step id is a name of the plan's (`t1_0`); anything else names no call.
+    if let Some(step) = &decide.step
+        && !actors::run::agent::is_tool_call(step)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nothing_awaits_approval",
+            format!("step {step:?} is not a tool call of this turn"),
         ));
     }
     let store = store(&node)?;

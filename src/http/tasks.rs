@@ -325,6 +325,7 @@ pub async fn cancel(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Path(id) = path.map_err(|_| ApiError::not_found("no such task"))?;
+    crate::http::owned::known_task(&id)?;
     if caller.is_some() {
         let tasks = node
             .tasks

@@ -65,6 +65,7 @@ pub async fn stream(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Path((id, turn)) = path.map_err(|_| ApiError::not_found("no such turn"))?;
+    let id = crate::http::sessions::session_id(id)?;
     let missing = || ApiError::not_found(format!("no turn {turn} in session {id}"));
     let number: i64 = turn.parse().map_err(|_| missing())?;
     let store = node

@@ -97,6 +97,16 @@ fn parse(args: &Value) -> Result<MemoryArgs, String> {
             "args.scope: `{scope}` is not one of task, session, global"
         ));
     }
+    // Entries are text in storage, and PostgreSQL's text refuses NUL.
+    let texts = [a.key.as_deref(), a.query.as_deref()];
+    if texts
+        .into_iter()
+        .flatten()
+        .chain(a.tags.iter().map(String::as_str))
+        .any(|t| t.contains('\0'))
+    {
+        return Err("args: key, query and tags must not contain NUL characters".into());
+    }
     if let Some(ttl) = a.ttl_secs
         && !(ttl.is_finite() && ttl > 0.0 && ttl <= MAX_TTL_SECS)
     {
@@ -160,6 +170,11 @@ pub async fn run(
                     ));
                 }
             };
+            if value.contains('\0') {
+                return Err(ToolError::InvalidArgs(
+                    "the value holds a NUL character, which memory does not keep".into(),
+                ));
+            }
             // `as` saturates, and so does the sum: no overflow even past validation.
             let expires_at_ms = a
                 .ttl_secs

@@ -201,6 +201,18 @@ fn default_iterations() -> u32 {
     10
 }
 
+/// Why a user's message cannot be sent: empty, only spaces, longer than
+/// [`MAX_AGENT_TEXT`], or holding a NUL (which no provider takes and PostgreSQL's text
+/// refuses).
+pub fn check_agent_text(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() || text.len() > MAX_AGENT_TEXT || text.contains('\0') {
+        return Err(format!(
+            "must be 1-{MAX_AGENT_TEXT} bytes, not only spaces, without NUL characters"
+        ));
+    }
+    Ok(())
+}
+
 /// What serde makes of `{"message": ""}`.
 impl Default for AgentTask {
     fn default() -> AgentTask {
@@ -308,6 +320,16 @@ impl TaskSpec {
             .description
             .as_deref()
             .is_some_and(|d| !d.trim().is_empty());
+        if self
+            .description
+            .as_deref()
+            .is_some_and(|d| d.contains('\0'))
+        {
+            errors.push(FieldError::new(
+                "description",
+                "must not contain NUL characters",
+            ));
+        }
         if self.steps.is_none() && self.agent.is_none() && !described {
             errors.push(FieldError::new(
                 "steps",
@@ -373,11 +395,8 @@ impl AgentTask {
         check_tool: &impl Fn(&str, &Value) -> Result<(), String>,
         errors: &mut Vec<FieldError>,
     ) {
-        if self.message.trim().is_empty() || self.message.len() > MAX_AGENT_TEXT {
-            errors.push(FieldError::new(
-                "agent.message",
-                format!("must be 1-{MAX_AGENT_TEXT} bytes, not only spaces"),
-            ));
+        if let Err(why) = check_agent_text(&self.message) {
+            errors.push(FieldError::new("agent.message", why));
         }
         if self
             .system
