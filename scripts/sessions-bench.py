@@ -203,6 +203,7 @@ class Stats:
         self.tools = 0
         self.server = []
         self.wall = []
+        self.post = []
         self.polls = 0
         self.s429 = 0
         self.s409 = 0
@@ -245,6 +246,7 @@ async def client(pool, stats, mode, i, turns, start_gate):
         t0 = time.perf_counter()
         try:
             session_id, task_id = await submit(pool, stats, mode, session_id, i, t)
+            stats.post.append((time.perf_counter() - t0) * 1000)
             delay = 0.005
             while True:
                 await asyncio.sleep(delay)
@@ -331,6 +333,7 @@ async def load(args):
         "other_http": len(stats.other_http), "polls": stats.polls, "reconnects": pool.reconnects,
         "turn_wall_p50_ms": pct(stats.wall, 50), "turn_wall_p99_ms": pct(stats.wall, 99),
         "turn_server_p50_ms": pct(stats.server, 50), "turn_server_p99_ms": pct(stats.server, 99),
+        "post_p50_ms": pct(stats.post, 50), "post_p99_ms": pct(stats.post, 99),
         **rss,
     }
     what = "turns" if args.mode == "sessions" else "tasks"
@@ -341,7 +344,8 @@ async def load(args):
           f"reconnects {pool.reconnects}, polls {stats.polls}")
     print(f"  per {what[:-1]}: client wall p50 {out['turn_wall_p50_ms']:.0f} ms p99 "
           f"{out['turn_wall_p99_ms']:.0f} ms; node finished-created p50 "
-          f"{out['turn_server_p50_ms']:.0f} ms p99 {out['turn_server_p99_ms']:.0f} ms")
+          f"{out['turn_server_p50_ms']:.0f} ms p99 {out['turn_server_p99_ms']:.0f} ms; "
+          f"the POST's own response time p50 {out['post_p50_ms']:.0f} ms p99 {out['post_p99_ms']:.0f} ms")
     if args.pid:
         print(f"  node RSS: before {rss.get('rss_before_kb', 0) / 1024:.0f} MiB, max sampled VmRSS "
               f"{rss.get('rss_max_kb', 0) / 1024:.0f} MiB, VmHWM at end {rss['hwm_kb'] / 1024:.0f} MiB")

@@ -348,6 +348,13 @@ macro_rules! backend {
 
             /// Takes the next turn of session `id` for `task_id`, unless the session is
             /// not `owner`'s (with `Some`), has ended, or its last turn still runs.
+            ///
+            /// What the turn is made from is read first, outside the write: the session's
+            /// settings never change and turns that ended do not either, so only taking
+            /// the turn needs the lock — one conditional update (on the turn count read)
+            /// and the turn's row. Under load that keeps the write short (on SQLite it
+            /// holds the database's one write lock). A request that raced another and lost
+            /// is told the session is busy, as if it had come second.
             pub async fn begin_turn(
                 pool: &Pool<$db>,
                 id: &str,
@@ -356,29 +363,28 @@ macro_rules! backend {
                 message: &str,
                 now: i64,
             ) -> Result<Result<Begun, Refused>, sqlx::Error> {
-                let mut tx = pool.begin().await?;
-                // The write first: it locks the session row (SQLite: the database), so
-                // a concurrent request waits here and then sees this turn.
-                let taken: Option<(i64, String)> = sqlx::query_as(
-                    "UPDATE sessions SET turns = turns + 1, updated_at = $2 \
-                     WHERE id = $1 AND status = 'open' AND ($3 IS NULL OR principal = $3) \
-                     RETURNING turns, settings",
+                let head: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
+                    "SELECT turns, settings, status, principal FROM sessions WHERE id = $1",
                 )
                 .bind(id)
-                .bind(now)
-                .bind(owner)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(pool)
                 .await?;
-                let Some((turn, settings)) = taken else {
-                    return Ok(Err(refusal(&mut tx, id, owner).await?));
+                let Some((seen, settings, status, principal)) = head else {
+                    return Ok(Err(Refused::NotFound(id.to_string())));
                 };
-                if let Some(busy) = busy(&mut tx, id, turn - 1, now).await? {
-                    tx.rollback().await?;
-                    return Ok(Err(busy));
+                if owner.is_some() && principal.as_deref() != owner {
+                    return Ok(Err(Refused::NotFound(id.to_string())));
                 }
-                let turns: Vec<TurnRow> = sqlx::query_as(SELECT_TURNS).bind(id).fetch_all(&mut *tx).await?;
-                let steps: Vec<StepRow> = sqlx::query_as(SELECT_STEPS).bind(id).fetch_all(&mut *tx).await?;
-                let past: Vec<PastTurn> = turn_views(turns, steps, HashMap::new(), now)
+                if status != "open" {
+                    return Ok(Err(Refused::Ended(id.to_string())));
+                }
+                let turns: Vec<TurnRow> = sqlx::query_as(SELECT_TURNS).bind(id).fetch_all(pool).await?;
+                let steps: Vec<StepRow> = sqlx::query_as(SELECT_STEPS).bind(id).fetch_all(pool).await?;
+                let views = turn_views(turns, steps, HashMap::new(), now);
+                if let Some(last) = views.last().filter(|t| running(&t.status)) {
+                    return Ok(Err(Refused::Busy { turn: last.turn, task_id: last.task_id.clone() }));
+                }
+                let past: Vec<PastTurn> = views
                     .into_iter()
                     .map(|t| PastTurn {
                         turn: t.turn,
@@ -390,6 +396,36 @@ macro_rules! backend {
                     .collect();
                 let settings = settings_of(&settings);
                 let window = actors::session::window(&past, settings.context_tokens);
+
+                let mut tx = pool.begin().await?;
+                // The turn after the one read, only if nobody took it meanwhile (the row's
+                // lock, or SQLite's write lock, orders concurrent takers).
+                let taken: Option<(i64,)> = sqlx::query_as(
+                    "UPDATE sessions SET turns = turns + 1, updated_at = $2 \
+                     WHERE id = $1 AND status = 'open' AND turns = $3 RETURNING turns",
+                )
+                .bind(id)
+                .bind(now)
+                .bind(seen)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((turn,)) = taken else {
+                    let refused = match refusal(&mut tx, id, owner).await? {
+                        Refused::Ended(_) if still_open(&mut tx, id).await? => {
+                            let latest: Option<(i64, String)> = sqlx::query_as(
+                                "SELECT turn, task_id FROM session_turns WHERE session_id = $1 \
+                                 ORDER BY turn DESC LIMIT 1",
+                            )
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            let (turn, task_id) = latest.unwrap_or((seen + 1, String::new()));
+                            Refused::Busy { turn, task_id }
+                        }
+                        other => other,
+                    };
+                    return Ok(Err(refused));
+                };
                 sqlx::query(
                     "INSERT INTO session_turns (session_id, turn, task_id, message, created_at, summarized_through) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -404,6 +440,15 @@ macro_rules! backend {
                 .await?;
                 tx.commit().await?;
                 Ok(Ok(Begun { turn, settings, window }))
+            }
+
+            /// Whether session `id` is open (a conditional update found it changed, not ended).
+            async fn still_open(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<bool, sqlx::Error> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT status FROM sessions WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                Ok(row.is_some_and(|(status,)| status == "open"))
             }
 
             /// Gives turn `turn` back after its task was refused (never stored), so the
