@@ -62,6 +62,9 @@ pub enum SubmitError {
         "idempotency_key: used before for another request (task {0}); use a new key for a new task"
     )]
     KeyReused(String),
+    /// The session's next turn was taken by another request first; nothing was stored.
+    #[error("another turn of this session was taken first; wait for it to finish")]
+    TurnTaken,
 }
 
 /// What a cancel request found.
@@ -484,6 +487,7 @@ impl SchedulerState {
             };
             let result = match store.submit(task).await {
                 Ok(s) if s.conflict => Err(SubmitError::KeyReused(s.task_id)),
+                Ok(s) if s.turn_taken => Err(SubmitError::TurnTaken),
                 other => other.map_err(SubmitError::from),
             };
             if let Ok(s) = &result

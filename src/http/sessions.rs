@@ -1,13 +1,15 @@
 //! `/api/v1/sessions`: start a conversation, take turns, read it, list, end.
 //!
-//! A turn is taken in the store (the turn row, under the session's lock: see
-//! `store/sessions.rs`) and then handed to the scheduler as an agent task, which answers
-//! after the commit: a 202 means the turn is durable. A session is its principal's; with
+//! A turn is prepared from what the store holds (`store/sessions.rs`) and handed to the
+//! scheduler as an agent task claiming the session's next turn; the turn is taken in the
+//! commit that stores the task, or not at all, and the 202 comes after it: a 202 means
+//! the turn is durable. A session is its principal's; with
 //! the `admin` scope any session may be read and changed.
 
+use actors::scheduler::SubmitError;
 use actors::session::{SessionSettings, Window};
 use actors::task::FieldError;
-use actors::task::store::{NewTask, now_ms};
+use actors::task::store::{NewTask, TurnClaim, now_ms};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -134,44 +136,45 @@ async fn take_turn(
         let error = FieldError::new("message", why);
         return Ok(Err(invalid("invalid_turn", &[error])));
     }
-    let task_id = uuid::Uuid::now_v7().to_string();
-    let begun = store
-        .begin_turn(id, owner(caller), &task_id, &message, now_ms())
+    let prepared = store
+        .prepare_turn(id, owner(caller))
         .await
         .map_err(unavailable)?
         .map_err(refusal)?;
-    let spec = begun.settings.turn(id, begun.turn, message, begun.window);
+    // The turn it will be, if nobody takes one first (then the store refuses the task).
+    let turn = prepared.after + 1;
+    let summarized_through = prepared.window.summarized_through;
+    let spec = prepared
+        .settings
+        .turn(id, turn, message.clone(), prepared.window);
     if let Err(errors) = check_spec(services, &spec) {
-        store
-            .abandon_turn(id, begun.turn)
-            .await
-            .map_err(unavailable)?;
         return Ok(Err(invalid("invalid_turn", &as_session_fields(errors))));
     }
     let task = NewTask {
-        id: task_id,
         principal: caller.as_deref().map(|p: &Principal| p.sub.clone()),
+        turn: Some(TurnClaim {
+            session_id: id.to_string(),
+            after: prepared.after,
+            message,
+            summarized_through,
+        }),
         ..NewTask::new(spec)
     };
     match submit_task(node, task).await? {
         Ok(submitted) => Ok(Ok(json!({
             "session_id": id,
-            "turn": begun.turn,
+            "turn": submitted.turn.unwrap_or(turn),
             "task_id": submitted.task_id,
             "status": submitted.status,
         }))),
-        Err(e) => {
-            // Refused before it was stored: the turn is given back. (A store error may
-            // hide a commit whose answer was lost: that turn stays, and reads
-            // `abandoned` if its task never appears.)
-            if !matches!(e, actors::scheduler::SubmitError::Store(_)) {
-                store
-                    .abandon_turn(id, begun.turn)
-                    .await
-                    .map_err(unavailable)?;
-            }
-            Ok(Err(refused(e)))
-        }
+        Err(SubmitError::TurnTaken) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "turn_running",
+            format!(
+                "turn {turn} of this session was taken by another request; wait for it to finish"
+            ),
+        )),
+        Err(e) => Ok(Err(refused(e))),
     }
 }
 
@@ -306,7 +309,7 @@ pub async fn get(
     let id = session_id(id)?;
     let owner = owner(&caller);
     store(&node)?
-        .session(&id, now_ms())
+        .session(&id)
         .await
         .map_err(unavailable)?
         .filter(|s| owner.is_none() || s.principal.as_deref() == owner)

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use actors::task::store::{Claim, FIRST_EPOCH, NewTask, Progress, Submitted};
+use actors::task::store::{Claim, FIRST_EPOCH, NewTask, Progress, Submitted, TurnClaim};
 use actors::task::{Priority, TaskSpec, TaskStatus};
 use serde::Serialize;
 
@@ -33,11 +33,13 @@ pub struct TaskRow {
     owner: String,
     principal: Option<String>,
     created_at_ms: i64,
+    turn: Option<TurnClaim>,
 }
 
 impl From<NewTask> for TaskRow {
     fn from(task: NewTask) -> TaskRow {
         TaskRow {
+            turn: task.turn,
             spec: json(&*task.spec),
             idempotency_key: task
                 .spec
@@ -130,11 +132,70 @@ macro_rules! batch_backend {
 
             /// Inserts new tasks; a repeated idempotency key finds the earlier task. Their
             /// `submitted` entries go into `events`, written by [`insert_events`].
+            /// Takes the session turns the batch's tasks claim ([`TurnClaim`]): the
+            /// turn after `after` when the session still has `after` turns (and its turn
+            /// row, in this transaction); a task whose claim fails is not stored. A replay
+            /// of a committed batch finds its own turn row and takes it as taken.
+            async fn claim_turns(
+                tx: &mut Tx<'_>,
+                tasks: &[&TaskRow],
+            ) -> Result<HashMap<String, Option<i64>>, sqlx::Error> {
+                let mut turns = HashMap::new();
+                for task in tasks {
+                    let Some(claim) = &task.turn else { continue };
+                    let taken: Option<(i64,)> = sqlx::query_as(
+                        "UPDATE sessions SET turns = turns + 1, updated_at = $2 \
+                         WHERE id = $1 AND status = 'open' AND turns = $3 RETURNING turns",
+                    )
+                    .bind(&claim.session_id)
+                    .bind(task.created_at_ms)
+                    .bind(claim.after)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    let turn = match taken {
+                        Some((turn,)) => {
+                            sqlx::query(
+                                "INSERT INTO session_turns \
+                                 (session_id, turn, task_id, message, created_at, summarized_through) \
+                                 VALUES ($1, $2, $3, $4, $5, $6)",
+                            )
+                            .bind(&claim.session_id)
+                            .bind(turn)
+                            .bind(&task.id)
+                            .bind(&claim.message)
+                            .bind(task.created_at_ms)
+                            .bind(claim.summarized_through)
+                            .execute(&mut **tx)
+                            .await?;
+                            Some(turn)
+                        }
+                        None => {
+                            let mine: Option<(i64,)> = sqlx::query_as(
+                                "SELECT turn FROM session_turns WHERE session_id = $1 AND task_id = $2",
+                            )
+                            .bind(&claim.session_id)
+                            .bind(&task.id)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                            mine.map(|(turn,)| turn)
+                        }
+                    };
+                    turns.insert(task.id.clone(), turn);
+                }
+                Ok(turns)
+            }
+
             pub async fn submit(
                 tx: &mut Tx<'_>,
                 tasks: &[&TaskRow],
                 events: &mut Vec<EventRow>,
             ) -> Result<Vec<Submitted>, sqlx::Error> {
+                let turns = claim_turns(tx, tasks).await?;
+                // Tasks whose turn another request took are not stored.
+                let refused = |t: &TaskRow| turns.get(&t.id).is_some_and(Option::is_none);
+                let all = tasks;
+                let kept: Vec<&TaskRow> = tasks.iter().copied().filter(|t| !refused(t)).collect();
+                let tasks = &kept[..];
                 // Without idempotency keys nothing can conflict (ids are fresh UUIDv7s), so
                 // the common case needs no RETURNING rows (each is a message from SQLite's
                 // worker thread in sqlx).
@@ -173,15 +234,27 @@ macro_rules! batch_backend {
                 events.extend(tasks.iter().filter(|t| inserted.contains(&t.id)).map(|t| {
                     (t.id.clone(), 0, t.created_at_ms, "submitted".to_string(), "{}".to_string())
                 }));
-                let mut out = Vec::with_capacity(tasks.len());
-                for task in tasks {
-                    if inserted.contains(&task.id) {
+                let mut out = Vec::with_capacity(all.len());
+                for task in all {
+                    if refused(task) {
+                        out.push(Submitted {
+                            task_id: task.id.clone(),
+                            created: false,
+                            conflict: false,
+                            status: TaskStatus::Queued,
+                            priority: task.priority,
+                            turn: None,
+                            turn_taken: true,
+                        });
+                    } else if inserted.contains(&task.id) {
                         out.push(Submitted {
                             task_id: task.id.clone(),
                             created: true,
                             conflict: false,
                             status: TaskStatus::Queued,
                             priority: task.priority,
+                            turn: turns.get(&task.id).copied().flatten(),
+                            turn_taken: false,
                         });
                     } else {
                         // Rare: an idempotency key seen before (or earlier in this batch).
@@ -201,6 +274,8 @@ macro_rules! batch_backend {
                             conflict: !same,
                             status: status_of(&status),
                             priority: Priority::from_rank(priority),
+                            turn: None,
+                            turn_taken: false,
                         });
                     }
                 }

@@ -1,13 +1,11 @@
 //! Sessions and their turns (`migrations/*/0007_sessions.sql`), written once for both
 //! backends like [`super::tasks`].
 //!
-//! A turn's task is submitted after its turn row is committed: the row takes the turn's
-//! number (the primary key) and the session's turn counter under the session row's lock,
-//! so two requests never both start a turn, and a turn runs only after the one before it
-//! finished. A turn row whose task is not stored (yet) counts as running for
-//! [`UNSUBMITTED_GRACE_MS`], long enough for its submission to commit or fail; after that
-//! it is `abandoned` (the node stopped between the two writes, and its caller was never
-//! told the turn was accepted).
+//! A turn is taken in the commit that stores its task (`store/batch.rs`, `claim_turns`):
+//! the session's turn counter moves on only if it still holds the count the turn was
+//! prepared at (here, [`sqlite::prepare_turn`]), and the turn's row goes in beside the
+//! task's. So two requests never both take a turn, a turn runs only after the one before
+//! it finished, and a turn and its task exist together or not at all.
 
 use std::collections::HashMap;
 
@@ -19,9 +17,6 @@ use serde_json::Value;
 
 use super::tasks::rfc3339;
 use super::{Store, StoreError};
-
-/// How long a turn whose task is not stored still counts as being submitted.
-pub const UNSUBMITTED_GRACE_MS: i64 = 60_000;
 
 /// A session as `GET /api/v1/sessions/{id}` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -55,8 +50,7 @@ pub struct TurnView {
     pub turn: i64,
     /// The agent task that runs the turn (its LLM calls and tool calls are its steps).
     pub task_id: String,
-    /// The task's status; `submitting` while its task is being stored, `abandoned` if it
-    /// never was (the node stopped before accepting it).
+    /// The task's status, `awaiting_approval` while a call of it waits for a person.
     pub status: String,
     pub message: String,
     /// The agent's final answer, once the turn succeeded.
@@ -128,10 +122,10 @@ pub struct NewSession {
     pub now_ms: i64,
 }
 
-/// A turn taken: its number, and what its task is made from.
+/// What a session's next turn is made from, and the turn count it was read at.
 #[derive(Debug, Clone)]
-pub struct Begun {
-    pub turn: i64,
+pub struct Prepared {
+    pub after: i64,
     pub settings: SessionSettings,
     /// The conversation so far as the turn is given it ([`actors::session::window`]).
     pub window: Window,
@@ -151,20 +145,15 @@ pub enum Refused {
     Busy { turn: i64, task_id: String },
 }
 
-fn status_of_turn(task: Option<&str>, created_at: i64, now: i64) -> String {
-    match task {
-        Some(status) => status.to_string(),
-        None if now - created_at < UNSUBMITTED_GRACE_MS => "submitting".into(),
-        None => "abandoned".into(),
-    }
+/// A turn's status: its task's (stored in the same commit, so always there; `lost` if
+/// it ever were not, which does not hold the session).
+fn status_of_turn(task: Option<&str>) -> String {
+    task.unwrap_or("lost").to_string()
 }
 
 /// Whether a turn with this (task) status keeps the next one from starting.
 fn running(status: &str) -> bool {
-    match TaskStatus::parse(status) {
-        Some(s) => !s.is_final(),
-        None => status == "submitting",
-    }
+    TaskStatus::parse(status).is_some_and(|s| !s.is_final())
 }
 
 /// Row of a turn joined with its task: turn, task id, message, created, status, error,
@@ -227,7 +216,6 @@ fn turn_views(
     turns: Vec<TurnRow>,
     steps: Vec<StepRow>,
     mut awaiting: HashMap<String, Vec<AwaitingCall>>,
-    now: i64,
 ) -> Vec<TurnView> {
     let mut by_task: HashMap<String, Vec<(String, Option<Value>)>> = HashMap::new();
     for (task_id, step_id, output) in steps {
@@ -241,7 +229,7 @@ fn turn_views(
                 let steps = by_task.remove(&task_id).unwrap_or_default();
                 let refs = || steps.iter().map(|(id, o)| (id.as_str(), o.as_ref()));
                 let awaiting_approval = awaiting.remove(&task_id).unwrap_or_default();
-                let mut status = status_of_turn(status.as_deref(), created, now);
+                let mut status = status_of_turn(status.as_deref());
                 if status == "running" && !awaiting_approval.is_empty() {
                     status = "awaiting_approval".into();
                 }
@@ -330,39 +318,32 @@ macro_rules! backend {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 id: &str,
                 turn: i64,
-                now: i64,
             ) -> Result<Option<Refused>, sqlx::Error> {
-                let row: Option<(String, i64, Option<String>)> = sqlx::query_as(
-                    "SELECT t.task_id, t.created_at, k.status FROM session_turns t \
+                let row: Option<(String, Option<String>)> = sqlx::query_as(
+                    "SELECT t.task_id, k.status FROM session_turns t \
                      LEFT JOIN tasks k ON k.id = t.task_id WHERE t.session_id = $1 AND t.turn = $2",
                 )
                 .bind(id)
                 .bind(turn)
                 .fetch_optional(&mut **tx)
                 .await?;
-                Ok(row.and_then(|(task_id, created, status)| {
-                    running(&status_of_turn(status.as_deref(), created, now))
+                Ok(row.and_then(|(task_id, status)| {
+                    running(&status_of_turn(status.as_deref()))
                         .then_some(Refused::Busy { turn, task_id })
                 }))
             }
 
-            /// Takes the next turn of session `id` for `task_id`, unless the session is
-            /// not `owner`'s (with `Some`), has ended, or its last turn still runs.
-            ///
-            /// What the turn is made from is read first, outside the write: the session's
-            /// settings never change and turns that ended do not either, so only taking
-            /// the turn needs the lock — one conditional update (on the turn count read)
-            /// and the turn's row. Under load that keeps the write short (on SQLite it
-            /// holds the database's one write lock). A request that raced another and lost
-            /// is told the session is busy, as if it had come second.
-            pub async fn begin_turn(
+            /// What the next turn of session `id` is made from, unless the session is
+            /// not `owner`'s (with `Some`), has ended, or its last turn still runs. Only
+            /// reads: the turn is taken when its task is stored, in the same commit, on
+            /// condition that the session still has the turns read here
+            /// (`actors::task::store::TurnClaim`), so a request that raced another and
+            /// lost is told the session is busy, as if it had come second.
+            pub async fn prepare_turn(
                 pool: &Pool<$db>,
                 id: &str,
                 owner: Option<&str>,
-                task_id: &str,
-                message: &str,
-                now: i64,
-            ) -> Result<Result<Begun, Refused>, sqlx::Error> {
+            ) -> Result<Result<Prepared, Refused>, sqlx::Error> {
                 let head: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
                     "SELECT turns, settings, status, principal FROM sessions WHERE id = $1",
                 )
@@ -380,7 +361,7 @@ macro_rules! backend {
                 }
                 let turns: Vec<TurnRow> = sqlx::query_as(SELECT_TURNS).bind(id).fetch_all(pool).await?;
                 let steps: Vec<StepRow> = sqlx::query_as(SELECT_STEPS).bind(id).fetch_all(pool).await?;
-                let views = turn_views(turns, steps, HashMap::new(), now);
+                let views = turn_views(turns, steps, HashMap::new());
                 if let Some(last) = views.last().filter(|t| running(&t.status)) {
                     return Ok(Err(Refused::Busy { turn: last.turn, task_id: last.task_id.clone() }));
                 }
@@ -396,82 +377,7 @@ macro_rules! backend {
                     .collect();
                 let settings = settings_of(&settings);
                 let window = actors::session::window(&past, settings.context_tokens);
-
-                let mut tx = pool.begin().await?;
-                // The turn after the one read, only if nobody took it meanwhile (the row's
-                // lock, or SQLite's write lock, orders concurrent takers).
-                let taken: Option<(i64,)> = sqlx::query_as(
-                    "UPDATE sessions SET turns = turns + 1, updated_at = $2 \
-                     WHERE id = $1 AND status = 'open' AND turns = $3 RETURNING turns",
-                )
-                .bind(id)
-                .bind(now)
-                .bind(seen)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((turn,)) = taken else {
-                    let refused = match refusal(&mut tx, id, owner).await? {
-                        Refused::Ended(_) if still_open(&mut tx, id).await? => {
-                            let latest: Option<(i64, String)> = sqlx::query_as(
-                                "SELECT turn, task_id FROM session_turns WHERE session_id = $1 \
-                                 ORDER BY turn DESC LIMIT 1",
-                            )
-                            .bind(id)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                            let (turn, task_id) = latest.unwrap_or((seen + 1, String::new()));
-                            Refused::Busy { turn, task_id }
-                        }
-                        other => other,
-                    };
-                    return Ok(Err(refused));
-                };
-                sqlx::query(
-                    "INSERT INTO session_turns (session_id, turn, task_id, message, created_at, summarized_through) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(id)
-                .bind(turn)
-                .bind(task_id)
-                .bind(message)
-                .bind(now)
-                .bind(window.summarized_through)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(Ok(Begun { turn, settings, window }))
-            }
-
-            /// Whether session `id` is open (a conditional update found it changed, not ended).
-            async fn still_open(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<bool, sqlx::Error> {
-                let row: Option<(String,)> = sqlx::query_as("SELECT status FROM sessions WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                Ok(row.is_some_and(|(status,)| status == "open"))
-            }
-
-            /// Gives turn `turn` back after its task was refused (never stored), so the
-            /// session can take the next one at once.
-            pub async fn abandon_turn(pool: &Pool<$db>, id: &str, turn: i64) -> Result<(), sqlx::Error> {
-                let mut tx = pool.begin().await?;
-                let gone = sqlx::query(
-                    "DELETE FROM session_turns WHERE session_id = $1 AND turn = $2 \
-                     AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = session_turns.task_id)",
-                )
-                .bind(id)
-                .bind(turn)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if gone == 1 {
-                    sqlx::query("UPDATE sessions SET turns = turns - 1 WHERE id = $1 AND turns = $2")
-                        .bind(id)
-                        .bind(turn)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await
+                Ok(Ok(Prepared { after: seen, settings, window }))
             }
 
             /// Ends session `id` (again: nothing changes), unless it is not `owner`'s or
@@ -498,7 +404,7 @@ macro_rules! backend {
                         other => Err(other),
                     });
                 };
-                if let Some(busy) = busy(&mut tx, id, turns, now).await? {
+                if let Some(busy) = busy(&mut tx, id, turns).await? {
                     tx.rollback().await?;
                     return Ok(Err(busy));
                 }
@@ -506,7 +412,7 @@ macro_rules! backend {
                 Ok(Ok(()))
             }
 
-            pub async fn get(pool: &Pool<$db>, id: &str, now: i64) -> Result<Option<SessionView>, sqlx::Error> {
+            pub async fn get(pool: &Pool<$db>, id: &str) -> Result<Option<SessionView>, sqlx::Error> {
                 let mut tx = pool.begin_with($snapshot).await?;
                 type Row = (String, Option<String>, String, String, String, i64, i64, Option<i64>);
                 let row: Option<Row> = sqlx::query_as(
@@ -527,7 +433,7 @@ macro_rules! backend {
                 let awaiting: Vec<AwaitingRow> =
                     sqlx::query_as(SELECT_AWAITING).bind(&id).fetch_all(&mut *tx).await?;
                 tx.commit().await?;
-                let turns = turn_views(turns, steps, awaiting_calls(awaiting), now);
+                let turns = turn_views(turns, steps, awaiting_calls(awaiting));
                 Ok(Some(SessionView {
                     usage: turns.iter().fold(Usage::default(), |sum, t| sum + t.usage),
                     session_id: id,
@@ -606,22 +512,12 @@ impl Store {
         Ok(on_backend!(self, create(session))?)
     }
 
-    pub async fn begin_turn(
+    pub async fn prepare_turn(
         &self,
         id: &str,
         owner: Option<&str>,
-        task_id: &str,
-        message: &str,
-        now: i64,
-    ) -> Result<Result<Begun, Refused>, StoreError> {
-        Ok(on_backend!(
-            self,
-            begin_turn(id, owner, task_id, message, now)
-        )?)
-    }
-
-    pub async fn abandon_turn(&self, id: &str, turn: i64) -> Result<(), StoreError> {
-        Ok(on_backend!(self, abandon_turn(id, turn))?)
+    ) -> Result<Result<Prepared, Refused>, StoreError> {
+        Ok(on_backend!(self, prepare_turn(id, owner))?)
     }
 
     pub async fn end_session(
@@ -633,8 +529,8 @@ impl Store {
         Ok(on_backend!(self, end(id, owner, now))?)
     }
 
-    pub async fn session(&self, id: &str, now: i64) -> Result<Option<SessionView>, StoreError> {
-        Ok(on_backend!(self, get(id, now))?)
+    pub async fn session(&self, id: &str) -> Result<Option<SessionView>, StoreError> {
+        Ok(on_backend!(self, get(id))?)
     }
 
     pub async fn turn_task(
@@ -659,17 +555,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_turn_without_a_task_is_submitting_then_abandoned() {
-        assert_eq!(
-            status_of_turn(None, 1_000, 1_000 + UNSUBMITTED_GRACE_MS - 1),
-            "submitting"
-        );
-        assert_eq!(
-            status_of_turn(None, 1_000, 1_000 + UNSUBMITTED_GRACE_MS),
-            "abandoned"
-        );
-        assert_eq!(status_of_turn(Some("running"), 0, i64::MAX), "running");
-        assert!(running("submitting") && running("queued") && running("running"));
-        assert!(!running("abandoned") && !running("succeeded") && !running("timed_out"));
+    fn a_turn_holds_the_session_while_its_task_is_unfinished() {
+        assert_eq!(status_of_turn(Some("running")), "running");
+        assert_eq!(status_of_turn(None), "lost");
+        assert!(running("queued") && running("planning") && running("running"));
+        assert!(!running("lost") && !running("succeeded") && !running("timed_out"));
     }
 }

@@ -40,6 +40,21 @@ pub struct NewTask {
     /// Who submitted it (the API token's `sub`), when the API authenticates: the task, its
     /// trace and its `session`/`global` memory are that principal's.
     pub principal: Option<String>,
+    /// The session turn this task is, taken in the same commit that stores it.
+    pub turn: Option<TurnClaim>,
+}
+
+/// A session's next turn, claimed by the task that runs it: stored only if the session
+/// still has `after` turns when the task is (so two requests never take one turn, and a
+/// turn and its task are stored together or not at all).
+#[derive(Debug, Clone)]
+pub struct TurnClaim {
+    pub session_id: String,
+    /// The session's turn count as read when the turn was prepared.
+    pub after: i64,
+    pub message: String,
+    /// The last turn the summary this turn makes covers, if it makes one.
+    pub summarized_through: Option<i64>,
 }
 
 impl NewTask {
@@ -52,6 +67,7 @@ impl NewTask {
             created_at_ms: now_ms(),
             owner: String::new(),
             principal: None,
+            turn: None,
         }
     }
 }
@@ -70,6 +86,12 @@ pub struct Submitted {
     pub conflict: bool,
     pub status: TaskStatus,
     pub priority: Priority,
+    /// The turn taken with the task ([`NewTask::turn`]); `None` with `turn_taken` when
+    /// another request took it first (then nothing was stored).
+    #[serde(skip)]
+    pub turn: Option<i64>,
+    #[serde(skip)]
+    pub turn_taken: bool,
 }
 
 /// A step as recorded: its state, every attempt, and its final output.
