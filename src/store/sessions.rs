@@ -184,6 +184,87 @@ const SELECT_STEPS: &str = "SELECT s.task_id, s.step_id, \
 
 type StepRow = (String, String, Option<String>);
 
+/// What preparing a turn reads, in one statement: the session's row, each turn with its
+/// task, and each turn's finished LLM calls and summary (one row per such step, or one
+/// with no step).
+const SELECT_PREPARE: &str = "SELECT s.turns, s.settings, s.status, s.principal, \
+     t.turn, t.task_id, t.message, t.created_at, k.status, k.error, k.finished_at, t.summarized_through, \
+     st.step_id, st.output \
+     FROM sessions s \
+     LEFT JOIN session_turns t ON t.session_id = s.id \
+     LEFT JOIN tasks k ON k.id = t.task_id \
+     LEFT JOIN steps st ON st.task_id = t.task_id AND st.status IN ('succeeded', 'failed') \
+          AND (st.step_id LIKE 'llm%' OR st.step_id = 'summary') \
+     WHERE s.id = $1 ORDER BY t.turn";
+
+/// A row of [`SELECT_PREPARE`]: the session's head, then a turn's columns and a step's.
+type PrepareRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The session's head: turns, settings, status, principal.
+type Head = (i64, String, String, Option<String>);
+
+/// [`SELECT_PREPARE`]'s rows as the session's head, its turns and their steps; `None`
+/// when there is no such session.
+fn fold_prepare(rows: Vec<PrepareRow>) -> Option<(Head, Vec<TurnRow>, Vec<StepRow>)> {
+    let first = rows.first()?;
+    let head = (first.0, first.1.clone(), first.2.clone(), first.3.clone());
+    let mut turns: Vec<TurnRow> = Vec::new();
+    let mut steps = Vec::new();
+    for row in rows {
+        let (
+            _,
+            _,
+            _,
+            _,
+            turn,
+            task_id,
+            message,
+            created,
+            status,
+            error,
+            finished,
+            through,
+            step,
+            output,
+        ) = row;
+        let (Some(turn), Some(task_id)) = (turn, task_id) else {
+            continue;
+        };
+        if turns.last().is_none_or(|t| t.0 != turn) {
+            let row = (
+                turn,
+                task_id.clone(),
+                message.unwrap_or_default(),
+                created.unwrap_or_default(),
+                status,
+                error,
+                finished,
+                through,
+            );
+            turns.push(row);
+        }
+        if let Some(step) = step {
+            steps.push((task_id, step, output));
+        }
+    }
+    Some((head, turns, steps))
+}
+
 /// The steps of the session's turns awaiting approval, with their task's plan (where the
 /// call's tool and arguments are).
 const SELECT_AWAITING: &str = "SELECT s.task_id, s.step_id, k.plan \
@@ -344,23 +425,18 @@ macro_rules! backend {
                 id: &str,
                 owner: Option<&str>,
             ) -> Result<Result<Prepared, Refused>, sqlx::Error> {
-                let head: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
-                    "SELECT turns, settings, status, principal FROM sessions WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-                let Some((seen, settings, status, principal)) = head else {
+                // One round trip: the pool is shared with every other reader under load.
+                let rows: Vec<PrepareRow> = sqlx::query_as(SELECT_PREPARE).bind(id).fetch_all(pool).await?;
+                let Some((head, turns, steps)) = fold_prepare(rows) else {
                     return Ok(Err(Refused::NotFound(id.to_string())));
                 };
+                let (seen, settings, status, principal) = head;
                 if owner.is_some() && principal.as_deref() != owner {
                     return Ok(Err(Refused::NotFound(id.to_string())));
                 }
                 if status != "open" {
                     return Ok(Err(Refused::Ended(id.to_string())));
                 }
-                let turns: Vec<TurnRow> = sqlx::query_as(SELECT_TURNS).bind(id).fetch_all(pool).await?;
-                let steps: Vec<StepRow> = sqlx::query_as(SELECT_STEPS).bind(id).fetch_all(pool).await?;
                 let views = turn_views(turns, steps, HashMap::new());
                 if let Some(last) = views.last().filter(|t| running(&t.status)) {
                     return Ok(Err(Refused::Busy { turn: last.turn, task_id: last.task_id.clone() }));
