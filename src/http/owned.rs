@@ -32,5 +32,5 @@ pub async fn readable(node: &AppState, id: &str, caller: &Caller) -> Result<Task
 pub fn known_task(id: &str) -> Result<(), ApiError> {
     uuid::Uuid::parse_str(id)
         .map(drop)
-        .map_err(|_| ApiError::not_found(format!("no task {id:?}")))
+        .map_err(|_| ApiError::not_found(format!("no task {id}")))
 }

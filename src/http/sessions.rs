@@ -79,7 +79,7 @@ pub(crate) fn owner(caller: &Caller) -> Option<&str> {
 pub(crate) fn session_id(id: String) -> Result<String, ApiError> {
     match uuid::Uuid::parse_str(&id) {
         Ok(_) => Ok(id),
-        Err(_) => Err(ApiError::not_found(format!("no session {id:?}"))),
+        Err(_) => Err(ApiError::not_found(format!("no session {id}"))),
     }
 }
 
