@@ -178,6 +178,11 @@ async fn a_conversation_across_turns(extra: &[&str]) {
     );
     assert_eq!(s["settings"]["system"], "Be brief.");
     assert!(s["node"].as_str().is_some_and(|n| !n.is_empty()), "{s:#}");
+    // One Coordinator agent coordinated both turns.
+    let coordinator = s["coordinator"].as_str().unwrap_or_default().to_string();
+    assert!(coordinator.starts_with("coordinator"), "{s:#}");
+    let first_started = first_turn_coordinator(&node, &s).await;
+    assert_eq!(first_started, coordinator, "{s:#}");
 
     // The third request (turn 2) carried the first turn's message and answer.
     let third = fake.seen.lock().unwrap()[2].body.clone();
@@ -239,6 +244,25 @@ async fn one_turn_at_a_time(extra: &[&str]) {
     .await;
     let node = node_on(addr, extra).await;
     let id = start(&node, &json!({"message": "go"})).await;
+    // While the turn runs, its session's Coordinator agent shows it as its current work.
+    let task_id = session(&node, &id).await["turns"][0]["task_id"]
+        .as_str()
+        .expect("a task")
+        .to_string();
+    let coordinating = eventually_within(TASK_DEADLINE, "a coordinator at work", || async {
+        let tree = node.tree().await;
+        let mut found = Vec::new();
+        collect_work(&tree["root"], &task_id, &mut found);
+        // (The worker making the turn's LLM call shows it too.)
+        found.retain(|name| name.starts_with("coordinator"));
+        if found.is_empty() {
+            Err(tree.to_string())
+        } else {
+            Ok(found)
+        }
+    })
+    .await;
+    assert_eq!(coordinating.len(), 1, "one coordinator: {coordinating:?}");
     let (status, body) = send(&node, &id, "too soon").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "turn_running", "{body}");
@@ -450,6 +474,12 @@ async fn a_session_whose_node_dies_continues_on_another() {
     assert_eq!(
         s["node"], "b",
         "the node that took the turn over owns the session: {s:#}"
+    );
+    assert!(
+        s["coordinator"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("coordinator")),
+        "a Coordinator of b took the session over: {s:#}"
     );
     assert_eq!(fake.hits(), 2, "the first LLM call was not made again");
     let (status, body) = send(&b, &id, "go on").await;
@@ -962,4 +992,33 @@ async fn nul_characters_are_refused_before_storage_on_postgres() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (status, body) = node.post_json(&deny, &json!({"step": "t\u{0}"})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+/// The names of the actors below `actor` whose current work names `task_id`.
+fn collect_work(actor: &Value, task_id: &str, found: &mut Vec<String>) {
+    if actor["current_work"]
+        .as_str()
+        .is_some_and(|w| w.contains(task_id))
+    {
+        found.push(actor["name"].as_str().unwrap_or_default().to_string());
+    }
+    for child in actor["children"].as_array().into_iter().flatten() {
+        collect_work(child, task_id, found);
+    }
+}
+
+/// The Coordinator agent the first turn's trace names (its `started` entry).
+async fn first_turn_coordinator(node: &TestNode, s: &Value) -> String {
+    let task_id = s["turns"][0]["task_id"].as_str().expect("a task");
+    let (_, task) = node
+        .get_json(&format!("{}/api/v1/tasks/{task_id}", node.http_url()))
+        .await;
+    task["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["kind"] == "started")
+        .and_then(|e| e["data"]["coordinator"].as_str())
+        .unwrap_or_default()
+        .to_string()
 }

@@ -31,6 +31,10 @@ pub struct SessionView {
     /// latest turn — after a takeover, the node that took it over —; before any turn,
     /// the node that started it.
     pub node: String,
+    /// The Coordinator agent (on `node`) that coordinates its latest turn: the same one
+    /// for every turn on a node; after a takeover, one of the new node's.
+    #[schema(required)]
+    pub coordinator: Option<String>,
     pub settings: SessionSettings,
     /// Tokens and calls of every turn.
     pub usage: Usage,
@@ -508,6 +512,16 @@ macro_rules! backend {
                 let steps: Vec<StepRow> = sqlx::query_as(SELECT_STEPS).bind(&id).fetch_all(&mut *tx).await?;
                 let awaiting: Vec<AwaitingRow> =
                     sqlx::query_as(SELECT_AWAITING).bind(&id).fetch_all(&mut *tx).await?;
+                let started: Option<(String,)> = sqlx::query_as(
+                    "SELECT e.data FROM task_events e JOIN session_turns t ON t.task_id = e.task_id \
+                     WHERE t.session_id = $1 AND e.kind = 'started' ORDER BY t.turn DESC, e.seq DESC LIMIT 1",
+                )
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let coordinator = started
+                    .and_then(|(data,)| serde_json::from_str::<Value>(&data).ok())
+                    .and_then(|d| d.get("coordinator")?.as_str().map(str::to_string));
                 tx.commit().await?;
                 let turns = turn_views(turns, steps, awaiting_calls(awaiting));
                 Ok(Some(SessionView {
@@ -516,6 +530,7 @@ macro_rules! backend {
                     status,
                     principal,
                     node,
+                    coordinator,
                     settings: settings_of(&settings),
                     created_at: rfc3339(created),
                     updated_at: rfc3339(updated),

@@ -112,6 +112,13 @@ pub enum AgentMsg {
     Execute(Box<Job>),
     /// Internal: a step's slot was released.
     WorkDone,
+    /// Coordinators: a run of a session's turn (task `task_id`, described by `what`)
+    /// starts (`on`) or stops being coordinated by this agent — its load and current work.
+    Coordinate {
+        task_id: String,
+        what: String,
+        on: bool,
+    },
     /// Internal (monitors): time for a heartbeat round.
     Tick,
     /// Internal (monitors): a heartbeat round's answers.
@@ -165,6 +172,8 @@ pub struct AgentState {
     slots: Slots,
     /// Monitors only: what they remember between heartbeat rounds.
     watch: Option<crate::roles::monitor::Watch>,
+    /// Coordinators only: the runs they coordinate, by task (what each is).
+    coordinating: std::collections::BTreeMap<String, String>,
 }
 
 pub struct Agent;
@@ -262,11 +271,38 @@ impl AgentState {
         }
     }
 
+    /// A Coordinator takes on (or lets go of) a run; its load and current work say so.
+    fn coordinate(&mut self, task_id: String, what: String, on: bool) {
+        if self.identity.role != Role::Coordinator {
+            return;
+        }
+        if on {
+            self.coordinating.insert(task_id, what);
+        } else {
+            self.coordinating.remove(&task_id);
+        }
+        let work = match self.coordinating.len() {
+            0 => None,
+            1 => self.coordinating.values().next().cloned(),
+            n => Some(format!(
+                "{n} runs: {}",
+                self.coordinating
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        };
+        self.stats.set_work(work);
+        self.report_load();
+    }
+
     fn report_load(&self) {
         if let Some(registry) = self.ctx.registry() {
+            let load = self.slots.load() + self.coordinating.len() as u32;
             let _ = registry.cast(RegistryMsg::SetLoad {
                 instance_id: self.identity.instance_id.clone(),
-                load: self.slots.load(),
+                load,
             });
         }
     }
@@ -317,6 +353,7 @@ impl Actor for Agent {
             started_at: SystemTime::now(),
             slots: Slots::default(),
             watch: None,
+            coordinating: Default::default(),
         };
         state.register(&myself);
         Ok(state)
@@ -380,6 +417,7 @@ impl Actor for Agent {
             }
             AgentMsg::Execute(job) => state.execute(&myself, job),
             AgentMsg::WorkDone => state.work_done(&myself),
+            AgentMsg::Coordinate { task_id, what, on } => state.coordinate(task_id, what, on),
             AgentMsg::Tick => {
                 if let Some(watch) = state.watch.as_mut().filter(|w| !w.in_flight) {
                     watch.in_flight = true;

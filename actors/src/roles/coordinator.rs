@@ -32,6 +32,31 @@ const BUSY_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// Capabilities the registry indexes this role under.
 pub const CAPABILITIES: &[&str] = &["task.coordinate"];
 
+/// The Coordinator agent of this node that coordinates session `session`'s turns: the
+/// same one for every turn while the node's coordinators stay the same (picked by the
+/// session's id among the active ones, by name), so a session keeps its Coordinator
+/// across turns; on another node (after a takeover), one of that node's.
+pub async fn of_session(ctx: &NodeContext, session: &str) -> Option<AgentRecord> {
+    use std::hash::{Hash, Hasher};
+    let registry = ctx.registry()?;
+    let found = ractor::call_t!(
+        registry,
+        RegistryMsg::Discover,
+        2_000,
+        CAPABILITIES[0].to_string()
+    )
+    .ok()?;
+    let mut active: Vec<AgentRecord> = found
+        .into_iter()
+        .filter(|a| a.state == crate::agent::Lifecycle::Active && a.agent.is_some())
+        .collect();
+    active.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
+    let mut hasher = std::hash::DefaultHasher::new();
+    session.hash(&mut hasher);
+    let n = active.len();
+    (n > 0).then(|| active.swap_remove(hasher.finish() as usize % n))
+}
+
 /// What one attempt of a step came to.
 pub struct AttemptDone {
     /// The agent that ran it, and its node (none when no agent could be found).

@@ -157,6 +157,8 @@ pub struct RunState {
     replanning: Option<String>,
     /// Tool calls approved and the decisions' poll ([`approval`]).
     approvals: approval::Approvals,
+    /// A session turn's Coordinator agent (told when the run starts and ends), by name.
+    coordinator: Option<(ActorRef<crate::agent::AgentMsg>, String)>,
 }
 
 pub struct Run;
@@ -223,6 +225,7 @@ impl Actor for Run {
             output_used: 0,
             replanning: None,
             approvals: approval::Approvals::default(),
+            coordinator: None,
         })
     }
 
@@ -354,6 +357,13 @@ impl RunState {
         if std::mem::replace(&mut self.reported, true) {
             return;
         }
+        if let Some((agent, _)) = self.coordinator.take() {
+            let _ = agent.cast(crate::agent::AgentMsg::Coordinate {
+                task_id: self.task_id.clone(),
+                what: String::new(),
+                on: false,
+            });
+        }
         if let Some(scheduler) = self.ctx.scheduler() {
             let _ = scheduler.cast(SchedulerMsg::RunFinished {
                 task_id: self.task_id.clone(),
@@ -414,9 +424,11 @@ impl RunState {
         self.spec = claim.spec;
         self.principal = claim.principal;
         self.output_used = budget::recorded(&claim.steps);
+        self.take_coordinator().await;
+        let coordinator = self.coordinator.as_ref().map(|(_, name)| name.clone());
         let started = self.event(
             "started",
-            json!({"node": self.ctx.node, "epoch": claim.epoch}),
+            json!({"node": self.ctx.node, "epoch": claim.epoch, "coordinator": coordinator}),
         );
         let mut progress = self.progress();
         progress.status = Some(TaskStatus::Running);
@@ -459,6 +471,37 @@ impl RunState {
                 self.ask_planner(myself, description)
             }
         }
+    }
+
+    /// A session's turn is coordinated by its session's Coordinator agent on this node
+    /// ([`crate::roles::coordinator::of_session`]): the agent is told, so its load and
+    /// current work show the turn while this run lasts, and the trace names it.
+    async fn take_coordinator(&mut self) {
+        let Some(session) = self
+            .spec
+            .session
+            .clone()
+            .filter(|_| self.spec.agent.is_some())
+        else {
+            return;
+        };
+        let Some(record) = crate::roles::coordinator::of_session(&self.ctx, &session).await else {
+            return;
+        };
+        let Some(agent) = record.agent else {
+            return;
+        };
+        let what = self
+            .spec
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("session {session}"));
+        let _ = agent.cast(crate::agent::AgentMsg::Coordinate {
+            task_id: self.task_id.clone(),
+            what: format!("{what} (task {})", self.task_id),
+            on: true,
+        });
+        self.coordinator = Some((agent, record.identity.name));
     }
 
     /// Launches every step whose prerequisites succeeded, skips those whose prerequisites
