@@ -425,11 +425,11 @@ impl RunState {
         self.principal = claim.principal;
         self.output_used = budget::recorded(&claim.steps);
         self.take_coordinator().await;
-        let coordinator = self.coordinator.as_ref().map(|(_, name)| name.clone());
-        let started = self.event(
-            "started",
-            json!({"node": self.ctx.node, "epoch": claim.epoch, "coordinator": coordinator}),
-        );
+        let mut data = json!({"node": self.ctx.node, "epoch": claim.epoch});
+        if let Some((_, name)) = &self.coordinator {
+            data["coordinator"] = json!(name);
+        }
+        let started = self.event("started", data);
         let mut progress = self.progress();
         progress.status = Some(TaskStatus::Running);
         progress.events.push(started);
