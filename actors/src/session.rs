@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::llm::ChatMessage;
-use crate::run::agent::llm_number;
+use crate::run::agent::{llm_number, tokens_of};
 use crate::run::summary::SUMMARY_STEP;
 use crate::task::spec::MAX_HISTORY;
 use crate::task::{AgentTask, Priority, TaskSpec};
@@ -234,13 +234,9 @@ impl Usage {
                 continue;
             }
             usage.llm_calls += 1;
-            let count = |key: &str| {
-                output
-                    .and_then(|o| o.get("json")?.get(key)?.as_u64())
-                    .unwrap_or(0)
-            };
-            usage.input_tokens = usage.input_tokens.saturating_add(count("input_tokens"));
-            usage.output_tokens = usage.output_tokens.saturating_add(count("output_tokens"));
+            let (input, output) = tokens_of(output);
+            usage.input_tokens = usage.input_tokens.saturating_add(input);
+            usage.output_tokens = usage.output_tokens.saturating_add(output);
         }
         usage
     }

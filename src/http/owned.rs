@@ -30,7 +30,12 @@ pub async fn readable(node: &AppState, id: &str, caller: &Caller) -> Result<Task
 /// A task id from a path is one this API gave (a UUID), else there is no such task (404):
 /// nothing else reaches storage (PostgreSQL refuses a NUL in text, for one).
 pub fn known_task(id: &str) -> Result<(), ApiError> {
+    known_id(id, "task")
+}
+
+/// An id from a path (of a `what`) is a UUID this API gave, else there is no such thing.
+pub fn known_id(id: &str, what: &str) -> Result<(), ApiError> {
     uuid::Uuid::parse_str(id)
         .map(drop)
-        .map_err(|_| ApiError::not_found(format!("no task {id}")))
+        .map_err(|_| ApiError::not_found(format!("no {what} {id}")))
 }

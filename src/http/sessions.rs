@@ -77,10 +77,7 @@ pub(crate) fn owner(caller: &Caller) -> Option<&str> {
 /// A session id from a path: one this API gave (a UUID), else no session (404) — and
 /// nothing that is not one reaches storage.
 pub(crate) fn session_id(id: String) -> Result<String, ApiError> {
-    match uuid::Uuid::parse_str(&id) {
-        Ok(_) => Ok(id),
-        Err(_) => Err(ApiError::not_found(format!("no session {id}"))),
-    }
+    crate::http::owned::known_id(&id, "session").map(|()| id)
 }
 
 fn store(node: &AppState) -> Result<&Store, ApiError> {

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::http::{HttpClient, Streamed};
+use super::http::HttpClient;
 use super::{
     BoxFuture, ChatMessage, Completion, CompletionRequest, LlmError, Provider, ProviderError,
     ProviderKind, Role, ToolCall,
@@ -180,16 +180,15 @@ impl Anthropic {
         ];
         let answer = match &request.stream {
             None => self.http.post_json(&self.url, &headers, &body).await?,
+            // An error, or a server that answered whole, is read as usual.
             Some(sink) => {
-                let mut assembly = super::anthropic_stream::Assembly::new(sink.clone());
-                let feed = |data: &str| assembly.feed(data);
-                match self
-                    .http
-                    .post_stream(&self.url, &headers, &body, feed)
-                    .await?
-                {
-                    Streamed::Events => return Ok(assembly.finish(&self.model)?),
-                    Streamed::Whole(answer) => answer,
+                let fold = super::anthropic_stream::Assembly::new(sink.clone());
+                let streamed =
+                    self.http
+                        .post_streamed(&self.url, &headers, &body, fold, &self.model);
+                match streamed.await? {
+                    Ok(completion) => return Ok(completion),
+                    Err(answer) => answer,
                 }
             }
         };

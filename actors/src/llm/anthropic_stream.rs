@@ -108,9 +108,10 @@ impl Assembly {
             done: false,
         }
     }
+}
 
-    /// Folds in one event's data.
-    pub fn feed(&mut self, data: &str) -> Result<(), LlmError> {
+impl super::http::Fold for Assembly {
+    fn feed(&mut self, data: &str) -> Result<(), LlmError> {
         let event: Event = serde_json::from_str(data).map_err(|e| {
             LlmError::BadResponse(format!(
                 "{e} in stream event {}",
@@ -160,8 +161,7 @@ impl Assembly {
         Ok(())
     }
 
-    /// The whole answer, once the stream has ended.
-    pub fn finish(self, model: &str) -> Result<Completion, LlmError> {
+    fn finish(self, model: &str) -> Result<Completion, LlmError> {
         if !self.done {
             return Err(LlmError::BadResponse(
                 "the stream ended before `message_stop`".into(),
@@ -200,6 +200,7 @@ impl Assembly {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use super::super::http::Fold as _;
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{LlmError, ProviderError};
+use super::{Completion, LlmError, ProviderError};
 
 /// Longest `Retry-After` we are willing to wait between two attempts.
 pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
@@ -93,25 +93,28 @@ impl HttpClient {
     }
 }
 
-/// What a streamed request came to: events read as they arrived, or (an error, or a
-/// provider that answered whole after all) the whole answer.
-pub(crate) enum Streamed {
-    Events,
-    Whole(Answer),
+/// A provider's streamed answer, folded into a completion event by event.
+pub(crate) trait Fold: Send {
+    /// Folds in one event's `data`.
+    fn feed(&mut self, data: &str) -> Result<(), LlmError>;
+    /// The whole answer, once the stream has ended (`model` if it named none).
+    fn finish(self, model: &str) -> Result<Completion, LlmError>;
 }
 
 impl HttpClient {
-    /// POSTs `body` asking for a Server-Sent Events stream and hands each event's `data`
-    /// to `on_data` as it arrives. An answer that is not an event stream (an error, or a
-    /// provider that ignores `stream`) is read whole instead. One timeout for the whole
+    /// POSTs `body` asking for a Server-Sent Events stream and folds each event's `data`
+    /// into `fold` as it arrives: the completion. An answer that is not an event stream
+    /// (an error, or a provider that ignores `stream`) is read whole instead, and handed
+    /// back (`Err`) to be read as [`Self::post_json`]'s. One timeout for the whole
     /// exchange, and `max_body` for all of it, as for [`Self::post_json`].
-    pub async fn post_stream(
+    pub async fn post_streamed(
         &self,
         url: &str,
         headers: &[(&str, &str)],
         body: &impl Serialize,
-        mut on_data: impl FnMut(&str) -> Result<(), LlmError> + Send,
-    ) -> Result<Streamed, LlmError> {
+        mut fold: impl Fold,
+        model: &str,
+    ) -> Result<Result<Completion, Answer>, LlmError> {
         let mut request = self.client.post(url).json(body);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -144,14 +147,14 @@ impl HttpClient {
                     let line: Vec<u8> = buffer.drain(..=end).collect();
                     let line = String::from_utf8_lossy(&line);
                     if let Some(data) = line.trim_end().strip_prefix("data:") {
-                        on_data(data.trim_start())?;
+                        fold.feed(data.trim_start())?;
                     }
                 }
             }
             if is_stream && (200..300).contains(&status) {
-                return Ok(Streamed::Events);
+                return fold.finish(model).map(Ok);
             }
-            Ok(Streamed::Whole(Answer {
+            Ok(Err(Answer {
                 status,
                 retry_after,
                 body: buffer,

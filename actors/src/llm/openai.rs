@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::http::{HttpClient, Streamed};
+use super::http::HttpClient;
 use super::{
     BoxFuture, ChatMessage, Completion, CompletionRequest, LlmError, Provider, ProviderError,
     ProviderKind, Role, ToolCall,
@@ -186,17 +186,15 @@ impl OpenAi {
             .collect();
         let answer = match &request.stream {
             None => self.http.post_json(&self.url, &headers, &body).await?,
+            // An error, or a server that answered whole, is read as usual.
             Some(sink) => {
-                let mut assembly = super::openai_stream::Assembly::new(sink.clone());
-                let feed = |data: &str| assembly.feed(data);
-                match self
-                    .http
-                    .post_stream(&self.url, &headers, &body, feed)
-                    .await?
-                {
-                    Streamed::Events => return Ok(assembly.finish(&self.model)?),
-                    // An error, or a server that answered whole: read as usual.
-                    Streamed::Whole(answer) => answer,
+                let fold = super::openai_stream::Assembly::new(sink.clone());
+                let streamed =
+                    self.http
+                        .post_streamed(&self.url, &headers, &body, fold, &self.model);
+                match streamed.await? {
+                    Ok(completion) => return Ok(completion),
+                    Err(answer) => answer,
                 }
             }
         };

@@ -87,9 +87,10 @@ impl Assembly {
             done: false,
         }
     }
+}
 
-    /// Folds in one event's data.
-    pub fn feed(&mut self, data: &str) -> Result<(), LlmError> {
+impl super::http::Fold for Assembly {
+    fn feed(&mut self, data: &str) -> Result<(), LlmError> {
         if data == "[DONE]" {
             self.done = true;
             return Ok(());
@@ -138,8 +139,7 @@ impl Assembly {
         Ok(())
     }
 
-    /// The whole answer, once the stream has ended.
-    pub fn finish(self, model: &str) -> Result<Completion, LlmError> {
+    fn finish(self, model: &str) -> Result<Completion, LlmError> {
         if !self.done {
             return Err(LlmError::BadResponse(
                 "the stream ended before `data: [DONE]`".into(),
@@ -165,6 +165,7 @@ impl Assembly {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use super::super::http::Fold as _;
     use super::*;
 
     #[test]

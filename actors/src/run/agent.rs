@@ -153,12 +153,22 @@ fn tokens_used(plan: &Plan) -> u64 {
     plan.steps
         .iter()
         .filter(|s| llm_number(&s.spec.id).is_some())
-        .filter_map(|s| s.state.output.as_ref()?.get("json"))
-        .map(|c| {
-            let count = |key: &str| c.get(key).and_then(Value::as_u64).unwrap_or(0);
-            count("input_tokens").saturating_add(count("output_tokens"))
+        .map(|s| {
+            let (input, output) = tokens_of(s.state.output.as_ref());
+            input.saturating_add(output)
         })
         .fold(0, u64::saturating_add)
+}
+
+/// The input and output tokens an LLM call's recorded output says it used (0 when its
+/// provider did not say).
+pub fn tokens_of(output: Option<&Value>) -> (u64, u64) {
+    let count = |key: &str| {
+        output
+            .and_then(|o| o.get("json")?.get(key)?.as_u64())
+            .unwrap_or(0)
+    };
+    (count("input_tokens"), count("output_tokens"))
 }
 
 fn over_budget(plan: &Plan, agent: &AgentTask) -> bool {

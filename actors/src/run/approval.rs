@@ -65,7 +65,9 @@ impl RunState {
 
     /// Arms the next read of the decisions while a step awaits approval.
     pub(super) fn arm_approval_poll(&mut self, myself: &ActorRef<RunMsg>) {
-        if !self.done && !self.approvals.poll_armed && self.awaiting() {
+        // Only an agent's calls wait (checked first: this runs after every message).
+        if self.spec.agent.is_some() && !self.done && !self.approvals.poll_armed && self.awaiting()
+        {
             self.approvals.poll_armed = true;
             myself.send_after(APPROVAL_POLL, || RunMsg::CheckApprovals);
         }
