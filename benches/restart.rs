@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use actors::NodeContext;
 use actors::agent::{AgentMsg, Lifecycle};
 use actors::domain::{AgentSpec, DomainDefaults, DomainSpec};
-use actors::events::{Event, Stamped};
+use actors::events::{Event, Shared};
 use actors::registry::RegistryMsg;
 use actors::roles::Role;
 use actors::root::{RootPolicy, root_args};
@@ -151,7 +151,7 @@ struct SupBareSetup {
     /// The current incarnation, stored by the child's start function.
     latest: Arc<Mutex<Option<ActorRef<BareMsg>>>>,
     child: ActorRef<BareMsg>,
-    events: broadcast::Receiver<Stamped>,
+    events: broadcast::Receiver<Shared>,
 }
 
 struct SupAgentSetup {
@@ -159,7 +159,7 @@ struct SupAgentSetup {
     root: ActorRef<SupervisorMsg>,
     child_id: String,
     child: ActorRef<AgentMsg>,
-    events: broadcast::Receiver<Stamped>,
+    events: broadcast::Receiver<Shared>,
 }
 
 async fn raw_setup() -> RawSetup {
@@ -262,17 +262,17 @@ fn agent_named(ctx: &NodeContext, name: &str) -> ActorRef<AgentMsg> {
 }
 
 /// Waits for `ChildRestarted` of `child` on `events`; returns the new pid.
-async fn restarted(events: &mut broadcast::Receiver<Stamped>, child: &str) -> u64 {
+async fn restarted(events: &mut broadcast::Receiver<Shared>, child: &str) -> u64 {
     loop {
         match events.recv().await {
-            Ok(Stamped {
-                event:
-                    Event::ChildRestarted {
-                        child: c, pid: p, ..
-                    },
-                ..
-            }) if c == child => return p,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Ok(stamped) => {
+                if let Event::ChildRestarted { child: c, pid, .. } = &stamped.event
+                    && c == child
+                {
+                    return *pid;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
         }
     }

@@ -38,6 +38,8 @@ pub enum Command {
     Load(crate::load::LoadArgs),
     /// Submit, inspect, list, cancel and follow tasks.
     Task(TaskArgs),
+    /// Follow the event feed of a node (every node's, in a cluster): filtered, resumable.
+    Events(crate::events_cli::EventsArgs),
     /// Mint bearer tokens for a node with `auth.mode = "jwt"`.
     Token(crate::token_cli::TokenArgs),
     /// Talk to the node's agent in sessions: start, send, show, list, end, resume.

@@ -7,6 +7,8 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod events_cli;
+pub mod feed;
 pub mod http;
 pub mod load;
 pub mod node;

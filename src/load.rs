@@ -47,8 +47,12 @@ pub struct LoadArgs {
     /// tools, the fast path), `file3` (three chained `file` appends to the node's
     /// workspace: each attempt committed before its append) or `agent` (an agent task
     /// with the `echo` tool: the node's LLM provider decides what runs;
-    /// `scripts/bench-agent.sh` scripts one echo call and an answer, three steps).
-    #[arg(long, default_value = "echo", value_parser = ["echo", "echo3", "file3", "agent"])]
+    /// `scripts/bench-agent.sh` scripts one echo call and an answer, three steps),
+    /// `planned3` (the description `load-plan`, which the Planner agent turns into a
+    /// plan; the bench scripts the `echo3` plan) or `judged3` (`echo3` with an LLM
+    /// judgement `load-judge` of each step's output, by a Critic agent).
+    #[arg(long, default_value = "echo",
+          value_parser = ["echo", "echo3", "file3", "agent", "planned3", "judged3"])]
     pub task: String,
     #[command(flatten)]
     pub bearer: crate::cli::BearerToken,
@@ -81,6 +85,11 @@ fn task_body(kind: &str) -> serde_json::Value {
                    "args": {"op": "append", "path": "load.log", "content": "x\n"}})
         }),
         "agent" => json!({"agent": {"message": "load", "tools": ["echo"]}}),
+        "planned3" => json!({"description": "load-plan"}),
+        "judged3" => chain(&|id| {
+            json!({"id": id, "tool": "echo", "args": {"text": "x"},
+                   "expect": {"judge": "load-judge"}})
+        }),
         _ => json!({"steps": [{"id": "a", "tool": "echo", "args": {"text": "x"}}]}),
     }
 }

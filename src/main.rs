@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             Command::Session(args) => session_cli::run(&args).await,
             Command::Chat(args) => session_cli::shell::chat(&args).await,
             Command::Token(args) => token_cli::run(&args),
+            Command::Events(args) => mister_smith::events_cli::run(&args).await,
             Command::Load(args) => match mister_smith::load::run(&args).await {
                 Ok(out) => {
                     print!("{out}");

@@ -94,8 +94,8 @@ async fn a_stuck_agent_is_killed_and_restarted() {
                 agent,
                 healthy: false,
                 ..
-            } = stamped.event
-                && agent == victim.identity.name
+            } = &stamped.event
+                && *agent == victim.identity.name
             {
                 saw_unhealthy = true;
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actors::NodeContext;
 use actors::directory::{ActorKind, ActorMeta, ChildView, SlotState};
-use actors::events::{Event, Stamped};
+use actors::events::{Event, Shared};
 use actors::supervisor::{
     Backoff, ChildSpec, Escalation, Restart, Shutdown, Strategy, Supervisor, SupervisorArgs,
     SupervisorError, SupervisorMsg, SupervisorSpec,
@@ -190,7 +190,7 @@ struct Harness {
     probe: Arc<Probe>,
     sup: ActorRef<SupervisorMsg>,
     handle: Option<JoinHandle<()>>,
-    events: broadcast::Receiver<Stamped>,
+    events: broadcast::Receiver<Shared>,
 }
 
 impl Harness {
@@ -267,7 +267,7 @@ impl Harness {
         let mut out = Vec::new();
         loop {
             match self.events.try_recv() {
-                Ok(stamped) => out.push(stamped.event),
+                Ok(stamped) => out.push(stamped.event.clone()),
                 Err(broadcast::error::TryRecvError::Empty) => return out,
                 Err(e) => panic!("event channel: {e}"),
             }

@@ -157,13 +157,33 @@ async fn declare_stream(bridge: &Bridge, retention: Retention) -> anyhow::Result
     Ok(())
 }
 
+/// The subject of `event`: a task's entries under `task.trace.<task id>` (`_` for an id
+/// that is not a subject token), so a follower of one task (and the feed's task filter)
+/// is served by NATS's own subject filtering.
+pub fn event_subject(subjects: &super::Subjects, event: &actors::events::Event) -> String {
+    match event.task_id() {
+        Some(task) => {
+            let token = if is_token(task) { task } else { "_" };
+            subjects.event(&format!("{}.{token}", event.subject()))
+        }
+        None => subjects.event(event.subject()),
+    }
+}
+
+/// Whether `s` can be one token of a subject (no separator, wildcard or space).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Publishes every event of this node until the actor stops.
 async fn forward(ctx: Arc<NodeContext>, bridge: Bridge) {
     let mut events = ctx.events.subscribe();
     loop {
         match events.recv().await {
             Ok(stamped) => {
-                let subject = bridge.subjects().event(stamped.event.subject());
+                let subject = event_subject(bridge.subjects(), &stamped.event);
                 let kind = format!("event.{}", stamped.event.subject());
                 if let Err(e) = bridge.publish(subject, &kind, &stamped).await {
                     tracing::debug!(error = %e, "event not published");
@@ -189,6 +209,7 @@ mod tests {
     fn events_encode_as_envelopes() {
         let stamped = Stamped {
             at: std::time::SystemTime::now(),
+            local_seq: 1,
             event: Event::NodeJoined { node: "n2".into() },
         };
         let bytes = Envelope::new("event.node.joined", "n1", &stamped)

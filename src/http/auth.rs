@@ -29,10 +29,13 @@ pub const TASKS_READ_ALL: &str = "tasks:read:all";
 pub const AGENTS_READ: &str = "agents:read";
 pub const SESSIONS_WRITE: &str = "sessions:write";
 pub const SESSIONS_READ: &str = "sessions:read";
+/// The cluster's event feed: every node's events, every principal's tasks.
+pub const EVENTS_READ: &str = "events:read";
 pub const ADMIN: &str = "admin";
 
 /// Every scope a route or the admin listener checks: what a token may usefully carry.
-pub const KNOWN_SCOPES: [&str; 7] = [
+pub const KNOWN_SCOPES: [&str; 8] = [
+    EVENTS_READ,
     TASKS_WRITE,
     TASKS_READ,
     TASKS_READ_ALL,
@@ -52,6 +55,7 @@ pub const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/tasks/{id}/events", TASKS_READ),
     ("GET", "/api/v1/tasks/{id}/steps/{step}/output", TASKS_READ),
     ("GET", "/api/v1/agents", AGENTS_READ),
+    ("GET", "/api/v1/events/ws", EVENTS_READ),
     ("POST", "/api/v1/sessions", SESSIONS_WRITE),
     ("GET", "/api/v1/sessions", SESSIONS_READ),
     ("GET", "/api/v1/sessions/{id}", SESSIONS_READ),

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod auth;
 pub mod error;
+pub mod events_ws;
 pub mod health;
 pub mod listener;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub fn router(
         .route("/api/v1/tasks/{id}", get(tasks::get))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}/events", get(task_events::stream))
+        .route("/api/v1/events/ws", get(events_ws::serve))
         .route(
             "/api/v1/sessions",
             post(sessions::start).get(sessions::list),

@@ -27,7 +27,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::http::{
-    agents, auth, health, metrics, sessions, task_events, task_output, tasks, turn_events,
+    agents, auth, events_ws, health, metrics, sessions, task_events, task_output, tasks,
+    turn_events,
 };
 use crate::store::sessions::{SessionSummary, SessionView, TurnView};
 use crate::store::tasks::{StepView, TaskSummary, TaskView};
@@ -60,6 +61,7 @@ use actors::session::{SessionSettings, Usage};
         sessions::end,
         sessions::decide,
         turn_events::stream,
+        events_ws::serve,
     ),
     components(schemas(
         Live,
@@ -114,6 +116,7 @@ use actors::session::{SessionSettings, Usage};
         (name = "agents", description = "The agent registry"),
         (name = "tasks", description = "Submit, read, list, cancel and follow tasks"),
         (name = "sessions", description = "Conversations with an agent, turn by turn"),
+        (name = "events", description = "Every node's events, live and replayable, over a WebSocket"),
     )
 )]
 pub struct ApiDoc;

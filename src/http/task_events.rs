@@ -1,34 +1,54 @@
 //! `GET /api/v1/tasks/{id}/events`: a task's trace as a live Server-Sent Events stream.
 //!
-//! It subscribes to the node's event channel first, then replays what is stored, then
-//! follows live entries — so nothing falls between the two — and ends after the task's
-//! final entry. A subscriber that falls behind re-reads the store instead of losing entries.
+//! It subscribes to live entries first, then replays what is stored, then follows live
+//! entries — so nothing falls between the two — and ends after the task's final entry.
+//! Live entries come from this node's event channel and, in a cluster, from the task's
+//! subject on NATS (`…events.task.trace.<id>`): a task that runs on another node (spilled,
+//! taken over) is heard too. A subscriber that falls behind, or hears nothing for
+//! [`POLL`], re-reads the store (shared by the cluster), so the stream always ends.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use actors::events::Event;
+use actors::events::{Event, Shared};
 use actors::task::TaskStatus;
 use actors::task::store::TaskEvent;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::bridge::{Bridge, Check};
 use crate::http::error::ApiError;
 use crate::state::AppState;
 use crate::store::Tasks;
+
+/// How long a follower waits on live entries before it reads the store again.
+const POLL: Duration = Duration::from_secs(2);
 
 /// A task's trace being followed: what is stored, then what is committed live.
 pub(crate) struct Follow {
     task_id: String,
     tasks: Tasks,
-    live: tokio::sync::broadcast::Receiver<actors::events::Stamped>,
+    live: tokio::sync::broadcast::Receiver<Shared>,
+    /// The task's entries from every node of the cluster, with the bridge to read them.
+    cluster: Option<(Bridge, async_nats::Subscriber)>,
+    poll: tokio::time::Interval,
     backlog: VecDeque<TaskEvent>,
     last_seq: i64,
     finished: bool,
+}
+
+/// A task entry as the bridge's forwarder publishes it (an `Event::Task`).
+#[derive(serde::Deserialize)]
+struct Entry {
+    task_id: String,
+    seq: i64,
+    at_ms: i64,
+    event: String,
+    data: serde_json::Value,
 }
 
 /// A task's event trace as Server-Sent Events: what is stored first, then live entries;
@@ -74,11 +94,26 @@ impl Follow {
             .cloned()
             .ok_or_else(|| ApiError::unavailable("storage is not open"))?;
         let live = node.ctx.events.subscribe();
+        let mut cluster = None;
+        if let Some(bridge) = node.bridge.get()
+            && crate::bridge::forwarder::is_token(&task_id)
+        {
+            let subject = bridge.subjects().event(&format!("task.trace.{task_id}"));
+            // Without NATS now, the store's re-reads carry the other nodes' entries.
+            if let Ok(subscriber) = bridge.subscribe(subject).await {
+                cluster = Some((bridge.clone(), subscriber));
+            }
+        }
         let view = crate::http::owned::readable(node, &task_id, caller).await?;
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.reset();
         Ok(Follow {
             task_id,
             tasks,
             live,
+            cluster,
+            poll,
             backlog: view.events.into(),
             last_seq: -1,
             finished: false,
@@ -106,32 +141,67 @@ impl Follow {
                         .data(data.to_string()),
                 );
             }
-            match self.live.recv().await {
-                Ok(stamped) => {
-                    if let Event::Task {
-                        task_id,
-                        seq,
-                        at_ms,
-                        what,
-                        data,
-                    } = stamped.event
-                        && task_id == self.task_id
-                    {
-                        self.backlog.push_back(TaskEvent {
-                            seq,
-                            at_ms,
-                            kind: what,
-                            data,
-                        });
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    Ok(stamped) => {
+                        if let Event::Task { task_id, seq, at_ms, what, data, .. } = &stamped.event
+                            && *task_id == self.task_id
+                        {
+                            self.hear(*seq, *at_ms, what.clone(), data.clone());
+                        }
                     }
-                }
-                Err(RecvError::Lagged(_)) => {
                     // Fell behind the channel: the store has everything committed.
-                    let view = self.tasks.get(&self.task_id).await.ok().flatten()?;
-                    self.backlog = view.events.into();
-                }
-                Err(RecvError::Closed) => return None,
+                    Err(RecvError::Lagged(_)) => self.reread().await,
+                    Err(RecvError::Closed) => return None,
+                },
+                message = next_message(&mut self.cluster) => match message {
+                    Some(message) => self.hear_cluster(&message),
+                    None => self.cluster = None,
+                },
+                _ = self.poll.tick() => self.reread().await,
             }
         }
+    }
+
+    fn hear(&mut self, seq: i64, at_ms: i64, kind: String, data: serde_json::Value) {
+        self.poll.reset();
+        if seq > self.last_seq {
+            self.backlog.push_back(TaskEvent {
+                seq,
+                at_ms,
+                kind,
+                data,
+            });
+        }
+    }
+
+    fn hear_cluster(&mut self, message: &async_nats::Message) {
+        let Some((bridge, _)) = &self.cluster else {
+            return;
+        };
+        let opened = bridge.open_checked::<Entry>(message, "event.task.trace", Check::Stored);
+        if let Some(entry) = opened
+            && entry.payload.task_id == self.task_id
+        {
+            let e = entry.payload;
+            self.hear(e.seq, e.at_ms, e.event, e.data);
+        }
+    }
+
+    /// Reads the stored trace again (storage unreachable: the next poll tries again).
+    async fn reread(&mut self) {
+        if let Ok(Some(view)) = self.tasks.get(&self.task_id).await {
+            self.backlog = view.events.into();
+        }
+    }
+}
+
+/// The next message of the cluster's subscription; never, without one.
+async fn next_message(
+    cluster: &mut Option<(Bridge, async_nats::Subscriber)>,
+) -> Option<async_nats::Message> {
+    match cluster {
+        Some((_, subscriber)) => subscriber.next().await,
+        None => std::future::pending().await,
     }
 }

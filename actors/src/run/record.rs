@@ -86,6 +86,7 @@ impl RunState {
     pub(super) fn publish(&self, event: TaskEvent) {
         self.ctx.events.publish(crate::events::Event::Task {
             task_id: self.task_id.clone(),
+            session: self.spec.session.clone(),
             seq: event.seq,
             at_ms: event.at_ms,
             what: event.kind,

@@ -1,0 +1,181 @@
+//! `GET /api/v1/events/ws`: the event feed ([`crate::feed`]) as a WebSocket.
+//!
+//! The query is checked and the feed opened before the upgrade, so a bad query is a 400
+//! and an unreachable event stream a 503, as JSON. Then: a `hello` text frame, one text
+//! frame per event (`{"seq", "node", "event"}`), pings every [`PING_EVERY`]. Frames are
+//! written in batches and flushed once per batch. Close codes:
+//! - `4008` the client fell behind live by more than [`crate::feed::MAX_LAG`] events;
+//!   the reason names the `after_seq` to resume with;
+//! - `1011` the feed's source ended;
+//! - a client that takes nothing for [`SEND_TIMEOUT`] is dropped (no frame reaches it).
+
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+
+use crate::feed::{self, FeedQuery, Hello, Next, Reader};
+use crate::http::error::ApiError;
+use crate::state::AppState;
+
+/// Keep-alive pings.
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// Longest a batch of frames may take to be written.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most frames written before one flush.
+const BATCH: usize = 256;
+/// Close code of a client too slow for live.
+pub const CLOSE_SLOW: u16 = 4008;
+
+/// Events of every node of the cluster (or of this node, without NATS), filtered,
+/// resumable, as a WebSocket.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/ws",
+    operation_id = "events_ws",
+    tag = "events",
+    params(FeedQuery),
+    responses(
+        (status = 101, description = "A WebSocket. The first text frame is `{\"kind\": \"hello\", \"source\": \"stream\"|\"local\", \"node\", \"first_seq\", \"last_seq\", \"missed\"}`; then one text frame per event, `{\"seq\", \"node\", \"event\": {\"kind\", \"at\", ...}}`. `source` `stream` numbers the cluster's events (JetStream), `local` this node's since it started. Close code 4008: the client fell too far behind live (resume with the `after_seq` the reason names); 1011: the source ended"),
+        (status = 400, description = "`bad_request`: an unknown kind or parameter, an id that is not a UUID, both `after_seq` and `since`, or not a WebSocket upgrade", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the cluster's event stream cannot be reached", body = crate::http::openapi::ErrorBody),
+    ),
+)]
+pub async fn serve(
+    State(node): State<AppState>,
+    query: Result<Query<FeedQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let (filter, start) = query.check().map_err(ApiError::bad_request)?;
+    let upgrade = upgrade.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (reader, hello) = match node.bridge.get() {
+        Some(bridge) => {
+            let (r, hello) = feed::stream::StreamReader::open(bridge, filter, start)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            (Reader::Stream(Box::new(r)), hello)
+        }
+        None => {
+            let (r, hello) =
+                feed::local::LocalReader::open(&node.ctx.events, &node.ctx.node, filter, start);
+            (Reader::Local(r), hello)
+        }
+    };
+    Ok(upgrade.on_upgrade(move |socket| pump(socket, reader, hello)))
+}
+
+/// Writes the feed to the socket until either side ends it.
+async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello) {
+    metrics::gauge!("ms_events_ws_clients").increment(1.0);
+    let (mut tx, mut rx) = socket.split();
+    let hello = serde_json::to_string(&hello).unwrap_or_default();
+    let mut last_seq = 0;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let end = match send(&mut tx, Message::Text(hello.into())).await {
+        Err(()) => None,
+        Ok(()) => loop {
+            tokio::select! {
+                next = reader.next() => {
+                    match write_batch(&mut tx, &mut reader, next, &mut last_seq).await {
+                        Ok(None) => {}
+                        Ok(Some(close)) => break Some(close),
+                        Err(()) => break None,
+                    }
+                }
+                incoming = rx.next() => match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(_)) => {}
+                },
+                _ = ping.tick() => {
+                    if send(&mut tx, Message::Ping(Default::default())).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        },
+    };
+    if let Some((code, reason)) = end {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+    }
+    metrics::gauge!("ms_events_ws_clients").decrement(1.0);
+}
+
+type Tx = futures::stream::SplitSink<WebSocket, Message>;
+
+/// Writes `first` and whatever else is ready (up to [`BATCH`]), then flushes. `Ok(Some)`
+/// is the close to send; `Err` a socket that is gone or stuck.
+async fn write_batch(
+    tx: &mut Tx,
+    reader: &mut Reader,
+    first: Next,
+    last_seq: &mut u64,
+) -> Result<Option<(u16, String)>, ()> {
+    let mut next = Some(first);
+    let mut written = 0;
+    let mut close = None;
+    while let Some(n) = next.take() {
+        match n {
+            Next::Event(frame) => {
+                *last_seq = frame.seq;
+                feed_frame(tx, Message::Text(frame.text.into())).await?;
+                written += 1;
+            }
+            Next::Behind => {
+                metrics::counter!("ms_events_ws_slow_closed_total").increment(1);
+                close = Some((
+                    CLOSE_SLOW,
+                    format!("slow consumer: resume with after_seq={last_seq}"),
+                ));
+                break;
+            }
+            Next::Ended(reason) => {
+                close = Some((1011, truncate(reason)));
+                break;
+            }
+        }
+        if written < BATCH {
+            next = reader.ready();
+        }
+    }
+    metrics::counter!("ms_events_ws_frames_total").increment(written as u64);
+    match tokio::time::timeout(SEND_TIMEOUT, tx.flush()).await {
+        Ok(Ok(())) => Ok(close),
+        _ => Err(()),
+    }
+}
+
+async fn feed_frame(tx: &mut Tx, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, tx.feed(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+async fn send(tx: &mut Tx, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, tx.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// A close reason fits in 123 bytes.
+fn truncate(mut reason: String) -> String {
+    if reason.len() > 123 {
+        let mut cut = 120;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str("...");
+    }
+    reason
+}
