@@ -31,12 +31,45 @@ pub fn router(state: AppState, token: Option<String>, auth: Option<Arc<Authentic
         .route("/admin/actors", get(tree))
         .route("/admin/actors/{id}", get(actor))
         .route("/admin/actors/{id}/{op}", post(operate))
+        .route("/admin/metrics/history", get(history))
+        .route("/admin/events/ws", get(crate::http::events_ws::serve))
+        .merge(console_api())
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(move |req, next| {
             authorize(token.clone(), auth.clone(), ctx.clone(), req, next)
         }))
+        .merge(crate::console::routes())
         .with_state(state)
+}
+
+/// The API routes the console uses, under `/admin/api/v1`: the API's own handlers behind
+/// the admin listener's authentication.
+fn console_api() -> Router<AppState> {
+    use crate::http::{sessions, tasks};
+    Router::new()
+        .route("/admin/api/v1/tasks", get(tasks::list).post(tasks::submit))
+        .route("/admin/api/v1/tasks/{id}", get(tasks::get))
+        .route("/admin/api/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/admin/api/v1/sessions", get(sessions::list))
+        .route("/admin/api/v1/sessions/{id}", get(sessions::get))
+        .route(
+            "/admin/api/v1/sessions/{id}/turns/{turn}/{decision}",
+            post(sessions::decide),
+        )
+}
+
+/// The console's charts: a node's metrics over the last minutes (this node's, or the one
+/// `?node=` names, over NATS).
+async fn history(
+    State(node): State<AppState>,
+    query: Result<Query<NodeQuery>, QueryRejection>,
+) -> Response {
+    let request = AdminRequest {
+        verb: "history".into(),
+        ..Default::default()
+    };
+    answer(&node, query, request).await
 }
 
 /// Who an admin request is from, as audit records name it: the token's `sub`,
@@ -58,7 +91,8 @@ async fn authorize(
 ) -> Response {
     let remote = auth::remote(&request);
     let what = format!("{} {}", request.method(), request.uri().path());
-    let given = auth::bearer(&request);
+    let given = auth::bearer(&request).map(std::borrow::Cow::into_owned);
+    let given = given.as_deref();
     let principal = match (token.as_deref(), &auth, given) {
         (None, None, _) => "anonymous".to_string(),
         (Some(expected), _, Some(g)) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => {
@@ -92,6 +126,12 @@ async fn authorize(
             return auth::unauthorized("a valid admin bearer token is required", given.is_some());
         }
     };
+    // The console's reads and writes of tasks and sessions go through the API's own
+    // handlers, as a caller who may see and change everything.
+    request.extensions_mut().insert(auth::Principal {
+        sub: principal.clone(),
+        scopes: vec![auth::ADMIN.into(), auth::TASKS_READ_ALL.into()],
+    });
     request
         .extensions_mut()
         .insert(AdminCaller { principal, remote });
@@ -169,6 +209,18 @@ pub async fn local(node: &NodeState, request: AdminRequest) -> AdminReply {
         "actor" => local_actor(node, request.id.as_deref().unwrap_or_default()),
         "agents" => crate::http::agents::local(node, &request.query).await,
         "drain" => local_drain(node).await,
+        "operate" => {
+            let op = request.query.get("op").map_or("", String::as_str);
+            let id = request.id.as_deref().unwrap_or_default();
+            return match operate_on(node, id, op).await {
+                Ok(body) => AdminReply { status: 202, body },
+                Err(e) => AdminReply {
+                    status: e.status.as_u16(),
+                    body: json!({"error": {"code": e.code, "message": e.message}}),
+                },
+            };
+        }
+        "history" => Ok(json!({"node": node.ctx.node, "points": node.history.points()})),
         other => Err(ApiError::not_found(format!("no admin request `{other}`"))),
     };
     match result {
@@ -323,27 +375,38 @@ fn local_actor(node: &NodeState, id: &str) -> Result<Value, ApiError> {
     Ok(json!({"node": node.ctx.node, "parent": parent, "actor": detail}))
 }
 
+/// Stops, kills or restarts an actor of this node, or of the node `?node=` names (asked
+/// over NATS, which audits it there too).
 async fn operate(
     State(node): State<AppState>,
     caller: Option<Extension<AdminCaller>>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Path((id, op)) = path?;
-    let result = operate_on(&node, &id, &op).await;
-    let status = result.as_ref().map_or_else(|e| e.status, |(s, _)| *s);
+    query: Result<Query<NodeQuery>, QueryRejection>,
+) -> Response {
+    let (id, op) = match path {
+        Ok(Path(p)) => p,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let target = match &query {
+        Ok(Query(q)) => q.node.clone().unwrap_or_else(|| node.ctx.node.clone()),
+        Err(_) => node.ctx.node.clone(),
+    };
+    let request = AdminRequest {
+        verb: "operate".into(),
+        id: Some(id.clone()),
+        query: [("op".to_string(), op.clone())].into(),
+    };
+    let response = answer(&node, query, request).await;
     let action = match op.as_str() {
         "stop" | "kill" | "restart" => format!("admin.{op}"),
         _ => "admin.operate".to_string(),
     };
-    audit_action(&node, caller, &action, &format!("actor {id}"), status);
-    result
+    let what = format!("actor {id} of node {target}");
+    audit_action(&node, caller, &action, &what, response.status());
+    response
 }
 
-async fn operate_on(
-    node: &NodeState,
-    id: &str,
-    op: &str,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn operate_on(node: &NodeState, id: &str, op: &str) -> Result<Value, ApiError> {
     let target = parse_target(id)?;
     let ctx = &node.ctx;
     let result = match op {
@@ -360,9 +423,7 @@ async fn operate_on(
             )));
         }
     };
-    result
-        .map(|body| (StatusCode::ACCEPTED, Json(body)))
-        .map_err(operation_error)
+    result.map_err(operation_error)
 }
 
 fn operation_error(e: OperationError) -> ApiError {

@@ -64,6 +64,10 @@ pub async fn run(
     let ctx = NodeContext::new(settings.node.name.clone());
     ctx.set_monitor_settings(settings.monitor_settings());
     let state = NodeState::new(ctx.clone(), metrics);
+    // The sampler lives as long as the process (a node runs once per process).
+    if let Some(handle) = &state.metrics {
+        tokio::spawn(state.history.clone().run(handle.clone()));
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let auth = Authenticator::from_settings(&settings.auth)?;

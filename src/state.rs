@@ -28,6 +28,8 @@ pub struct NodeState {
     pub cluster: OnceLock<Arc<ClusterView>>,
     /// Notified when the node should stop on its own (a drain is done).
     pub shutdown: Arc<tokio::sync::Notify>,
+    /// The console's charts: this node's metrics over the last minutes.
+    pub history: Arc<crate::console::history::History>,
 }
 
 impl NodeState {
@@ -43,6 +45,7 @@ impl NodeState {
             bridge: OnceLock::new(),
             cluster: OnceLock::new(),
             shutdown: Arc::new(tokio::sync::Notify::new()),
+            history: Arc::default(),
         })
     }
 

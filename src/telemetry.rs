@@ -58,6 +58,10 @@ fn describe() {
     describe_gauge!("ms_actors", "Live actors in this node's directory");
     describe_histogram!("ms_store_batch_size", "Writes per group-commit transaction");
     describe_histogram!(
+        "ms_step_duration_seconds",
+        "Time a step's tool ran on an agent of this node, per role"
+    );
+    describe_histogram!(
         "ms_store_batch_seconds",
         "Time to apply and commit one group-commit transaction"
     );

@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 /// Every route of the API listener with its methods, as the router serves them
 /// (`src/http/mod.rs`), apart from the document itself.
-const ROUTES: [(&str, &str); 17] = [
+const ROUTES: [(&str, &str); 18] = [
     ("get", "/health/live"),
     ("get", "/health/ready"),
     ("get", "/metrics"),
@@ -40,6 +40,7 @@ const ROUTES: [(&str, &str); 17] = [
     ("post", "/api/v1/sessions/{id}/end"),
     ("post", "/api/v1/sessions/{id}/turns/{turn}/{decision}"),
     ("get", "/api/v1/sessions/{id}/turns/{turn}/events"),
+    ("get", "/api/v1/events/ws"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [
@@ -375,7 +376,8 @@ async fn the_document_lists_every_route_and_its_parts_resolve() {
         // Every error answer of a JSON route is the one error shape.
         let responses = op["responses"].as_object().expect("responses");
         assert!(
-            responses.keys().any(|s| s.starts_with('2')),
+            // A WebSocket's success is its upgrade.
+            responses.keys().any(|s| s.starts_with('2') || s == "101"),
             "{method} {path}: no success response documented"
         );
         for (status, response) in responses {
@@ -690,6 +692,24 @@ async fn real_answers_conform_to_the_document() {
         let answer = send(&node, Method::GET, &format!("/api/v1/agents{query}"), None).await;
         assert_eq!(answer.status, want, "agents{query}: {}", answer.text);
         doc.conforms("get", "/api/v1/agents", &answer);
+    }
+
+    // The event feed's refusals before any upgrade: a bad query, a plain GET.
+    for query in ["?kind=nope", "?task=x", "?colour=red", ""] {
+        let answer = send(
+            &node,
+            Method::GET,
+            &format!("/api/v1/events/ws{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "events/ws{query}: {}",
+            answer.text
+        );
+        doc.conforms("get", "/api/v1/events/ws", &answer);
     }
 
     // Submissions: what the server accepts, the schema accepts, and the answers conform.

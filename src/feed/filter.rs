@@ -30,6 +30,9 @@ pub struct FeedQuery {
     pub after_seq: Option<u64>,
     /// Replay from this time (RFC 3339, e.g. `2026-12-05T10:00:00Z`).
     pub since: Option<String>,
+    /// The bearer token, for clients that cannot set headers on a WebSocket (browsers);
+    /// read by the authentication only.
+    pub access_token: Option<String>,
 }
 
 /// A checked query: what passes, and where the feed starts.

@@ -416,13 +416,31 @@ fn jwks_keys(set: &JwkSet) -> Vec<Arc<JwksKey>> {
 }
 
 /// The bearer token of a request, if it has one.
-pub fn bearer(request: &Request) -> Option<&str> {
-    request
+pub fn bearer(request: &Request) -> Option<std::borrow::Cow<'_, str>> {
+    let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .map(|t| std::borrow::Cow::Borrowed(t.trim()));
+    header.or_else(|| websocket_token(request).map(std::borrow::Cow::Owned))
+}
+
+/// A WebSocket upgrade's token from its `access_token` query parameter: browsers cannot
+/// set headers on a WebSocket. Only for upgrades, so no other request carries a token in
+/// its URL (URLs end up in logs and histories; the node logs paths only).
+fn websocket_token(request: &Request) -> Option<String> {
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return None;
+    }
+    form_urlencoded::parse(request.uri().query()?.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.trim().to_string())
 }
 
 /// Where a request came from, when the listener records it.
@@ -488,7 +506,7 @@ pub async fn require(
     let what = format!("{} {}", request.method(), request.uri().path());
     let verified = bearer(&request)
         .ok_or(AuthError::Missing)
-        .and_then(|token| auth.verify(token));
+        .and_then(|token| auth.verify(&token));
     let principal = match verified {
         Ok(principal) => principal,
         Err(e) => {

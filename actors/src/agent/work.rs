@@ -176,7 +176,10 @@ impl Slots {
             .then(|| run.ctx.deltas.sink(&work.task_id, &work.step.id))
             .flatten();
         tokio::spawn(async move {
+            let at = Instant::now();
             let result = perform(&services, role, &work, stream).await;
+            metrics::histogram!("ms_step_duration_seconds", "role" => role.as_str())
+                .record(at.elapsed().as_secs_f64());
             slot.finish(result);
         });
     }

@@ -1,0 +1,46 @@
+// The console's shell: tabs in the URL's hash (`#tree?node=n2`), one view mounted at a
+// time (each view returns how to unmount it: its timers and feeds stop with it), and the
+// feed indicator.
+
+import { api, esc } from "/console/api.js";
+import * as cluster from "/console/cluster.js";
+import * as tree from "/console/tree.js";
+import * as tasks from "/console/tasks.js";
+import * as sessions from "/console/sessions.js";
+import * as charts from "/console/charts.js";
+import * as events from "/console/events.js";
+
+const VIEWS = { cluster, tree, tasks, sessions, charts, events };
+let unmount = () => {};
+
+export function setLive(on) {
+  const live = document.getElementById("live");
+  live.classList.toggle("on", on);
+  live.textContent = on ? "● feed" : "○ feed";
+}
+
+function route() {
+  const [name, query] = (location.hash.slice(1) || "cluster").split("?");
+  const params = Object.fromEntries(new URLSearchParams(query || ""));
+  const view = VIEWS[name] ? name : "cluster";
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("on", a.dataset.tab === view);
+  }
+  unmount();
+  const main = document.getElementById("view");
+  main.replaceChildren();
+  unmount = VIEWS[view].mount(main, params) || (() => {});
+}
+
+async function start() {
+  window.addEventListener("hashchange", route);
+  route();
+  try {
+    const me = await api("/admin/actors");
+    document.getElementById("where").innerHTML = `node <b>${esc(me.node)}</b>`;
+  } catch (e) {
+    document.getElementById("where").textContent = `(${e.message})`;
+  }
+}
+
+start();
