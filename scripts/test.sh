@@ -60,6 +60,15 @@ if ! command -v tmux >/dev/null 2>&1; then
     apt_install tmux
 fi
 
+# --- Chromium ------------------------------------------------------------------
+# tests/console.rs drives the operator console in headless Chromium through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1; then
+    say "chromedriver not found; installing packages chromium and chromium-driver"
+    apt_install chromium chromium-driver
+    command -v chromedriver >/dev/null 2>&1 \
+        || die "packages chromium and chromium-driver installed but chromedriver is not on PATH"
+fi
+
 # --- PostgreSQL: installed ---------------------------------------------------
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
     say "PostgreSQL not found; installing package postgresql"

@@ -7,7 +7,9 @@
 //! - `4008` the client fell behind live by more than [`crate::feed::MAX_LAG`] events;
 //!   the reason names the `after_seq` to resume with;
 //! - `1011` the feed's source ended;
-//! - a client that takes nothing for [`SEND_TIMEOUT`] is dropped (no frame reaches it).
+//! - a client whose socket takes nothing for [`SEND_TIMEOUT`] is too slow as well: 4008,
+//!   queued behind what it was sent (a client that never reads is dropped after
+//!   [`CLOSE_TIMEOUT`]).
 
 use std::time::Duration;
 
@@ -25,6 +27,8 @@ use crate::state::AppState;
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// Longest a batch of frames may take to be written.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the close frame may wait behind what a slow client has not read yet.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most frames written before one flush.
 const BATCH: usize = 256;
 /// Close code of a client too slow for live.
@@ -84,7 +88,9 @@ async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello) {
                     match write_batch(&mut tx, &mut reader, next, &mut last_seq).await {
                         Ok(None) => {}
                         Ok(Some(close)) => break Some(close),
-                        Err(()) => break None,
+                        // The socket took nothing for SEND_TIMEOUT: a client too slow for
+                        // live (what it was sent is queued before the close frame).
+                        Err(()) => break Some(slow(last_seq)),
                     }
                 }
                 incoming = rx.next() => match incoming {
@@ -99,14 +105,24 @@ async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello) {
             }
         },
     };
+    metrics::gauge!("ms_events_ws_clients").decrement(1.0);
     if let Some((code, reason)) = end {
         let frame = CloseFrame {
             code,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+        // Behind what is already queued for a slow reader: it reads its way to the close.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
     }
-    metrics::gauge!("ms_events_ws_clients").decrement(1.0);
+}
+
+/// The close of a client too slow for live, naming where to resume.
+fn slow(last_seq: u64) -> (u16, String) {
+    metrics::counter!("ms_events_ws_slow_closed_total").increment(1);
+    (
+        CLOSE_SLOW,
+        format!("slow consumer: resume with after_seq={last_seq}"),
+    )
 }
 
 type Tx = futures::stream::SplitSink<WebSocket, Message>;
@@ -130,11 +146,7 @@ async fn write_batch(
                 written += 1;
             }
             Next::Behind => {
-                metrics::counter!("ms_events_ws_slow_closed_total").increment(1);
-                close = Some((
-                    CLOSE_SLOW,
-                    format!("slow consumer: resume with after_seq={last_seq}"),
-                ));
+                close = Some(slow(*last_seq));
                 break;
             }
             Next::Ended(reason) => {

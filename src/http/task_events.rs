@@ -38,6 +38,8 @@ pub(crate) struct Follow {
     poll: tokio::time::Interval,
     backlog: VecDeque<TaskEvent>,
     last_seq: i64,
+    /// The entry past a gap the store was last re-read for.
+    gap_read: i64,
     finished: bool,
 }
 
@@ -101,6 +103,9 @@ impl Follow {
             let subject = bridge.subjects().event(&format!("task.trace.{task_id}"));
             // Without NATS now, the store's re-reads carry the other nodes' entries.
             if let Ok(subscriber) = bridge.subscribe(subject).await {
+                // The server has the subscription before the store is read (no entry
+                // published in between is missed).
+                let _ = tokio::time::timeout(POLL, bridge.client().flush()).await;
                 cluster = Some((bridge.clone(), subscriber));
             }
         }
@@ -116,6 +121,7 @@ impl Follow {
             poll,
             backlog: view.events.into(),
             last_seq: -1,
+            gap_read: -1,
             finished: false,
         })
     }
@@ -129,6 +135,13 @@ impl Follow {
             }
             if let Some(event) = self.backlog.pop_front() {
                 if event.seq <= self.last_seq {
+                    continue;
+                }
+                // An entry heard live past a gap: the store has every entry before it
+                // (entries are published after their commit), so read it once.
+                if event.seq > self.last_seq + 1 && self.gap_read != event.seq {
+                    self.gap_read = event.seq;
+                    self.reread().await;
                     continue;
                 }
                 self.last_seq = event.seq;

@@ -27,9 +27,12 @@ function route() {
     a.classList.toggle("on", a.dataset.tab === view);
   }
   unmount();
-  const main = document.getElementById("view");
-  main.replaceChildren();
-  unmount = VIEWS[view].mount(main, params) || (() => {});
+  // Each view gets an element of its own: the listeners a view adds to it go with it (on
+  // the shared <main>, an earlier view's click handlers would still answer, e.g. a kill
+  // on another node's tree).
+  const host = document.createElement("div");
+  document.getElementById("view").replaceChildren(host);
+  unmount = VIEWS[view].mount(host, params) || (() => {});
 }
 
 async function start() {

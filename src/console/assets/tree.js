@@ -8,6 +8,7 @@ export function mount(view, params) {
   let selected = null;          // the selected actor's path of names
   const collapsed = new Set();  // paths of names, which survive restarts (ids do not)
   const restarts = new Map();   // path -> restarts seen, to flash a restart
+  let opNote = null;            // the last operation's result: { key, text }, kept across re-renders
   let stopped = false;
 
   view.innerHTML = `<div class="row"><h2 class="grow">Supervision tree
@@ -81,6 +82,8 @@ export function mount(view, params) {
       <button data-op="stop" data-id="${esc(a.id)}" class="danger">stop</button>
       <button data-op="kill" data-id="${esc(a.id)}" class="danger" data-testid="kill">kill</button></p>
       <p id="op-result" class="muted" data-testid="op-result"></p>`;
+    // The detail is drawn again every second: keep the last operation's result showing.
+    if (opNote && opNote.key === selected) detail.querySelector("#op-result").textContent = opNote.text;
   };
 
   view.addEventListener("click", async (e) => {
@@ -95,16 +98,21 @@ export function mount(view, params) {
     if (op) {
       const name = detail.querySelector("h3").textContent;
       if (!confirm(`${op.dataset.op} ${name} on ${node}?`)) return;
-      const out = detail.querySelector("#op-result");
+      const key = selected;
+      let text;
       try {
         const r = await post(`/admin/actors/${encodeURIComponent(op.dataset.id)}/${op.dataset.op}${q()}`);
-        out.textContent = JSON.stringify(r);
-      } catch (err) { out.textContent = err.message; }
+        text = JSON.stringify(r);
+      } catch (err) { text = err.message; }
+      opNote = { key, text };
+      const out = detail.querySelector("#op-result");
+      if (out && selected === key) out.textContent = text;
       render();
       return;
     }
     const lineEl = e.target.closest(".node-line");
     if (lineEl) {
+      if (selected !== lineEl.dataset.key) opNote = null;
       selected = lineEl.dataset.key;
       for (const s of treeBox.querySelectorAll(".sel")) s.classList.remove("sel");
       lineEl.classList.add("sel");
