@@ -482,7 +482,9 @@ async fn three_nodes_form_a_cluster_and_each_runs_what_it_accepts() {
         .expect("connecting to NATS");
     let js = async_nats::jetstream::new(client);
     let stream = format!("MS_{}_EVENTS", cluster.to_uppercase());
-    let subject = format!("ms.{cluster}.events.task.trace");
+    // A task's entries are on its own subject, `…task.trace.<task id>`.
+    let (last_id, _) = ids.last().expect("tasks were submitted");
+    let subject = format!("ms.{cluster}.events.task.trace.{last_id}");
     let last = eventually_within(
         CLUSTER_DEADLINE,
         "task events in the event stream",
