@@ -137,8 +137,8 @@ async fn steps_run_on_another_nodes_agents_which_every_node_lists_and_nats_tooli
     let later = submit_ok(&n1, &echo("kept")).await;
     wait_final(&n1, &later).await;
     {
-        let subject = "task.trace";
-        let subject = format!("ms.{cluster}.events.{subject}");
+        // A task's entries are on its own subject, `…task.trace.<task id>`.
+        let subject = format!("ms.{cluster}.events.task.trace.{later}");
         let last = eventually_within(CLUSTER_DEADLINE, &subject, || {
             let (stream, subject) = (stream.clone(), subject.clone());
             async move {
