@@ -30,6 +30,8 @@ pub struct NodeState {
     pub shutdown: Arc<tokio::sync::Notify>,
     /// The console's charts: this node's metrics over the last minutes.
     pub history: Arc<crate::console::history::History>,
+    /// The event feed's reader shared by its broad clients.
+    pub feed_hub: crate::feed::hub::Hub,
 }
 
 impl NodeState {
@@ -46,6 +48,7 @@ impl NodeState {
             cluster: OnceLock::new(),
             shutdown: Arc::new(tokio::sync::Notify::new()),
             history: Arc::default(),
+            feed_hub: Default::default(),
         })
     }
 

@@ -54,6 +54,18 @@ fn describe() {
         "Supervisors that exceeded their restart intensity"
     );
     describe_gauge!("ms_agents", "Agents per lifecycle state");
+    describe_gauge!(
+        "ms_events_ws_clients",
+        "Event feed WebSocket clients connected"
+    );
+    describe_gauge!(
+        "ms_events_feed_shared_readers",
+        "Shared readers of live events running (1 while a broad feed client is connected)"
+    );
+    describe_counter!(
+        "ms_events_feed_handovers_total",
+        "Feed clients handed over from their own replay to the shared reader"
+    );
     describe_gauge!("ms_uptime_seconds", "Seconds since this node started");
     describe_gauge!("ms_actors", "Live actors in this node's directory");
     describe_histogram!("ms_store_batch_size", "Writes per group-commit transaction");

@@ -1,36 +1,43 @@
 //! The feed of this node's own events (a node without NATS): what the node retains after
-//! the client's start, then its channel live. A client that falls behind the channel's
-//! ring ([`actors::events::EVENT_BUFFER`]) is behind: the events it missed are gone from
-//! the channel, though they may still be retained for a resume.
+//! the client's start, then live from the node's shared reader ([`super::hub`]). The
+//! client subscribes to the hub before it reads what is retained, so the two overlap
+//! rather than leave a gap; the overlap is skipped by sequence number.
 
 use std::collections::VecDeque;
 
 use actors::events::{Events, Shared};
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use super::filter::View;
-use super::{Filter, Frame, Hello, Next, Start};
+use super::hub::{self, Hub};
+use super::{Filter, Frame, Hello, Item, Next, Start};
 
 pub struct LocalReader {
     node: String,
     filter: Filter,
     backlog: VecDeque<Shared>,
-    live: broadcast::Receiver<Shared>,
+    live: hub::Receiver,
     /// The last sequence number taken (delivered or filtered out).
     last_seq: u64,
 }
 
 impl LocalReader {
     /// Starts at `start` on `events` of node `node`.
-    pub fn open(events: &Events, node: &str, filter: Filter, start: Start) -> (Self, Hello) {
+    pub async fn open(
+        events: &Events,
+        hub: &Hub,
+        node: &str,
+        filter: Filter,
+        start: Start,
+    ) -> (Self, Hello) {
         let hello = Hello::new("local", node, events.retained_range(), start);
-        let (backlog, live) = match start {
-            Start::Live => (Vec::new(), events.subscribe()),
-            Start::After(after) => events.replay(after),
+        let live = hub.subscribe_local(events, node).await;
+        let backlog = match start {
+            Start::Live => Vec::new(),
+            Start::After(after) => events.replay(after).0,
             Start::Since(at) => {
-                let (mut old, live) = events.replay(0);
+                let mut old = events.replay(0).0;
                 old.retain(|e| e.at >= at);
-                (old, live)
+                old
             }
         };
         let reader = LocalReader {
@@ -48,8 +55,8 @@ impl LocalReader {
             if let Some(next) = self.next_retained() {
                 return next;
             }
-            let received = self.live.recv().await;
-            if let Some(next) = self.take(received) {
+            let piece = self.live.recv().await;
+            if let Some(next) = hub::take(piece, &mut self.last_seq, &self.filter) {
                 return next;
             }
         }
@@ -60,13 +67,8 @@ impl LocalReader {
             if let Some(next) = self.next_retained() {
                 return Some(next);
             }
-            let received = match self.live.try_recv() {
-                Ok(event) => Ok(event),
-                Err(TryRecvError::Empty) => return None,
-                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                Err(TryRecvError::Closed) => Err(RecvError::Closed),
-            };
-            if let Some(next) = self.take(received) {
+            let piece = hub::try_recv(&mut self.live)?;
+            if let Some(next) = hub::take(piece, &mut self.last_seq, &self.filter) {
                 return Some(next);
             }
         }
@@ -74,39 +76,32 @@ impl LocalReader {
 
     fn next_retained(&mut self) -> Option<Next> {
         while let Some(event) = self.backlog.pop_front() {
-            if let Some(frame) = self.pass(&event) {
-                return Some(Next::Event(frame));
+            self.last_seq = event.local_seq;
+            if self.filter.accepts(&view(&self.node, &event)) {
+                return Some(Next::Event(frame(&self.node, &event)));
             }
         }
         None
     }
+}
 
-    /// A received event as what comes next, or `None` when the filter drops it.
-    fn take(&mut self, received: Result<Shared, RecvError>) -> Option<Next> {
-        match received {
-            Ok(event) => self.pass(&event).map(Next::Event),
-            Err(RecvError::Lagged(_)) => Some(Next::Behind),
-            Err(RecvError::Closed) => Some(Next::Ended("the node's event channel closed".into())),
-        }
-    }
+/// A node event as the hub hands it to every client.
+pub fn item(node: &str, event: &Shared) -> Item {
+    super::item(view(node, event), frame(node, event))
+}
 
-    fn pass(&mut self, event: &Shared) -> Option<Frame> {
-        // The replayed events and the channel overlap by what was published between them.
-        if event.local_seq <= self.last_seq {
-            return None;
-        }
-        self.last_seq = event.local_seq;
-        let e = &event.event;
-        let view = View {
-            kind: e.kind(),
-            node: &self.node,
-            about_node: e.about_node(),
-            task: e.task_id(),
-            session: e.session(),
-            actors: e.actors(),
-        };
-        self.filter
-            .accepts(&view)
-            .then(|| super::frame(event.local_seq, &self.node, &**event))
+fn view<'a>(node: &'a str, event: &'a Shared) -> View<'a> {
+    let e = &event.event;
+    View {
+        kind: e.kind(),
+        node,
+        about_node: e.about_node(),
+        task: e.task_id(),
+        session: e.session(),
+        actors: e.actors(),
     }
+}
+
+fn frame(node: &str, event: &Shared) -> Frame {
+    super::frame(event.local_seq, node, &**event)
 }

@@ -14,13 +14,16 @@
 //! socket is closed, naming the sequence to resume after.
 
 pub mod filter;
+pub mod hub;
 pub mod local;
 pub mod stream;
 
 use std::time::SystemTime;
 
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 
+use filter::View;
 pub use filter::{FeedQuery, Filter};
 
 /// How far behind live a client may fall (events) before it is closed as too slow.
@@ -30,7 +33,40 @@ pub const MAX_LAG: u64 = 8192;
 /// the node it happened on.
 pub struct Frame {
     pub seq: u64,
-    pub text: String,
+    /// The frame's JSON; cloned without a copy, so clients share one event's text.
+    pub text: Utf8Bytes,
+}
+
+/// One event read: what filters look at, and its frame.
+pub struct Item {
+    kind: String,
+    node: String,
+    about_node: Option<String>,
+    task: Option<String>,
+    session: Option<String>,
+    actors: [Option<String>; 2],
+    pub frame: Frame,
+}
+
+impl Item {
+    pub fn view(&self) -> View<'_> {
+        View {
+            kind: &self.kind,
+            node: &self.node,
+            about_node: self.about_node.as_deref(),
+            task: self.task.as_deref(),
+            session: self.session.as_deref(),
+            actors: [self.actors[0].as_deref(), self.actors[1].as_deref()],
+        }
+    }
+
+    /// The frame to send, sharing this item's text.
+    pub fn to_frame(&self) -> Frame {
+        Frame {
+            seq: self.frame.seq,
+            text: self.frame.text.clone(),
+        }
+    }
 }
 
 /// What a reader has next.
@@ -127,5 +163,22 @@ pub fn frame<E: Serialize>(seq: u64, node: &str, event: &E) -> Frame {
     }
     let text = serde_json::to_string(&Out { seq, node, event })
         .unwrap_or_else(|e| format!(r#"{{"seq":{seq},"error":"unencodable event: {e}"}}"#));
-    Frame { seq, text }
+    Frame {
+        seq,
+        text: text.into(),
+    }
+}
+
+/// An [`Item`] of an event whose filtered fields are `view`.
+fn item(view: View<'_>, frame: Frame) -> Item {
+    let own = |s: Option<&str>| s.map(str::to_string);
+    Item {
+        kind: view.kind.to_string(),
+        node: view.node.to_string(),
+        about_node: own(view.about_node),
+        task: own(view.task),
+        session: own(view.session),
+        actors: [own(view.actors[0]), own(view.actors[1])],
+        frame,
+    }
 }

@@ -1,12 +1,22 @@
-//! The feed of the cluster's events: an ordered consumer of the JetStream event stream
+//! The feed of the cluster's events, read from the JetStream event stream
 //! (`ms.<cluster>.events.>`, kept by the bridge's forwarder), so every node's events
 //! reach the client, numbered by the stream, replayable for its retention.
 //!
-//! The consumer is pulled in batches only as fast as the client takes events, so nothing
-//! piles up here; it is ephemeral and recreated by the client library after a NATS
-//! restart from the last sequence seen (no gap, no duplicate). Each event is read like any
-//! message from the cluster: sealed by a node of the cluster, or refused.
+//! A client following one task or one kind has an ordered consumer of its own on that
+//! subject (NATS filters for it), pulled only as fast as the client takes events. A client
+//! following broadly replays with a consumer of its own, then hands over to the node's
+//! shared reader ([`super::hub`]) without a gap or a duplicate:
+//! 1. the replay consumer catches up (an event with nothing pending after it);
+//! 2. the client subscribes to the hub, then opens a second consumer after its last
+//!    event: whatever the hub sent before the subscription is in the stream by then, so
+//!    this consumer has it;
+//! 3. when that consumer catches up, the hub's events follow, those already taken skipped.
+//!
+//! Consumers are ephemeral, recreated by the client library after a NATS restart from the
+//! last sequence seen. Each event is read like any message from the cluster: sealed by a
+//! node of the cluster, or refused.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -16,20 +26,25 @@ use async_nats::jetstream::{
 };
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::filter::{View, offset_time};
-use super::{FeedError, Filter, Hello, MAX_LAG, Next, Start};
+use super::hub::{self, Hub, Piece};
+use super::{FeedError, Filter, Hello, Item, MAX_LAG, Next, Start, frame};
 use crate::bridge::{Bridge, Check};
 
 /// How long opening a feed may take before NATS is judged unavailable.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Consecutive consumer errors after which the feed ends (NATS is gone for good).
-const MAX_ERRORS: u32 = 100;
+pub(super) const MAX_ERRORS: u32 = 100;
 
 pub struct StreamReader {
     bridge: Bridge,
+    hub: Hub,
     filter: Filter,
-    messages: Ordered,
+    phase: Phase,
+    /// The last stream sequence taken (sent or filtered out).
+    last: u64,
     /// The stream's last sequence when the feed opened: the replay reaches live there.
     head: u64,
     /// The replay has reached live; from now on a client that lags is behind.
@@ -37,38 +52,82 @@ pub struct StreamReader {
     errors: u32,
 }
 
+enum Phase {
+    /// A consumer of the client's own for the whole feed (a narrow subject).
+    Own(Ordered),
+    /// Replaying with a consumer of its own; `hub` once subscribed (step 2), `caught_up`
+    /// once the consumer has caught up with the stream, or with the hub.
+    Replay {
+        messages: Ordered,
+        hub: Option<Joined>,
+        caught_up: bool,
+    },
+    /// The node's shared reader.
+    Shared(Joined),
+}
+
+/// A subscription to the hub, its first piece peeked while the replay goes on.
+struct Joined {
+    rx: hub::Receiver,
+    first: Option<Result<Arc<Piece>, RecvError>>,
+}
+
+impl Joined {
+    fn new(rx: hub::Receiver) -> Self {
+        Joined { rx, first: None }
+    }
+
+    /// The seq of the first event the hub sent since the subscription, if any yet; `Err`
+    /// when the hub has lost some for this client (it lagged, or the hub stopped).
+    fn first_seq(&mut self) -> Result<Option<u64>, ()> {
+        if self.first.is_none() {
+            self.first = hub::try_recv(&mut self.rx);
+        }
+        match self.first.as_ref().map(|p| p.as_deref()) {
+            None => Ok(None),
+            Some(Ok(Piece::Event(item))) => Ok(Some(item.frame.seq)),
+            Some(_) => Err(()),
+        }
+    }
+
+    async fn recv(&mut self) -> Result<Arc<Piece>, RecvError> {
+        match self.first.take() {
+            Some(piece) => piece,
+            None => self.rx.recv().await,
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Result<Arc<Piece>, RecvError>> {
+        self.first.take().or_else(|| hub::try_recv(&mut self.rx))
+    }
+}
+
 impl StreamReader {
     pub async fn open(
         bridge: &Bridge,
+        hub: &Hub,
         filter: Filter,
         start: Start,
     ) -> Result<(Self, Hello), FeedError> {
-        tokio::time::timeout(OPEN_TIMEOUT, Self::open_now(bridge, filter, start))
+        tokio::time::timeout(OPEN_TIMEOUT, Self::open_now(bridge, hub, filter, start))
             .await
             .map_err(|_| FeedError::Unavailable("NATS did not answer in time".into()))?
     }
 
     async fn open_now(
         bridge: &Bridge,
+        hub: &Hub,
         filter: Filter,
         start: Start,
     ) -> Result<(Self, Hello), FeedError> {
-        let unavailable = |e: &dyn std::fmt::Display| FeedError::Unavailable(e.to_string());
         if !bridge.is_connected() {
             return Err(unavailable(&"NATS is not connected"));
         }
-        let js = jetstream::new(bridge.client().clone());
-        let mut stream = js
-            .get_stream(bridge.subjects().events_stream())
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| unavailable(&e))?
-            .state
-            .clone();
-        let deliver_policy = match start {
+        let state = stream_state(bridge).await?;
+        let subject = filter.subject(bridge.subjects());
+        let broad = subject == bridge.subjects().events()
+            || subject == bridge.subjects().event("task.trace.>");
+        let deliver = match start {
             Start::Live => DeliverPolicy::New,
             Start::After(after) => DeliverPolicy::ByStartSequence {
                 start_sequence: after.saturating_add(1),
@@ -77,22 +136,26 @@ impl StreamReader {
                 start_time: offset_time(at),
             },
         };
-        let config = OrderedConfig {
-            filter_subject: filter.subject(bridge.subjects()),
-            deliver_policy,
-            ..OrderedConfig::default()
+        let phase = match (broad, start) {
+            (true, Start::Live) => Phase::Shared(Joined::new(hub.subscribe_stream(bridge).await?)),
+            (true, _) => Phase::Replay {
+                messages: consumer(bridge, subject, deliver).await?.0,
+                hub: None,
+                caught_up: false,
+            },
+            (false, _) => Phase::Own(consumer(bridge, subject, deliver).await?.0),
         };
-        let consumer = stream
-            .create_consumer(config)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
         let range = (state.first_sequence, state.last_sequence);
         let hello = Hello::new("stream", bridge.node(), range, start);
         let reader = StreamReader {
             bridge: bridge.clone(),
+            hub: hub.clone(),
             filter,
-            messages,
+            phase,
+            last: match start {
+                Start::After(after) => after,
+                _ => 0,
+            },
             head: state.last_sequence,
             live: start == Start::Live,
             errors: 0,
@@ -102,8 +165,20 @@ impl StreamReader {
 
     pub async fn next(&mut self) -> Next {
         loop {
-            let item = self.messages.next().await;
-            if let Some(next) = self.take(item) {
+            if let Some(end) = self.hand_over().await {
+                return end;
+            }
+            let next = match &mut self.phase {
+                Phase::Own(messages) | Phase::Replay { messages, .. } => {
+                    let item = messages.next().await;
+                    self.take(item)
+                }
+                Phase::Shared(joined) => {
+                    let piece = joined.recv().await;
+                    hub::take(piece, &mut self.last, &self.filter)
+                }
+            };
+            if let Some(next) = next {
                 return next;
             }
         }
@@ -111,14 +186,65 @@ impl StreamReader {
 
     pub fn ready(&mut self) -> Option<Next> {
         loop {
-            let item = self.messages.next().now_or_never()?;
-            if let Some(next) = self.take(item) {
-                return Some(next);
+            let next = match &mut self.phase {
+                Phase::Replay {
+                    caught_up: true, ..
+                } => return None, // `next` hands over
+                Phase::Own(messages) | Phase::Replay { messages, .. } => {
+                    let item = messages.next().now_or_never()?;
+                    self.take(item)
+                }
+                Phase::Shared(joined) => {
+                    let piece = joined.try_recv()?;
+                    hub::take(piece, &mut self.last, &self.filter)
+                }
+            };
+            if next.is_some() {
+                return next;
             }
         }
     }
 
-    /// What one item of the consumer gives the client; `None` to go on to the next.
+    /// Steps 2 and 3 of the hand-over, once the replay has caught up. Cancel-safe: the
+    /// phase changes only when a step is done.
+    async fn hand_over(&mut self) -> Option<Next> {
+        let Phase::Replay {
+            hub,
+            caught_up: true,
+            ..
+        } = &mut self.phase
+        else {
+            return None;
+        };
+        if let Some(joined) = hub.take() {
+            handed_over();
+            self.phase = Phase::Shared(joined);
+            return None;
+        }
+        let joined = match self.hub.subscribe_stream(&self.bridge).await {
+            Ok(rx) => Joined::new(rx),
+            Err(e) => return Some(Next::Ended(e.to_string())),
+        };
+        let subject = self.filter.subject(self.bridge.subjects());
+        let after = DeliverPolicy::ByStartSequence {
+            start_sequence: self.last + 1,
+        };
+        self.phase = match consumer(&self.bridge, subject, after).await {
+            Ok((_, 0)) => {
+                handed_over();
+                Phase::Shared(joined)
+            }
+            Ok((messages, _)) => Phase::Replay {
+                messages,
+                hub: Some(joined),
+                caught_up: false,
+            },
+            Err(e) => return Some(Next::Ended(e.to_string())),
+        };
+        None
+    }
+
+    /// What one item of a consumer gives the client; `None` to go on to the next.
     fn take(&mut self, item: Option<Result<jetstream::Message, OrderedError>>) -> Option<Next> {
         let message = match item {
             None => return Some(Next::Ended("the event stream's consumer ended".into())),
@@ -135,37 +261,120 @@ impl StreamReader {
             .info()
             .map(|i| (i.stream_sequence, i.pending))
             .ok()?;
-        if !self.live && (seq >= self.head || pending == 0) {
-            self.live = true;
+        self.last = seq;
+        let near_live = seq >= self.head || pending == 0;
+        match &mut self.phase {
+            Phase::Replay { hub, caught_up, .. } => {
+                *caught_up = match hub {
+                    None => near_live,
+                    // Step 3: nothing pending (the hub has only what came after that), or
+                    // the hub's first event is the next one or one already had.
+                    Some(joined) => match joined.first_seq() {
+                        Ok(first) => pending == 0 || first.is_some_and(|h| h <= seq + 1),
+                        Err(()) => {
+                            *hub = None; // it lost events meanwhile: step 2 again
+                            true
+                        }
+                    },
+                }
+            }
+            _ => self.live |= near_live,
         }
         if self.live && pending > MAX_LAG {
             return Some(Next::Behind);
         }
-        let kind = envelope_kind(&self.bridge, message.message.subject.as_str())?;
-        let envelope = self
-            .bridge
-            .open_checked::<Value>(&message.message, &kind, Check::Stored)?;
-        let event = &envelope.payload;
-        let s = |key: &str| event.get(key).and_then(Value::as_str);
-        let kind = s("kind").unwrap_or_default();
-        let view = View {
-            kind,
-            node: &envelope.from,
-            about_node: if kind == "tasks_taken_over" {
-                s("from")
-            } else {
-                s("node")
-            },
-            task: s("task_id"),
-            session: s("session"),
-            actors: [s("supervisor").or(s("agent")), s("child")],
-        };
-        self.filter
-            .accepts(&view)
-            .then(|| Next::Event(super::frame(seq, &envelope.from, event)))
+        let filter = &self.filter;
+        read(&self.bridge, &message, |seq, view, from, event| {
+            filter.accepts(&view).then(|| frame(seq, from, event))
+        })
+        .flatten()
+        .map(Next::Event)
     }
 }
 
+fn handed_over() {
+    metrics::counter!("ms_events_feed_handovers_total").increment(1);
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> FeedError {
+    FeedError::Unavailable(e.to_string())
+}
+
+async fn stream_state(bridge: &Bridge) -> Result<jetstream::stream::State, FeedError> {
+    let js = jetstream::new(bridge.client().clone());
+    let mut stream = js
+        .get_stream(bridge.subjects().events_stream())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(stream
+        .info()
+        .await
+        .map_err(|e| unavailable(&e))?
+        .state
+        .clone())
+}
+
+/// An ordered consumer of the event stream on `subject`, and how many events it has to
+/// deliver (when it was created).
+pub(super) async fn consumer(
+    bridge: &Bridge,
+    subject: String,
+    deliver_policy: DeliverPolicy,
+) -> Result<(Ordered, u64), FeedError> {
+    let js = jetstream::new(bridge.client().clone());
+    let stream = js
+        .get_stream(bridge.subjects().events_stream())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let config = OrderedConfig {
+        filter_subject: subject,
+        deliver_policy,
+        ..OrderedConfig::default()
+    };
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+    Ok((messages, pending))
+}
+
+/// One event of the stream as an [`Item`] (for the shared reader), or `None` when it is
+/// not a sealed event of this cluster.
+pub(super) fn decode(bridge: &Bridge, message: &jetstream::Message) -> Option<Item> {
+    read(bridge, message, |seq, view, from, event| {
+        super::item(view, frame(seq, from, event))
+    })
+}
+
+/// Opens one message of the stream (its seal checked, its event decoded) and hands its
+/// sequence, view, node and event to `f`.
+fn read<T>(
+    bridge: &Bridge,
+    message: &jetstream::Message,
+    f: impl FnOnce(u64, View<'_>, &str, &Value) -> T,
+) -> Option<T> {
+    let seq = message.info().ok()?.stream_sequence;
+    let kind = envelope_kind(bridge, message.message.subject.as_str())?;
+    let envelope = bridge.open_checked::<Value>(&message.message, &kind, Check::Stored)?;
+    let event = &envelope.payload;
+    let s = |key: &str| event.get(key).and_then(Value::as_str);
+    let kind = s("kind").unwrap_or_default();
+    let view = View {
+        kind,
+        node: &envelope.from,
+        about_node: if kind == "tasks_taken_over" {
+            s("from")
+        } else {
+            s("node")
+        },
+        task: s("task_id"),
+        session: s("session"),
+        actors: [s("supervisor").or(s("agent")), s("child")],
+    };
+    Some(f(seq, view, &envelope.from, event))
+}
 /// The envelope kind of an event on `subject` (what the forwarder sealed it as).
 fn envelope_kind(bridge: &Bridge, subject: &str) -> Option<String> {
     let prefix = bridge.subjects().event("");

@@ -56,16 +56,17 @@ pub async fn serve(
     let Query(query) = query?;
     let (filter, start) = query.check().map_err(ApiError::bad_request)?;
     let upgrade = upgrade.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let hub = &node.feed_hub;
     let (reader, hello) = match node.bridge.get() {
         Some(bridge) => {
-            let (r, hello) = feed::stream::StreamReader::open(bridge, filter, start)
+            let (r, hello) = feed::stream::StreamReader::open(bridge, hub, filter, start)
                 .await
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;
             (Reader::Stream(Box::new(r)), hello)
         }
         None => {
-            let (r, hello) =
-                feed::local::LocalReader::open(&node.ctx.events, &node.ctx.node, filter, start);
+            let (events, name) = (&node.ctx.events, &node.ctx.node);
+            let (r, hello) = feed::local::LocalReader::open(events, hub, name, filter, start).await;
             (Reader::Local(r), hello)
         }
     };
@@ -142,7 +143,7 @@ async fn write_batch(
         match n {
             Next::Event(frame) => {
                 *last_seq = frame.seq;
-                feed_frame(tx, Message::Text(frame.text.into())).await?;
+                feed_frame(tx, Message::Text(frame.text)).await?;
                 written += 1;
             }
             Next::Behind => {

@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod faults;
+pub mod feed;
 pub mod nats;
 pub mod tasks;
 

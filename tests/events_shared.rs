@@ -1,0 +1,147 @@
+//! The event feed's shared reader (`src/feed/hub.rs`) with NATS: clients that follow
+//! broadly share one consumer of the event stream, and a resumed client hands over from
+//! its own replay to it while events keep coming, without a gap or a duplicate.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::cluster::{Member, cluster_name, metric};
+use common::feed::*;
+use common::nats::NatsServer;
+use common::tasks::submit_ok;
+use common::{TestNode, eventually, postgres_database};
+use serde_json::Value;
+
+/// Submits wide tasks from two clients until `stop`: a steady flow of events.
+fn load(node: &Arc<TestNode>, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..2)
+        .map(|_| {
+            let (node, stop) = (node.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    submit_ok(&node, &wide(4)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Reads frames of `feed` until one has a seq of at least `until`.
+async fn read_to(feed: &mut Client, until: u64) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = feed.frame().await;
+        let done = seq(&frame) >= until;
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// A client following everything live, and two resumed after the same seq while tasks
+/// keep running (one following everything, one every task's entries): each replays, hands
+/// over to the shared reader, and goes on; every seq after the resume point arrives once,
+/// in order, as it does to the live client; one shared reader serves all three, and it
+/// stops once they have gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_broad_feeds_hand_over_to_the_shared_reader_without_gap_or_duplicate() {
+    let nats = NatsServer::spawn().await;
+    let db = postgres_database().await;
+    let cluster = cluster_name("hub");
+    let node = Arc::new(Member::new(&cluster, &db, nats.url(), "n1").start().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let submitters = load(&node, &stop);
+
+    // The event stream is there once the node has forwarded an event to it.
+    eventually("the event stream", || async {
+        match tokio_tungstenite::connect_async(request(node.http, "", None)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    let mut live = open(node.http, "").await;
+    assert_eq!(live.hello["source"], "stream", "{}", live.hello);
+    let first = live.frame().await;
+    let from = seq(&first);
+    let mut live_frames = vec![first];
+    // A backlog for the resumed clients to replay.
+    live_frames.extend(read_to(&mut live, from + 2_000).await);
+
+    let mut all = open(node.http, &format!("after_seq={from}")).await;
+    let mut tasks = open(node.http, &format!("kind=task&after_seq={from}")).await;
+    let opened_at = all.hello["last_seq"].as_u64().expect("last_seq");
+    assert!(opened_at > from + 2_000, "{}", all.hello);
+    // Well past where the replays caught up: they have handed over by then.
+    let until = opened_at + 3_000;
+    let all_frames = read_to(&mut all, until).await;
+    let task_frames = read_to(&mut tasks, until).await;
+    live_frames.extend(read_to(&mut live, until).await);
+    stop.store(true, Ordering::Relaxed);
+    for s in submitters {
+        s.await.expect("a submitter");
+    }
+
+    let live_seqs: Vec<u64> = live_frames.iter().map(seq).collect();
+    assert_contiguous(&live_seqs, "the live client");
+    let all_seqs: Vec<u64> = all_frames.iter().map(seq).collect();
+    assert_eq!(
+        all_seqs[0],
+        from + 1,
+        "the first frame after the resume point"
+    );
+    assert_contiguous(&all_seqs, "the client resumed on everything");
+    assert!(
+        task_frames.iter().all(|f| f["event"]["kind"] == "task"),
+        "kind=task passed something else"
+    );
+    let task_seqs: Vec<u64> = task_frames.iter().map(seq).collect();
+    let expected: Vec<u64> = all_frames
+        .iter()
+        .filter(|f| f["event"]["kind"] == "task")
+        .map(seq)
+        .filter(|s| *s <= *task_seqs.last().expect("a task frame"))
+        .collect();
+    assert_eq!(
+        task_seqs, expected,
+        "the client resumed on task entries got exactly the task entries among them"
+    );
+    // The same seq is the same event, whichever path it took to each client.
+    let by_seq: std::collections::HashMap<u64, &Value> =
+        live_frames.iter().map(|f| (seq(f), f)).collect();
+    for frame in all_frames.iter().chain(&task_frames) {
+        if let Some(heard) = by_seq.get(&seq(frame)) {
+            assert_eq!(*heard, frame, "seq {} differs between clients", seq(frame));
+        }
+    }
+
+    let handovers = metric(&node, "ms_events_feed_handovers_total").await;
+    assert!(
+        handovers >= 2.0,
+        "both resumed clients handed over to the shared reader"
+    );
+    assert_eq!(
+        metric(&node, "ms_events_feed_shared_readers").await,
+        1.0,
+        "one shared reader for the three clients"
+    );
+    for feed in [live, all, tasks] {
+        feed.close().await;
+    }
+    // It stops at the first event that finds no client.
+    eventually("the shared reader stops with its last client", || async {
+        submit_ok(&node, &wide(1)).await;
+        match metric(&node, "ms_events_feed_shared_readers").await {
+            0.0 => Ok(()),
+            n => Err(format!("{n} running")),
+        }
+    })
+    .await;
+    // And starts again for the next.
+    let mut again = open(node.http, "kind=task").await;
+    let id = submit_ok(&node, &wide(2)).await;
+    again.until_final(&id).await;
+}
