@@ -194,6 +194,21 @@ async fn metrics_show_uptime_agents_and_supervisor_restarts() {
         },
     )
     .await;
+    // The restarted actor's own detail shows its slot's restart and why.
+    let detail = eventually("executor-1 back under a new id", || async {
+        let now = node.actor(&["execution", "executor-1"]).await;
+        if now["id"] == victim["id"] || now["status"] != "running" {
+            return Err(format!("{now}"));
+        }
+        let url = format!("{}/admin/actors/{}", node.admin_url(), id_of(&now));
+        let (status, body) = node.get_json(&url).await;
+        (status == StatusCode::OK)
+            .then_some(body)
+            .ok_or(format!("{status}"))
+    })
+    .await;
+    assert_eq!(detail["actor"]["restarts"], 1, "{detail}");
+    assert!(detail["actor"]["last_error"].is_string(), "{detail}");
     let text = metrics(&node).await;
     assert_eq!(
         metric(

@@ -209,17 +209,16 @@ impl Directory {
     /// The supervisor entry whose slots include `pid`, with that slot's id.
     pub fn parent_of(&self, pid: u64) -> Option<(ActorEntry, String)> {
         let entries = self.read();
-        entries.values().find_map(|e| {
-            let view = e.supervisor.as_ref()?.read().ok()?;
-            let slot = view.children.iter().find(|c| c.pid == Some(pid))?;
-            Some((e.clone(), slot.id.clone()))
-        })
+        let (parent, slot) = slot_of(&entries, pid)?;
+        Some((parent.clone(), slot.id))
     }
 
     /// The tree below (and including) `pid`, or `None` if no such actor is live.
     pub fn tree(&self, pid: u64) -> Option<ActorNode> {
         let entries = self.read();
-        build_node(&entries, pid, None)
+        // Restarts and last error are kept in the parent's slot of the actor.
+        let slot = slot_of(&entries, pid).map(|(_, slot)| slot);
+        build_node(&entries, pid, slot.as_ref())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, ActorEntry>> {
@@ -229,6 +228,15 @@ impl Directory {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, ActorEntry>> {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The supervisor whose child `pid` is, and its slot of it.
+fn slot_of(entries: &HashMap<u64, ActorEntry>, pid: u64) -> Option<(&ActorEntry, ChildView)> {
+    entries.values().find_map(|e| {
+        let view = e.supervisor.as_ref()?.read().ok()?;
+        let slot = view.children.iter().find(|c| c.pid == Some(pid))?.clone();
+        Some((e, slot))
+    })
 }
 
 fn status_name(status: ActorStatus) -> &'static str {
