@@ -42,6 +42,9 @@ pub struct EventsArgs {
     /// Replay from this time (RFC 3339).
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
+    /// At most this many events a second; the node counts the rest in `skipped` frames.
+    #[arg(long, value_name = "N")]
+    pub max_rate: Option<u32>,
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<u64>,
@@ -75,6 +78,8 @@ pub async fn run(args: &EventsArgs) -> u8 {
 #[derive(Default)]
 struct Stats {
     events: u64,
+    /// Events the node skipped for `--max-rate`.
+    skipped: u64,
     latencies_ms: Vec<f64>,
     first: Option<Instant>,
 }
@@ -117,18 +122,23 @@ async fn follow(args: &EventsArgs) -> Result<(), String> {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(_)) => continue,
         };
-        let frame: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("the node sent a frame that is not JSON: {e}"))?;
-        if frame["kind"] == "hello" {
-            if !args.stats {
-                eprintln!("{text}");
+        let not_json =
+            |e: serde_json::Error| format!("the node sent a frame that is not JSON: {e}");
+        if args.stats {
+            // Only what the summary needs: a summary costs the client little.
+            let brief: Brief = serde_json::from_str(&text).map_err(not_json)?;
+            if stats.note(brief) && args.count.is_some_and(|n| stats.events >= n) {
+                break;
             }
             continue;
         }
+        let frame: Value = serde_json::from_str(&text).map_err(not_json)?;
+        if frame["kind"] == "hello" || frame["kind"] == "skipped" {
+            eprintln!("{text}");
+            continue;
+        }
         stats.events += 1;
-        if args.stats {
-            stats.time(&frame);
-        } else if args.json {
+        if args.json {
             println!("{text}");
         } else {
             println!("{}", line(&frame));
@@ -143,19 +153,46 @@ async fn follow(args: &EventsArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// What `--stats` reads of a frame.
+#[derive(serde::Deserialize)]
+struct Brief<'a> {
+    #[serde(borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    count: Option<u64>,
+    #[serde(borrow)]
+    event: Option<BriefEvent<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct BriefEvent<'a> {
+    #[serde(borrow)]
+    at: Option<std::borrow::Cow<'a, str>>,
+}
+
 impl Stats {
-    /// Notes when `frame` came, against the time its event happened.
-    fn time(&mut self, frame: &Value) {
+    /// Notes a frame; `true` when it was an event's.
+    fn note(&mut self, frame: Brief<'_>) -> bool {
+        match frame.kind.as_deref() {
+            Some("hello") => return false,
+            Some("skipped") => {
+                self.skipped += frame.count.unwrap_or(0);
+                return false;
+            }
+            _ => {}
+        }
+        self.events += 1;
         self.first.get_or_insert_with(Instant::now);
-        let at = frame["event"]["at"]
-            .as_str()
-            .and_then(|at| humantime::parse_rfc3339_weak(at).ok());
+        let at = frame
+            .event
+            .and_then(|e| e.at)
+            .and_then(|at| humantime::parse_rfc3339_weak(&at).ok());
         if let Some(at) = at {
             let ms = SystemTime::now()
                 .duration_since(at)
                 .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
             self.latencies_ms.push(ms);
         }
+        true
     }
 
     fn report(&mut self) -> String {
@@ -175,6 +212,7 @@ impl Stats {
         };
         serde_json::json!({
             "events": self.events,
+            "skipped": self.skipped,
             "secs": secs,
             "events_per_sec": rate,
             "latency_p50_ms": pct(0.50),
@@ -228,6 +266,9 @@ fn feed_url(args: &EventsArgs) -> Result<reqwest::Url, String> {
     }
     if let Some(after) = args.after_seq {
         params.push(("after_seq", after.to_string()));
+    }
+    if let Some(rate) = args.max_rate {
+        params.push(("max_rate", rate.to_string()));
     }
     let base = format!("ws://{}/api/v1/events/ws", args.http);
     reqwest::Url::parse_with_params(&base, &params).map_err(|e| format!("bad address {base}: {e}"))

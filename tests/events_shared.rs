@@ -1,6 +1,8 @@
 //! The event feed's shared reader (`src/feed/hub.rs`) with NATS: clients that follow
 //! broadly share one consumer of the event stream, and a resumed client hands over from
-//! its own replay to it while events keep coming, without a gap or a duplicate.
+//! its own replay to it while events keep coming, without a gap or a duplicate. And a
+//! feed for people (`max_rate`, `src/feed/sample.rs`): the events it does not send are
+//! counted, none unaccounted for.
 
 mod common;
 
@@ -11,6 +13,7 @@ use common::cluster::{Member, cluster_name, metric};
 use common::feed::*;
 use common::nats::NatsServer;
 use common::tasks::submit_ok;
+use common::tasks::wait_final;
 use common::{TestNode, eventually, postgres_database};
 use serde_json::Value;
 
@@ -144,4 +147,56 @@ async fn resumed_broad_feeds_hand_over_to_the_shared_reader_without_gap_or_dupli
     let mut again = open(node.http, "kind=task").await;
     let id = submit_ok(&node, &wide(2)).await;
     again.until_final(&id).await;
+}
+
+/// A feed with `max_rate=5` beside one without, while two tasks write 84 entries at once:
+/// the sampled one gets a few of them and `skipped` frames counting the rest, so that
+/// what it got and what it was told it missed add up to what the other got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_feed_counts_every_event_it_does_not_send() {
+    let node = TestNode::start(&["--node", "solo"], &[]).await;
+    let mut all = open(node.http, "kind=task").await;
+    let mut sampled = open(node.http, "kind=task&max_rate=5").await;
+    let ids = [
+        submit_ok(&node, &wide(40)).await,
+        submit_ok(&node, &wide(40)).await,
+    ];
+    for id in &ids {
+        wait_final(&node, id).await;
+    }
+    let mut every = Vec::new();
+    let mut running: Vec<&String> = ids.iter().collect();
+    while !running.is_empty() {
+        let frame = all.frame().await;
+        let done = FINAL.contains(&frame["event"]["event"].as_str().unwrap_or_default());
+        if done {
+            running.retain(|id| !is_entry_of(&frame, id));
+        }
+        every.push(frame);
+    }
+    let total = every.len() as u64;
+    let last = seq(every.last().expect("a frame"));
+    assert!(total >= 84, "{total} entries");
+
+    // Read the sampled feed until everything is accounted for (a skipped frame comes
+    // within a second of the events it counts).
+    let (mut sent, mut skipped, mut reports) = (0u64, 0u64, 0);
+    while sent + skipped < total {
+        match sampled.next().await {
+            Got::Frame(f) if f["kind"] == "skipped" => {
+                let count = f["count"].as_u64().expect("a count");
+                assert!(count > 0, "{f}");
+                assert!(f["last_seq"].as_u64() <= Some(last), "{f}");
+                skipped += count;
+                reports += 1;
+            }
+            Got::Frame(f) => {
+                assert_eq!(f["event"]["kind"], "task", "{f}");
+                sent += 1;
+            }
+            other => panic!("the sampled feed ended: {other:?}"),
+        }
+    }
+    assert_eq!(sent + skipped, total, "sent {sent}, skipped {skipped}");
+    assert!(reports > 0 && sent < total, "sent {sent} of {total}");
 }

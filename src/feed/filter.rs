@@ -30,6 +30,9 @@ pub struct FeedQuery {
     pub after_seq: Option<u64>,
     /// Replay from this time (RFC 3339, e.g. `2026-12-05T10:00:00Z`).
     pub since: Option<String>,
+    /// At most this many events a second (1 to 100000), for people: the rest are counted
+    /// in a `skipped` frame (`{"kind": "skipped", "count", "last_seq"}`) once a second.
+    pub max_rate: Option<u32>,
     /// The bearer token, for clients that cannot set headers on a WebSocket (browsers);
     /// read by the authentication only.
     pub access_token: Option<String>,
@@ -98,6 +101,14 @@ impl FeedQuery {
                     "{field}: give a name of 1 to {MAX_NAME} characters"
                 ));
             }
+        }
+        if let Some(rate) = self.max_rate
+            && !(1..=super::sample::MAX_RATE).contains(&rate)
+        {
+            return Err(format!(
+                "max_rate: give 1 to {} events a second",
+                super::sample::MAX_RATE
+            ));
         }
         let start = match (self.after_seq, &self.since) {
             (Some(_), Some(_)) => return Err("give after_seq or since, not both".into()),
@@ -210,6 +221,12 @@ mod tests {
                 .starts_with("since:")
         );
         assert!(query(&[("kind", ",")]).is_err());
+        assert!(
+            query(&[("max_rate", "0")])
+                .unwrap_err()
+                .starts_with("max_rate:")
+        );
+        assert!(query(&[("max_rate", "50")]).is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod filter;
 pub mod hub;
 pub mod local;
+pub mod sample;
 pub mod stream;
 
 use std::time::SystemTime;

@@ -2,8 +2,9 @@
 //!
 //! The query is checked and the feed opened before the upgrade, so a bad query is a 400
 //! and an unreachable event stream a 503, as JSON. Then: a `hello` text frame, one text
-//! frame per event (`{"seq", "node", "event"}`), pings every [`PING_EVERY`]. Frames are
-//! written in batches and flushed once per batch. Close codes:
+//! frame per event (`{"seq", "node", "event"}`), pings every [`PING_EVERY`]; with
+//! `max_rate` ([`crate::feed::sample`]), a `skipped` frame once a second counting the
+//! events not sent. Frames are written in batches and flushed once per batch. Close codes:
 //! - `4008` the client fell behind live by more than [`crate::feed::MAX_LAG`] events;
 //!   the reason names the `after_seq` to resume with;
 //! - `1011` the feed's source ended;
@@ -19,6 +20,7 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 
+use crate::feed::sample::Sampler;
 use crate::feed::{self, FeedQuery, Hello, Next, Reader};
 use crate::http::error::ApiError;
 use crate::state::AppState;
@@ -43,7 +45,7 @@ pub const CLOSE_SLOW: u16 = 4008;
     tag = "events",
     params(FeedQuery),
     responses(
-        (status = 101, description = "A WebSocket. The first text frame is `{\"kind\": \"hello\", \"source\": \"stream\"|\"local\", \"node\", \"first_seq\", \"last_seq\", \"missed\"}`; then one text frame per event, `{\"seq\", \"node\", \"event\": {\"kind\", \"at\", ...}}`. `source` `stream` numbers the cluster's events (JetStream), `local` this node's since it started. Close code 4008: the client fell too far behind live (resume with the `after_seq` the reason names); 1011: the source ended"),
+        (status = 101, description = "A WebSocket. The first text frame is `{\"kind\": \"hello\", \"source\": \"stream\"|\"local\", \"node\", \"first_seq\", \"last_seq\", \"missed\"}`; then one text frame per event, `{\"seq\", \"node\", \"event\": {\"kind\", \"at\", ...}}`. `source` `stream` numbers the cluster's events (JetStream), `local` this node's since it started. With `max_rate`, a `{\"kind\": \"skipped\", \"count\", \"last_seq\"}` frame counts, once a second, the events not sent. Close code 4008: the client fell too far behind live (resume with the `after_seq` the reason names); 1011: the source ended"),
         (status = 400, description = "`bad_request`: an unknown kind or parameter, an id that is not a UUID, both `after_seq` and `since`, or not a WebSocket upgrade", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the cluster's event stream cannot be reached", body = crate::http::openapi::ErrorBody),
     ),
@@ -70,23 +72,27 @@ pub async fn serve(
             (Reader::Local(r), hello)
         }
     };
-    Ok(upgrade.on_upgrade(move |socket| pump(socket, reader, hello)))
+    let sampler = query.max_rate.map(Sampler::new);
+    Ok(upgrade.on_upgrade(move |socket| pump(socket, reader, hello, sampler)))
 }
 
 /// Writes the feed to the socket until either side ends it.
-async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello) {
+async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello, mut sampler: Option<Sampler>) {
     metrics::gauge!("ms_events_ws_clients").increment(1.0);
     let (mut tx, mut rx) = socket.split();
     let hello = serde_json::to_string(&hello).unwrap_or_default();
     let mut last_seq = 0;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    // A sampled feed reports what it skipped within a second, even when nothing follows.
+    let mut report = tokio::time::interval(Duration::from_secs(1));
     let end = match send(&mut tx, Message::Text(hello.into())).await {
         Err(()) => None,
         Ok(()) => loop {
             tokio::select! {
                 next = reader.next() => {
-                    match write_batch(&mut tx, &mut reader, next, &mut last_seq).await {
+                    let batch = write_batch(&mut tx, &mut reader, next, &mut last_seq, &mut sampler);
+                    match batch.await {
                         Ok(None) => {}
                         Ok(Some(close)) => break Some(close),
                         // The socket took nothing for SEND_TIMEOUT: a client too slow for
@@ -100,6 +106,14 @@ async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello) {
                 },
                 _ = ping.tick() => {
                     if send(&mut tx, Message::Ping(Default::default())).await.is_err() {
+                        break None;
+                    }
+                }
+                _ = report.tick(), if sampler.is_some() => {
+                    let skipped = sampler.as_mut().and_then(Sampler::report);
+                    if let Some(text) = skipped
+                        && send(&mut tx, Message::Text(text.into())).await.is_err()
+                    {
                         break None;
                     }
                 }
@@ -135,16 +149,22 @@ async fn write_batch(
     reader: &mut Reader,
     first: Next,
     last_seq: &mut u64,
+    sampler: &mut Option<Sampler>,
 ) -> Result<Option<(u16, String)>, ()> {
+    if let Some(text) = sampler.as_mut().and_then(Sampler::report) {
+        feed_frame(tx, Message::Text(text.into())).await?;
+    }
     let mut next = Some(first);
     let mut written = 0;
     let mut close = None;
     while let Some(n) = next.take() {
         match n {
             Next::Event(frame) => {
-                *last_seq = frame.seq;
-                feed_frame(tx, Message::Text(frame.text)).await?;
-                written += 1;
+                if sampler.as_mut().is_none_or(|s| s.admit(frame.seq)) {
+                    *last_seq = frame.seq;
+                    feed_frame(tx, Message::Text(frame.text)).await?;
+                    written += 1;
+                }
             }
             Next::Behind => {
                 close = Some(slow(*last_seq));

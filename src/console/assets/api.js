@@ -42,7 +42,7 @@ export const post = (path, body) =>
 
 /**
  * Follows the event feed with `query` (an object of filters), calling `onEvent(frame)` per
- * event; reconnects after a drop and resumes after the last sequence seen, so nothing is
+ * event (and per `skipped` frame of a feed with `max_rate`); reconnects after a drop and resumes after the last sequence seen, so nothing is
  * missed or repeated. Returns a function that stops it.
  */
 export function follow(query, onEvent, onState = () => {}) {
@@ -57,7 +57,8 @@ export function follow(query, onEvent, onState = () => {}) {
     socket.onmessage = (m) => {
       const frame = JSON.parse(m.data);
       if (frame.kind === "hello") return;
-      lastSeq = frame.seq;
+      // A sampled feed's `skipped` frame counts too: a resume goes on after what it skipped.
+      lastSeq = frame.kind === "skipped" ? Math.max(lastSeq ?? 0, frame.last_seq) : frame.seq;
       onEvent(frame);
     };
     socket.onclose = () => {

@@ -1,9 +1,12 @@
 // Events: the cluster's event feed, live, with its filters; the latest 500 kept on screen.
+// At most RATE events a second are sent (the node counts the rest and says how many): a
+// page cannot show more, and a busy cluster has tens of thousands.
 
 import { follow, esc } from "/console/api.js";
 import { setLive } from "/console/app.js";
 
 const KEEP = 500;
+const RATE = 50;
 
 export function mount(view, params) {
   const fields = ["kind", "task", "session", "node", "actor"];
@@ -19,7 +22,16 @@ export function mount(view, params) {
   });
   const body = view.querySelector("tbody");
   const query = Object.fromEntries(fields.filter((f) => params[f]).map((f) => [f, params[f]]));
+  query.max_rate = RATE;
   return follow(query, (frame) => {
+    if (frame.kind === "skipped") {
+      const row = document.createElement("tr");
+      row.className = "muted";
+      row.innerHTML = `<td colspan="5">… ${frame.count.toLocaleString()} more events up to seq
+        ${frame.last_seq} not shown (at most ${RATE} a second; narrow the filters to see them all)</td>`;
+      body.prepend(row);
+      return;
+    }
     const e = frame.event;
     const { kind, at, ...rest } = e;
     const row = document.createElement("tr");
