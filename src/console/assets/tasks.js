@@ -70,7 +70,7 @@ function detail(view, id) {
     <div class="panel grow"><h3>Trace <span class="muted">live</span></h3>
     <div class="trace" id="trace" data-testid="trace"></div></div></div>`;
   const trace = view.querySelector("#trace");
-  let refreshing = false, again = false;
+  let refreshing = false, again = false, done = false;
   const refresh = async () => {
     if (refreshing) { again = true; return; }
     refreshing = true;
@@ -81,7 +81,11 @@ function detail(view, id) {
       st.textContent = t.status;
       drawGraph(view.querySelector("#graph"), t.steps);
       view.querySelector("#steps").innerHTML = steps(t.steps);
-      if (!trace.childElementCount) for (const e of t.events) addTrace(trace, e);
+      // What the feed has not brought (it was down, or is slow) comes with the task.
+      for (const e of t.events) {
+        if (!trace.querySelector(`[data-seq="${e.seq}"]`)) addTrace(trace, e);
+      }
+      done = FINAL.includes(t.status);
     } catch (e) { view.querySelector("#status").textContent = e.message; }
     refreshing = false;
     if (again) { again = false; refresh(); }
@@ -101,8 +105,12 @@ function detail(view, id) {
     addTrace(trace, { seq: e.seq, at_ms: e.at_ms, kind: e.event, data: e.data }, frame.node);
     refresh();
   }, setLive);
-  return stop;
+  // The feed drives the view; a slow poll keeps it true should the feed be down.
+  const timer = setInterval(() => { if (!done) refresh(); }, 5000);
+  return () => { clearInterval(timer); stop(); };
 }
+
+const FINAL = ["succeeded", "failed", "cancelled", "timed_out"];
 
 function addTrace(box, e, node) {
   const at = new Date(e.at_ms).toISOString().slice(11, 23);
