@@ -200,3 +200,72 @@ async fn a_sampled_feed_counts_every_event_it_does_not_send() {
     assert_eq!(sent + skipped, total, "sent {sent}, skipped {skipped}");
     assert!(reports > 0 && sent < total, "sent {sent} of {total}");
 }
+
+/// Events on the stream that no node of the cluster sealed (no MAC, or a wrong one) are
+/// read only as far as filters need, and never sent: not to a client of the shared reader,
+/// nor to one replaying with its own consumer. Each is refused and audited instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_no_node_sealed_reach_no_client() {
+    let nats = NatsServer::spawn().await;
+    let db = postgres_database().await;
+    let cluster = cluster_name("forged");
+    let node = Member::new(&cluster, &db, nats.url(), "n1").start().await;
+    eventually("the event stream", || async {
+        match tokio_tungstenite::connect_async(request(node.http, "", None)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    let mut live = open(node.http, "").await;
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
+    let subject = format!("ms.{cluster}.events.node.left");
+    let forged = |node: &str| {
+        let payload =
+            serde_json::json!({"kind": "node_left", "node": node, "at": "2026-01-01T00:00:00Z"});
+        mister_smith::bridge::envelope::Envelope::new("event.node.left", "mallory", payload)
+            .encode()
+            .expect("an envelope")
+    };
+    let mut seqs = Vec::new();
+    let unsigned = js
+        .publish(subject.clone(), forged("n8"))
+        .await
+        .expect("published");
+    seqs.push(unsigned.await.expect("stored").sequence);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Ms-Mac", "00".repeat(32).as_str());
+    let bad_mac = js
+        .publish_with_headers(subject, headers, forged("n9"))
+        .await
+        .expect("published");
+    seqs.push(bad_mac.await.expect("stored").sequence);
+
+    // Genuine events after the forged ones.
+    let task = submit_ok(&node, &echo("after")).await;
+    wait_final(&node, &task).await;
+
+    // Each is refused as it would have been sent, and the refusal audited (once per sender
+    // within a while): both clients read past the forged events and see the audit.
+    let mut replay = open(node.http, &format!("after_seq={}", seqs[0] - 1)).await;
+    for feed in [&mut live, &mut replay] {
+        let mut audited = false;
+        loop {
+            let frame = feed.frame().await;
+            let seq = seq(&frame);
+            assert!(!seqs.contains(&seq), "a forged event was sent: {frame}");
+            let event = &frame["event"];
+            assert_ne!(event["kind"], "node_left", "{frame}");
+            if event["action"] == "cluster.refused" {
+                assert_eq!(event["principal"], "peer:mallory", "{frame}");
+                audited = true;
+            }
+            if audited && seq > seqs[1] {
+                break;
+            }
+        }
+    }
+    let refused = metric(&node, "ms_cluster_refused_total").await;
+    assert!(refused >= 2.0, "refusals counted: {refused}");
+}

@@ -31,7 +31,7 @@ pub use subjects::Subjects;
 
 use crate::config::Settings;
 use refused::Refusals;
-use seal::Sealer;
+use seal::{Refusal, Sealer};
 
 /// How often the client pings the server: a cut connection is noticed within two of these.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -301,27 +301,60 @@ impl Bridge {
         check: Check,
     ) -> Option<Envelope<T>> {
         let envelope = self.decode(message, kind)?;
+        let verdict = self.verdict(message, &envelope, check);
+        self.judged(message, kind, &envelope.from, verdict)
+            .then_some(envelope)
+    }
+
+    /// A message's envelope read before its seal is checked, to decide whether it is
+    /// wanted at all (the event feed reads only the fields its filters need this way).
+    /// Nothing of it may be used or passed on before [`Bridge::authentic`] says yes.
+    pub fn peek<T: DeserializeOwned>(&self, message: &Message, kind: &str) -> Option<Envelope<T>> {
+        self.decode(message, kind)
+    }
+
+    /// Whether a stored message peeked at is sealed by a node of the cluster; if not, it is
+    /// refused (counted, audited) as [`Bridge::open_checked`] would.
+    pub fn authentic<T>(&self, message: &Message, envelope: &Envelope<T>) -> bool {
+        let verdict = self.verdict(message, envelope, Check::Stored);
+        self.judged(message, &envelope.kind, &envelope.from, verdict)
+    }
+
+    fn verdict<T>(
+        &self,
+        message: &Message,
+        envelope: &Envelope<T>,
+        check: Check,
+    ) -> Result<(), Refusal> {
         let mac = message
             .headers
             .as_ref()
             .and_then(|h| h.get(seal::HEADER))
             .map(|v| v.as_str());
-        let subject = message.subject.as_str();
-        let verdict = self
-            .sealer
-            .authentic(subject, &message.payload, mac)
+        self.sealer
+            .authentic(message.subject.as_str(), &message.payload, mac)
             .and_then(|()| match check {
                 Check::Fresh => {
                     self.sealer
                         .fresh(envelope.id, envelope.sent_at, actors::task::store::now_ms())
                 }
                 Check::Stored => Ok(()),
-            });
+            })
+    }
+
+    fn judged(
+        &self,
+        message: &Message,
+        kind: &str,
+        from: &str,
+        verdict: Result<(), Refusal>,
+    ) -> bool {
         match verdict {
-            Ok(()) => Some(envelope),
+            Ok(()) => true,
             Err(reason) => {
-                self.refusals.refuse(kind, &envelope.from, subject, reason);
-                None
+                self.refusals
+                    .refuse(kind, from, message.subject.as_str(), reason);
+                false
             }
         }
     }

@@ -25,15 +25,15 @@ use super::{FeedError, Filter, Item, MAX_LAG, Next, local, stream};
 use crate::bridge::Bridge;
 
 /// What the hub sends its clients.
-#[allow(clippy::large_enum_variant)] // always in an `Arc`: no copy to save
+#[derive(Clone)]
 pub enum Piece {
-    Event(Item),
+    Event(Arc<Item>),
     /// Events were lost before the hub read them.
     Gap,
 }
 
-pub type Receiver = broadcast::Receiver<Arc<Piece>>;
-type Sender = broadcast::Sender<Arc<Piece>>;
+pub type Receiver = broadcast::Receiver<Piece>;
+type Sender = broadcast::Sender<Piece>;
 
 /// The node's shared reader, started on demand.
 #[derive(Clone, Default)]
@@ -54,7 +54,7 @@ impl Hub {
         let all = bridge.subjects().events();
         let (messages, _) = stream::consumer(bridge, all, DeliverPolicy::New).await?;
         let (tx, rx) = started(&mut slot);
-        let (hub, bridge) = (self.clone(), bridge.clone());
+        let (hub, bridge) = (self.clone(), Arc::new(bridge.clone()));
         tokio::spawn(async move {
             let mut messages = messages;
             let mut errors = 0;
@@ -70,7 +70,7 @@ impl Hub {
                     }
                     Some(Ok(message)) => {
                         errors = 0;
-                        match stream::decode(&bridge, &message) {
+                        match stream::stored(&bridge, message) {
                             Some(item) => Piece::Event(item),
                             None => continue,
                         }
@@ -94,11 +94,14 @@ impl Hub {
         }
         let mut raw = events.subscribe();
         let (tx, rx) = started(&mut slot);
-        let (hub, node) = (self.clone(), node.to_string());
+        let (hub, node) = (self.clone(), Arc::<str>::from(node));
         tokio::spawn(async move {
             loop {
                 let piece = match raw.recv().await {
-                    Ok(event) => Piece::Event(local::item(&node, &event)),
+                    Ok(event) => {
+                        let node = node.clone();
+                        Piece::Event(local::Held { node, event }.item())
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => Piece::Gap,
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
@@ -113,7 +116,7 @@ impl Hub {
 
     /// Sends `piece` to every client; `false` when none is left and the hub has stopped.
     async fn send(&self, tx: &Sender, piece: Piece) -> bool {
-        if tx.send(Arc::new(piece)).is_ok() {
+        if tx.send(piece).is_ok() {
             return true;
         }
         // No receiver: stop, unless a client subscribed meanwhile (it holds the lock).
@@ -142,16 +145,14 @@ fn stopped(slot: &mut Option<Sender>) {
 
 /// What one piece received from the hub gives a client whose last event taken is `last`
 /// (its replay's, skipped again here); `None` to go on to the next.
-pub fn take(piece: Result<Arc<Piece>, RecvError>, last: &mut u64, filter: &Filter) -> Option<Next> {
-    match piece.as_deref() {
+pub fn take(piece: Result<Piece, RecvError>, last: &mut u64, filter: &Filter) -> Option<Next> {
+    match piece {
         Ok(Piece::Event(item)) => {
-            if item.frame.seq <= *last {
+            if item.seq <= *last {
                 return None;
             }
-            *last = item.frame.seq;
-            filter
-                .accepts(&item.view())
-                .then(|| Next::Event(item.to_frame()))
+            *last = item.seq;
+            filter.accepts(&item.view()).then(|| Next::Event(item))
         }
         Ok(Piece::Gap) | Err(RecvError::Lagged(_)) => Some(Next::Behind),
         Err(RecvError::Closed) => Some(Next::Ended("the shared event reader stopped".into())),
@@ -159,7 +160,7 @@ pub fn take(piece: Result<Arc<Piece>, RecvError>, last: &mut u64, filter: &Filte
 }
 
 /// A piece received without waiting, `None` when none is there.
-pub fn try_recv(rx: &mut Receiver) -> Option<Result<Arc<Piece>, RecvError>> {
+pub fn try_recv(rx: &mut Receiver) -> Option<Result<Piece, RecvError>> {
     match rx.try_recv() {
         Err(TryRecvError::Empty) => None,
         Ok(piece) => Some(Ok(piece)),

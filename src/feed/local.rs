@@ -4,15 +4,17 @@
 //! rather than leave a gap; the overlap is skipped by sequence number.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use actors::events::{Events, Shared};
+use axum::extract::ws::Utf8Bytes;
 
 use super::filter::View;
 use super::hub::{self, Hub};
-use super::{Filter, Frame, Hello, Item, Next, Start};
+use super::{Filter, Hello, Item, Next, Source, Start};
 
 pub struct LocalReader {
-    node: String,
+    node: Arc<str>,
     filter: Filter,
     backlog: VecDeque<Shared>,
     live: hub::Receiver,
@@ -41,7 +43,7 @@ impl LocalReader {
             }
         };
         let reader = LocalReader {
-            node: node.to_string(),
+            node: node.into(),
             filter,
             backlog: backlog.into(),
             live,
@@ -77,31 +79,42 @@ impl LocalReader {
     fn next_retained(&mut self) -> Option<Next> {
         while let Some(event) = self.backlog.pop_front() {
             self.last_seq = event.local_seq;
-            if self.filter.accepts(&view(&self.node, &event)) {
-                return Some(Next::Event(frame(&self.node, &event)));
+            let held = Held {
+                node: self.node.clone(),
+                event,
+            };
+            if self.filter.accepts(&held.view()) {
+                return Some(Next::Event(held.item()));
             }
         }
         None
     }
 }
 
-/// A node event as the hub hands it to every client.
-pub fn item(node: &str, event: &Shared) -> Item {
-    super::item(view(node, event), frame(node, event))
+/// One of this node's events, as read for a client or for the hub.
+pub struct Held {
+    pub node: Arc<str>,
+    pub event: Shared,
 }
 
-fn view<'a>(node: &'a str, event: &'a Shared) -> View<'a> {
-    let e = &event.event;
-    View {
-        kind: e.kind(),
-        node,
-        about_node: e.about_node(),
-        task: e.task_id(),
-        session: e.session(),
-        actors: e.actors(),
+impl Held {
+    pub fn item(self) -> Arc<Item> {
+        Item::new(self.event.local_seq, Source::Local(self))
     }
-}
 
-fn frame(node: &str, event: &Shared) -> Frame {
-    super::frame(event.local_seq, node, &**event)
+    pub fn view(&self) -> View<'_> {
+        let e = &self.event.event;
+        View {
+            kind: e.kind(),
+            node: &self.node,
+            about_node: e.about_node(),
+            task: e.task_id(),
+            session: e.session(),
+            actors: e.actors(),
+        }
+    }
+
+    pub fn text(&self) -> Utf8Bytes {
+        super::frame_text(self.event.local_seq, &self.node, &*self.event)
+    }
 }

@@ -19,6 +19,7 @@ pub mod local;
 pub mod sample;
 pub mod stream;
 
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use axum::extract::ws::Utf8Bytes;
@@ -30,49 +31,53 @@ pub use filter::{FeedQuery, Filter};
 /// How far behind live a client may fall (events) before it is closed as too slow.
 pub const MAX_LAG: u64 = 8192;
 
-/// One event as the client receives it: `{"seq", "node", "event": {...}}`, `node` being
-/// the node it happened on.
-pub struct Frame {
+/// One event read, for one client or for many: what filters look at, read at once, and
+/// the text of its frame, written when the first client is sent it (a sampled client sends
+/// few of the events it is shown). The frame is `{"seq", "node", "event": {...}}`, `node`
+/// being the node the event happened on.
+pub struct Item {
     pub seq: u64,
-    /// The frame's JSON; cloned without a copy, so clients share one event's text.
-    pub text: Utf8Bytes,
+    source: Source,
+    text: OnceLock<Option<Utf8Bytes>>,
 }
 
-/// One event read: what filters look at, and its frame.
-pub struct Item {
-    kind: String,
-    node: String,
-    about_node: Option<String>,
-    task: Option<String>,
-    session: Option<String>,
-    actors: [Option<String>; 2],
-    pub frame: Frame,
+#[allow(clippy::large_enum_variant)] // inside the item's `Arc`: never moved after
+enum Source {
+    Stream(stream::Stored),
+    Local(local::Held),
 }
 
 impl Item {
+    fn new(seq: u64, source: Source) -> Arc<Item> {
+        Arc::new(Item {
+            seq,
+            source,
+            text: OnceLock::new(),
+        })
+    }
+
     pub fn view(&self) -> View<'_> {
-        View {
-            kind: &self.kind,
-            node: &self.node,
-            about_node: self.about_node.as_deref(),
-            task: self.task.as_deref(),
-            session: self.session.as_deref(),
-            actors: [self.actors[0].as_deref(), self.actors[1].as_deref()],
+        match &self.source {
+            Source::Stream(stored) => stored.view(),
+            Source::Local(held) => held.view(),
         }
     }
 
-    /// The frame to send, sharing this item's text.
-    pub fn to_frame(&self) -> Frame {
-        Frame {
-            seq: self.frame.seq,
-            text: self.frame.text.clone(),
-        }
+    /// The frame's JSON, shared without a copy; `None` when the event turns out not to be
+    /// sealed by a node of the cluster (it is refused, and no client gets it).
+    pub fn text(&self) -> Option<Utf8Bytes> {
+        self.text
+            .get_or_init(|| match &self.source {
+                Source::Stream(stored) => stored.text(self.seq),
+                Source::Local(held) => Some(held.text()),
+            })
+            .clone()
     }
 }
 
 /// What a reader has next.
 pub enum Next {
-    Event(Frame),
+    Event(Arc<Item>),
     /// The client fell more than [`MAX_LAG`] events behind live.
     Behind,
     /// The source ended (the node's channel closed, the stream's consumer failed).
@@ -154,32 +159,15 @@ impl Reader {
     }
 }
 
-/// The frame of `event` (anything that serializes as the event's object).
-pub fn frame<E: Serialize>(seq: u64, node: &str, event: &E) -> Frame {
+/// The frame's text of `event` (anything that serializes as the event's object).
+fn frame_text<E: Serialize>(seq: u64, node: &str, event: &E) -> Utf8Bytes {
     #[derive(Serialize)]
     struct Out<'a, E> {
         seq: u64,
         node: &'a str,
         event: &'a E,
     }
-    let text = serde_json::to_string(&Out { seq, node, event })
-        .unwrap_or_else(|e| format!(r#"{{"seq":{seq},"error":"unencodable event: {e}"}}"#));
-    Frame {
-        seq,
-        text: text.into(),
-    }
-}
-
-/// An [`Item`] of an event whose filtered fields are `view`.
-fn item(view: View<'_>, frame: Frame) -> Item {
-    let own = |s: Option<&str>| s.map(str::to_string);
-    Item {
-        kind: view.kind.to_string(),
-        node: view.node.to_string(),
-        about_node: own(view.about_node),
-        task: own(view.task),
-        session: own(view.session),
-        actors: [own(view.actors[0]), own(view.actors[1])],
-        frame,
-    }
+    serde_json::to_string(&Out { seq, node, event })
+        .unwrap_or_else(|e| format!(r#"{{"seq":{seq},"error":"unencodable event: {e}"}}"#))
+        .into()
 }

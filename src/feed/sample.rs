@@ -44,6 +44,11 @@ impl Sampler {
         false
     }
 
+    /// Whether this second's share is sent: what follows in it is only counted.
+    pub fn saturated(&self) -> bool {
+        self.sent >= self.max_rate && self.window.elapsed() < WINDOW
+    }
+
     /// The `skipped` frame owed for the seconds that are over, if any event was skipped.
     pub fn report(&mut self) -> Option<String> {
         self.roll();
@@ -76,6 +81,7 @@ mod tests {
         let mut s = Sampler::new(3);
         let sent: Vec<bool> = (1..=5).map(|seq| s.admit(seq)).collect();
         assert_eq!(sent, [true, true, true, false, false]);
+        assert!(s.saturated(), "the second's share is sent");
         assert_eq!(s.report(), None, "the second is not over");
         s.window -= WINDOW;
         let report: serde_json::Value = serde_json::from_str(&s.report().unwrap()).unwrap();
@@ -83,6 +89,7 @@ mod tests {
         assert_eq!(report["count"], 2);
         assert_eq!(report["last_seq"], 5);
         assert_eq!(s.report(), None, "reported once");
+        assert!(!s.saturated(), "a new second");
         assert!(s.admit(6), "a new second sends again");
     }
 }

@@ -28,10 +28,14 @@ use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
+use axum::extract::ws::Utf8Bytes;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
 use super::filter::{View, offset_time};
 use super::hub::{self, Hub, Piece};
-use super::{FeedError, Filter, Hello, Item, MAX_LAG, Next, Start, frame};
-use crate::bridge::{Bridge, Check};
+use super::{FeedError, Filter, Hello, Item, MAX_LAG, Next, Source, Start, frame_text};
+use crate::bridge::{Bridge, envelope};
 
 /// How long opening a feed may take before NATS is judged unavailable.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +43,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const MAX_ERRORS: u32 = 100;
 
 pub struct StreamReader {
-    bridge: Bridge,
+    bridge: Arc<Bridge>,
     hub: Hub,
     filter: Filter,
     phase: Phase,
@@ -69,7 +73,7 @@ enum Phase {
 /// A subscription to the hub, its first piece peeked while the replay goes on.
 struct Joined {
     rx: hub::Receiver,
-    first: Option<Result<Arc<Piece>, RecvError>>,
+    first: Option<Result<Piece, RecvError>>,
 }
 
 impl Joined {
@@ -83,21 +87,21 @@ impl Joined {
         if self.first.is_none() {
             self.first = hub::try_recv(&mut self.rx);
         }
-        match self.first.as_ref().map(|p| p.as_deref()) {
+        match &self.first {
             None => Ok(None),
-            Some(Ok(Piece::Event(item))) => Ok(Some(item.frame.seq)),
+            Some(Ok(Piece::Event(item))) => Ok(Some(item.seq)),
             Some(_) => Err(()),
         }
     }
 
-    async fn recv(&mut self) -> Result<Arc<Piece>, RecvError> {
+    async fn recv(&mut self) -> Result<Piece, RecvError> {
         match self.first.take() {
             Some(piece) => piece,
             None => self.rx.recv().await,
         }
     }
 
-    fn try_recv(&mut self) -> Option<Result<Arc<Piece>, RecvError>> {
+    fn try_recv(&mut self) -> Option<Result<Piece, RecvError>> {
         self.first.take().or_else(|| hub::try_recv(&mut self.rx))
     }
 }
@@ -148,7 +152,7 @@ impl StreamReader {
         let range = (state.first_sequence, state.last_sequence);
         let hello = Hello::new("stream", bridge.node(), range, start);
         let reader = StreamReader {
-            bridge: bridge.clone(),
+            bridge: Arc::new(bridge.clone()),
             hub: hub.clone(),
             filter,
             phase,
@@ -283,12 +287,8 @@ impl StreamReader {
         if self.live && pending > MAX_LAG {
             return Some(Next::Behind);
         }
-        let filter = &self.filter;
-        read(&self.bridge, &message, |seq, view, from, event| {
-            filter.accepts(&view).then(|| frame(seq, from, event))
-        })
-        .flatten()
-        .map(Next::Event)
+        let item = stored(&self.bridge, message)?;
+        self.filter.accepts(&item.view()).then(|| Next::Event(item))
     }
 }
 
@@ -340,41 +340,118 @@ pub(super) async fn consumer(
     Ok((messages, pending))
 }
 
-/// One event of the stream as an [`Item`] (for the shared reader), or `None` when it is
-/// not a sealed event of this cluster.
-pub(super) fn decode(bridge: &Bridge, message: &jetstream::Message) -> Option<Item> {
-    read(bridge, message, |seq, view, from, event| {
-        super::item(view, frame(seq, from, event))
-    })
-}
-
-/// Opens one message of the stream (its seal checked, its event decoded) and hands its
-/// sequence, view, node and event to `f`.
-fn read<T>(
-    bridge: &Bridge,
-    message: &jetstream::Message,
-    f: impl FnOnce(u64, View<'_>, &str, &Value) -> T,
-) -> Option<T> {
+/// One event of the stream as an [`Item`], read only as far as filters need: its seal is
+/// checked, and its JSON written, when a client is to be sent it ([`Stored::text`]).
+/// `None` when the message is not an event envelope at all.
+pub(super) fn stored(bridge: &Arc<Bridge>, message: jetstream::Message) -> Option<Arc<Item>> {
     let seq = message.info().ok()?.stream_sequence;
     let kind = envelope_kind(bridge, message.message.subject.as_str())?;
-    let envelope = bridge.open_checked::<Value>(&message.message, &kind, Check::Stored)?;
-    let event = &envelope.payload;
-    let s = |key: &str| event.get(key).and_then(Value::as_str);
-    let kind = s("kind").unwrap_or_default();
-    let view = View {
-        kind,
-        node: &envelope.from,
-        about_node: if kind == "tasks_taken_over" {
-            s("from")
-        } else {
-            s("node")
-        },
-        task: s("task_id"),
-        session: s("session"),
-        actors: [s("supervisor").or(s("agent")), s("child")],
+    let envelope = bridge.peek::<Brief>(&message.message, &kind)?;
+    let brief = envelope.payload;
+    let about_node = if brief.kind.as_str() == Some("tasks_taken_over") {
+        brief.from
+    } else {
+        brief.node
     };
-    Some(f(seq, view, &envelope.from, event))
+    let stored = Stored {
+        bridge: bridge.clone(),
+        message: message.message,
+        kind: owned(brief.kind).unwrap_or_default(),
+        node: envelope.from,
+        about_node: owned(about_node),
+        task: owned(brief.task_id),
+        session: owned(brief.session),
+        actors: [owned(brief.supervisor.or(brief.agent)), owned(brief.child)],
+    };
+    Some(Item::new(seq, Source::Stream(stored)))
 }
+
+/// An event of the stream, read as far as filters need.
+pub(super) struct Stored {
+    bridge: Arc<Bridge>,
+    message: async_nats::Message,
+    kind: String,
+    node: String,
+    about_node: Option<String>,
+    task: Option<String>,
+    session: Option<String>,
+    actors: [Option<String>; 2],
+}
+
+impl Stored {
+    pub(super) fn view(&self) -> View<'_> {
+        View {
+            kind: &self.kind,
+            node: &self.node,
+            about_node: self.about_node.as_deref(),
+            task: self.task.as_deref(),
+            session: self.session.as_deref(),
+            actors: [self.actors[0].as_deref(), self.actors[1].as_deref()],
+        }
+    }
+
+    /// The frame's text, once the seal checks; `None` (and the message refused) if not.
+    pub(super) fn text(&self, seq: u64) -> Option<Utf8Bytes> {
+        let kind = envelope_kind(&self.bridge, self.message.subject.as_str())?;
+        // Read whole only now; it was read as a `Brief` before, so it is an envelope.
+        let envelope = envelope::decode::<Value>(&self.message.payload, Some(&kind)).ok()?;
+        self.bridge
+            .authentic(&self.message, &envelope)
+            .then(|| frame_text(seq, &envelope.from, &envelope.payload))
+    }
+}
+
+/// The fields of an event's payload that filters look at, each kept only when it is a
+/// string (a field of another type in some event is not a reason to drop the event).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Brief {
+    kind: Loose,
+    node: Loose,
+    from: Loose,
+    task_id: Loose,
+    session: Loose,
+    supervisor: Loose,
+    agent: Loose,
+    child: Loose,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loose {
+    Str(String),
+    Other(IgnoredAny),
+}
+
+impl Default for Loose {
+    fn default() -> Self {
+        Loose::Other(IgnoredAny)
+    }
+}
+
+impl Loose {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Loose::Str(s) => Some(s),
+            Loose::Other(_) => None,
+        }
+    }
+
+    fn or(self, other: Loose) -> Loose {
+        match self {
+            Loose::Str(_) => self,
+            Loose::Other(_) => other,
+        }
+    }
+}
+
+fn owned(field: Loose) -> Option<String> {
+    match field {
+        Loose::Str(s) => Some(s),
+        Loose::Other(_) => None,
+    }
+}
+
 /// The envelope kind of an event on `subject` (what the forwarder sealed it as).
 fn envelope_kind(bridge: &Bridge, subject: &str) -> Option<String> {
     let prefix = bridge.subjects().event("");

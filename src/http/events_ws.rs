@@ -33,6 +33,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most frames written before one flush.
 const BATCH: usize = 256;
+/// A sampled feed's nap once it has sent its share of the second.
+const NAP: Duration = Duration::from_millis(25);
 /// Close code of a client too slow for live.
 pub const CLOSE_SLOW: u16 = 4008;
 
@@ -79,18 +81,27 @@ pub async fn serve(
 /// Writes the feed to the socket until either side ends it.
 async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello, mut sampler: Option<Sampler>) {
     metrics::gauge!("ms_events_ws_clients").increment(1.0);
-    let (mut tx, mut rx) = socket.split();
+    let (mut tx, rx) = socket.split();
+    // The client's side is read by a task of its own, woken only when the client sends
+    // something: polled beside every batch of events, the socket's reader would prepare a
+    // read buffer each time for nothing.
+    let mut gone = tokio::spawn(until_closed(rx));
     let hello = serde_json::to_string(&hello).unwrap_or_default();
     let mut last_seq = 0;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     // A sampled feed reports what it skipped within a second, even when nothing follows.
     let mut report = tokio::time::interval(Duration::from_secs(1));
+    // A sampled feed that has sent its share of the second takes a nap between batches
+    // (it only counts what it skips): one wakeup per NAP rather than one per event.
+    let nap = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(nap);
+    let mut napping = false;
     let end = match send(&mut tx, Message::Text(hello.into())).await {
         Err(()) => None,
         Ok(()) => loop {
             tokio::select! {
-                next = reader.next() => {
+                next = reader.next(), if !napping => {
                     let batch = write_batch(&mut tx, &mut reader, next, &mut last_seq, &mut sampler);
                     match batch.await {
                         Ok(None) => {}
@@ -99,11 +110,13 @@ async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello, mut sampler: 
                         // live (what it was sent is queued before the close frame).
                         Err(()) => break Some(slow(last_seq)),
                     }
+                    if sampler.as_ref().is_some_and(Sampler::saturated) {
+                        nap.as_mut().reset(tokio::time::Instant::now() + NAP);
+                        napping = true;
+                    }
                 }
-                incoming = rx.next() => match incoming {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
-                    Some(Ok(_)) => {}
-                },
+                () = &mut nap, if napping => napping = false,
+                _ = &mut gone => break None,
                 _ = ping.tick() => {
                     if send(&mut tx, Message::Ping(Default::default())).await.is_err() {
                         break None;
@@ -120,6 +133,7 @@ async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello, mut sampler: 
             }
         },
     };
+    gone.abort();
     metrics::gauge!("ms_events_ws_clients").decrement(1.0);
     if let Some((code, reason)) = end {
         let frame = CloseFrame {
@@ -128,6 +142,15 @@ async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello, mut sampler: 
         };
         // Behind what is already queued for a slow reader: it reads its way to the close.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// Reads what the client sends (pongs, pings) until it closes or the socket breaks.
+async fn until_closed(mut rx: futures::stream::SplitStream<WebSocket>) {
+    while let Some(Ok(message)) = rx.next().await {
+        if let Message::Close(_) = message {
+            return;
+        }
     }
 }
 
@@ -160,9 +183,12 @@ async fn write_batch(
     while let Some(n) = next.take() {
         match n {
             Next::Event(frame) => {
-                if sampler.as_mut().is_none_or(|s| s.admit(frame.seq)) {
+                // The sampler first: the frame's text is written only for an event sent.
+                if sampler.as_mut().is_none_or(|s| s.admit(frame.seq))
+                    && let Some(text) = frame.text()
+                {
                     *last_seq = frame.seq;
-                    feed_frame(tx, Message::Text(frame.text)).await?;
+                    feed_frame(tx, Message::Text(text)).await?;
                     written += 1;
                 }
             }
