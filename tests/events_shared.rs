@@ -31,6 +31,18 @@ fn load(node: &Arc<TestNode>, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHa
         .collect()
 }
 
+/// Waits until the feed opens: the event stream is there once the node has forwarded an
+/// event to it.
+async fn stream_ready(node: &TestNode) {
+    eventually("the event stream", || async {
+        match tokio_tungstenite::connect_async(request(node.http, "", None)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+}
+
 /// Reads frames of `feed` until one has a seq of at least `until`.
 async fn read_to(feed: &mut Client, until: u64) -> Vec<Value> {
     let mut frames = Vec::new();
@@ -58,14 +70,7 @@ async fn resumed_broad_feeds_hand_over_to_the_shared_reader_without_gap_or_dupli
     let stop = Arc::new(AtomicBool::new(false));
     let submitters = load(&node, &stop);
 
-    // The event stream is there once the node has forwarded an event to it.
-    eventually("the event stream", || async {
-        match tokio_tungstenite::connect_async(request(node.http, "", None)).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
+    stream_ready(&node).await;
     let mut live = open(node.http, "").await;
     assert_eq!(live.hello["source"], "stream", "{}", live.hello);
     let first = live.frame().await;
@@ -210,13 +215,7 @@ async fn events_no_node_sealed_reach_no_client() {
     let db = postgres_database().await;
     let cluster = cluster_name("forged");
     let node = Member::new(&cluster, &db, nats.url(), "n1").start().await;
-    eventually("the event stream", || async {
-        match tokio_tungstenite::connect_async(request(node.http, "", None)).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
+    stream_ready(&node).await;
     let mut live = open(node.http, "").await;
 
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));

@@ -70,7 +70,11 @@ impl Hub {
                     }
                     Some(Ok(message)) => {
                         errors = 0;
-                        match stream::stored(&bridge, message) {
+                        let seq = message.info().map(|i| i.stream_sequence);
+                        match seq
+                            .ok()
+                            .and_then(|seq| stream::stored(&bridge, seq, message))
+                        {
                             Some(item) => Piece::Event(item),
                             None => continue,
                         }

@@ -287,7 +287,7 @@ impl StreamReader {
         if self.live && pending > MAX_LAG {
             return Some(Next::Behind);
         }
-        let item = stored(&self.bridge, message)?;
+        let item = stored(&self.bridge, seq, message)?;
         self.filter.accepts(&item.view()).then(|| Next::Event(item))
     }
 }
@@ -340,15 +340,19 @@ pub(super) async fn consumer(
     Ok((messages, pending))
 }
 
-/// One event of the stream as an [`Item`], read only as far as filters need: its seal is
-/// checked, and its JSON written, when a client is to be sent it ([`Stored::text`]).
+/// Event `seq` of the stream as an [`Item`], read only as far as filters need: its seal
+/// is checked, and its JSON written, when a client is to be sent it ([`Stored::text`]).
 /// `None` when the message is not an event envelope at all.
-pub(super) fn stored(bridge: &Arc<Bridge>, message: jetstream::Message) -> Option<Arc<Item>> {
-    let seq = message.info().ok()?.stream_sequence;
+pub(super) fn stored(
+    bridge: &Arc<Bridge>,
+    seq: u64,
+    message: jetstream::Message,
+) -> Option<Arc<Item>> {
     let kind = envelope_kind(bridge, message.message.subject.as_str())?;
     let envelope = bridge.peek::<Brief>(&message.message, &kind)?;
     let brief = envelope.payload;
-    let about_node = if brief.kind.as_str() == Some("tasks_taken_over") {
+    let event_kind = brief.kind.into_string();
+    let about_node = if event_kind.as_deref() == Some("tasks_taken_over") {
         brief.from
     } else {
         brief.node
@@ -356,12 +360,16 @@ pub(super) fn stored(bridge: &Arc<Bridge>, message: jetstream::Message) -> Optio
     let stored = Stored {
         bridge: bridge.clone(),
         message: message.message,
-        kind: owned(brief.kind).unwrap_or_default(),
+        envelope_kind: envelope.kind,
+        kind: event_kind.unwrap_or_default(),
         node: envelope.from,
-        about_node: owned(about_node),
-        task: owned(brief.task_id),
-        session: owned(brief.session),
-        actors: [owned(brief.supervisor.or(brief.agent)), owned(brief.child)],
+        about_node: about_node.into_string(),
+        task: brief.task_id.into_string(),
+        session: brief.session.into_string(),
+        actors: [
+            brief.supervisor.into_string().or(brief.agent.into_string()),
+            brief.child.into_string(),
+        ],
     };
     Some(Item::new(seq, Source::Stream(stored)))
 }
@@ -370,6 +378,8 @@ pub(super) fn stored(bridge: &Arc<Bridge>, message: jetstream::Message) -> Optio
 pub(super) struct Stored {
     bridge: Arc<Bridge>,
     message: async_nats::Message,
+    /// What the forwarder sealed it as (`event.<subject suffix>`).
+    envelope_kind: String,
     kind: String,
     node: String,
     about_node: Option<String>,
@@ -392,9 +402,9 @@ impl Stored {
 
     /// The frame's text, once the seal checks; `None` (and the message refused) if not.
     pub(super) fn text(&self, seq: u64) -> Option<Utf8Bytes> {
-        let kind = envelope_kind(&self.bridge, self.message.subject.as_str())?;
         // Read whole only now; it was read as a `Brief` before, so it is an envelope.
-        let envelope = envelope::decode::<Value>(&self.message.payload, Some(&kind)).ok()?;
+        let kind = Some(self.envelope_kind.as_str());
+        let envelope = envelope::decode::<Value>(&self.message.payload, kind).ok()?;
         self.bridge
             .authentic(&self.message, &envelope)
             .then(|| frame_text(seq, &envelope.from, &envelope.payload))
@@ -430,25 +440,11 @@ impl Default for Loose {
 }
 
 impl Loose {
-    fn as_str(&self) -> Option<&str> {
+    fn into_string(self) -> Option<String> {
         match self {
             Loose::Str(s) => Some(s),
             Loose::Other(_) => None,
         }
-    }
-
-    fn or(self, other: Loose) -> Loose {
-        match self {
-            Loose::Str(_) => self,
-            Loose::Other(_) => other,
-        }
-    }
-}
-
-fn owned(field: Loose) -> Option<String> {
-    match field {
-        Loose::Str(s) => Some(s),
-        Loose::Other(_) => None,
     }
 }
 
