@@ -2,7 +2,7 @@
 //! broadly share one consumer of the event stream, and a resumed client hands over from
 //! its own replay to it while events keep coming, without a gap or a duplicate. And a
 //! feed for people (`max_rate`, `src/feed/sample.rs`): the events it does not send are
-//! counted, none unaccounted for; one of everything reads only what it sends.
+//! counted, none unaccounted for.
 
 mod common;
 
@@ -267,100 +267,4 @@ async fn events_no_node_sealed_reach_no_client() {
     }
     let refused = metric(&node, "ms_cluster_refused_total").await;
     assert!(refused >= 2.0, "refusals counted: {refused}");
-}
-
-/// A sampled feed of everything (the console's Events view) under load reads only what it
-/// sends: between its seconds it holds no consumer of the stream, nor the shared reader,
-/// and what it went past is counted from sequence numbers. Its frames account for every
-/// seq once: an event is the seq after the last accounted for, a `skipped` frame the
-/// `count` seqs up to its `last_seq`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sampled_feed_of_everything_reads_only_what_it_sends() {
-    let nats = NatsServer::spawn().await;
-    let db = postgres_database().await;
-    let cluster = cluster_name("skim");
-    let node = Arc::new(Member::new(&cluster, &db, nats.url(), "n1").start().await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let submitters = load(&node, &stop);
-    stream_ready(&node).await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
-    let stream_name = format!("MS_{}_EVENTS", cluster.replace('.', "_")).to_uppercase();
-    // `Ok` when the event stream has no consumer, else the consumers it has.
-    let no_consumers = || {
-        let js = js.clone();
-        let name = stream_name.clone();
-        async move {
-            let stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
-            let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumers())
-                .await
-                .into_iter()
-                .map(|c| {
-                    c.map(|c| {
-                        format!(
-                            "{} (created {}, delivered {:?})",
-                            c.name, c.created, c.delivered
-                        )
-                    })
-                    .unwrap_or_default()
-                })
-                .collect();
-            match names.is_empty() {
-                true => Ok(()),
-                false => Err(names.join("; ")),
-            }
-        }
-    };
-
-    let mut sampled = open(node.http, "max_rate=20").await;
-    let (mut accounted, mut sent, mut skipped, mut reports) = (None::<u64>, 0u64, 0u64, 0);
-    while reports < 3 {
-        match sampled.next().await {
-            Got::Frame(f) if f["kind"] == "skipped" => {
-                let (count, last) = (f["count"].as_u64(), f["last_seq"].as_u64());
-                let (count, last) = (count.expect("a count"), last.expect("a last_seq"));
-                assert!(count > 0, "{f}");
-                if let Some(at) = accounted {
-                    assert_eq!(last - count, at, "a skipped frame after seq {at}: {f}");
-                }
-                accounted = Some(last);
-                skipped += count;
-                reports += 1;
-            }
-            Got::Frame(f) => {
-                let seq = seq(&f);
-                if let Some(at) = accounted {
-                    assert_eq!(seq, at + 1, "an event after seq {at}: {f}");
-                }
-                accounted = Some(seq);
-                sent += 1;
-            }
-            other => panic!("the sampled feed ended: {other:?}"),
-        }
-    }
-    assert!(
-        skipped > sent,
-        "sent {sent}, skipped {skipped}: not a busy stream"
-    );
-    eventually("the sampled feed rests without a consumer", no_consumers).await;
-    assert_eq!(
-        metric(&node, "ms_events_feed_shared_readers").await,
-        0.0,
-        "a sampled feed of everything does not start the shared reader"
-    );
-    // It goes on after resting.
-    let after = accounted.expect("something accounted for");
-    loop {
-        match sampled.next().await {
-            Got::Frame(f) if f["seq"].as_u64().is_some_and(|s| s > after) => break,
-            Got::Frame(_) => {}
-            other => panic!("the sampled feed ended after resting: {other:?}"),
-        }
-    }
-    sampled.close().await;
-    stop.store(true, Ordering::Relaxed);
-    for s in submitters {
-        s.await.expect("a submitter");
-    }
-    // Its consumer is deleted with it, not left to expire (NATS keeps it 30 s).
-    eventually("no consumer left after the feed closed", no_consumers).await;
 }

@@ -5,8 +5,7 @@
 //! each event ten times, and the node checked its seal, decoded it and wrote its JSON ten
 //! times. The hub does that once per event and hands every client the same [`Item`]; a
 //! client only runs its filter and writes the shared text. Clients that follow one task
-//! or one kind keep a consumer of their own, which NATS filters for them; so does a
-//! sampled client of everything, which reads only what it sends ([`super::stream`]).
+//! or one kind keep a consumer of their own, which NATS filters for them.
 //!
 //! The hub starts with its first client and stops at the first event that finds none
 //! left. Its channel is a fixed ring of [`MAX_LAG`] events: a client that falls further
@@ -22,7 +21,6 @@ use futures::StreamExt;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Mutex, broadcast};
 
-use super::consumer::{Consumer, Pull};
 use super::{FeedError, Filter, Item, MAX_LAG, Next, local, stream};
 use crate::bridge::Bridge;
 
@@ -54,8 +52,7 @@ impl Hub {
             return Ok(tx.subscribe());
         }
         let all = bridge.subjects().events();
-        let pull = Pull { batch: 0 };
-        let messages = Consumer::open(bridge, all, DeliverPolicy::New, pull).await?;
+        let (messages, _) = stream::consumer(bridge, all, DeliverPolicy::New).await?;
         let (tx, rx) = started(&mut slot);
         let (hub, bridge) = (self.clone(), Arc::new(bridge.clone()));
         tokio::spawn(async move {

@@ -13,7 +13,6 @@
 //! client that falls more than [`MAX_LAG`] events behind live is [`Next::Behind`]: its
 //! socket is closed, naming the sequence to resume after.
 
-pub mod consumer;
 pub mod filter;
 pub mod hub;
 pub mod local;
@@ -79,12 +78,6 @@ impl Item {
 /// What a reader has next.
 pub enum Next {
     Event(Arc<Item>),
-    /// Events a sampled feed went past without reading them ([`stream::StreamReader::rest`]):
-    /// `count` of them, up to `last_seq`.
-    Skipped {
-        count: u64,
-        last_seq: u64,
-    },
     /// The client fell more than [`MAX_LAG`] events behind live.
     Behind,
     /// The source ended (the node's channel closed, the stream's consumer failed).
@@ -162,15 +155,6 @@ impl Reader {
         match self {
             Reader::Local(r) => r.ready(),
             Reader::Stream(r) => r.ready(),
-        }
-    }
-
-    /// The client takes nothing more this second; `true` when the reader lets go of its
-    /// source until the next [`Self::next`] (it counts what it skips without reading it).
-    pub fn rest(&mut self) -> bool {
-        match self {
-            Reader::Local(_) => false,
-            Reader::Stream(r) => r.rest(),
         }
     }
 }

@@ -5,8 +5,6 @@
 //! each second up to the cap and then, once the second is over, a `skipped` frame:
 //! `{"kind": "skipped", "count", "last_seq"}` (how many passed the filter but were not
 //! sent, and the seq of the last of them, to replay from if they are wanted after all).
-//! A reader that skims ([`super::stream::StreamReader::rest`]) counts what it went past
-//! without reading it, and the count goes in the same frame.
 
 use std::time::{Duration, Instant};
 
@@ -49,17 +47,6 @@ impl Sampler {
     /// Whether this second's share is sent: what follows in it is only counted.
     pub fn saturated(&self) -> bool {
         self.sent >= self.max_rate && self.window.elapsed() < WINDOW
-    }
-
-    /// When this second ends (and the next share may be sent).
-    pub fn next_window(&self) -> Instant {
-        self.window + WINDOW
-    }
-
-    /// Counts `count` events the reader went past, up to `last_seq`, as skipped.
-    pub fn skip(&mut self, count: u64, last_seq: u64) {
-        self.skipped += count;
-        self.last_skipped = self.last_skipped.max(last_seq);
     }
 
     /// The `skipped` frame owed for the seconds that are over, if any event was skipped.

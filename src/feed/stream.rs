@@ -12,21 +12,18 @@
 //!    this consumer has it;
 //! 3. when that consumer catches up, the hub's events follow, those already taken skipped.
 //!
-//! A sampled feed of everything (the console's Events view: `max_rate`, no filter) skims
-//! instead: it has a consumer of its own that pulls no more than its client's share of a
-//! second; once the share is sent it lets go of the consumer ([`StreamReader::rest`]), and
-//! at the next second opens one at the stream's end, counting what it went past from the
-//! sequence numbers. It reads 50 events a second where the shared reader reads them all:
-//! neither NATS nor the node spends anything on the events no one is shown.
-//!
 //! Consumers are ephemeral, recreated by the client library after a NATS restart from the
-//! last sequence seen, and deleted when the feed lets go of them ([`super::consumer`]). Each event is read like any message from the cluster: sealed by a
+//! last sequence seen. Each event is read like any message from the cluster: sealed by a
 //! node of the cluster, or refused.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedError};
+use async_nats::jetstream::{
+    self,
+    consumer::DeliverPolicy,
+    consumer::pull::{Ordered, OrderedConfig, OrderedError},
+};
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -35,7 +32,6 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::consumer::{Consumer, Pull, unavailable};
 use super::filter::{View, offset_time};
 use super::hub::{self, Hub, Piece};
 use super::{FeedError, Filter, Hello, Item, MAX_LAG, Next, Source, Start, frame_text};
@@ -45,9 +41,6 @@ use crate::bridge::{Bridge, envelope};
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Consecutive consumer errors after which the feed ends (NATS is gone for good).
 pub(super) const MAX_ERRORS: u32 = 100;
-/// Highest `max_rate` of a feed of everything that skims (see [`StreamReader::rest`]);
-/// above it, a feed reads every event, from the shared reader.
-pub const SKIM_MAX_RATE: u32 = 1000;
 
 pub struct StreamReader {
     bridge: Arc<Bridge>,
@@ -61,30 +54,20 @@ pub struct StreamReader {
     /// The replay has reached live; from now on a client that lags is behind.
     live: bool,
     errors: u32,
-    /// A sampled feed of everything: how it pulls; it lets go of its consumer between its
-    /// client's seconds ([`StreamReader::rest`]).
-    skim: Option<Pull>,
 }
 
 enum Phase {
-    /// A consumer of the client's own for the whole feed (a narrow subject, or a feed that
-    /// skims).
-    Own(Consumer),
+    /// A consumer of the client's own for the whole feed (a narrow subject).
+    Own(Ordered),
     /// Replaying with a consumer of its own; `hub` once subscribed (step 2), `caught_up`
     /// once the consumer has caught up with the stream, or with the hub.
     Replay {
-        messages: Consumer,
+        messages: Ordered,
         hub: Option<Joined>,
         caught_up: bool,
     },
     /// The node's shared reader.
     Shared(Joined),
-    /// A feed that skims, between two of its client's seconds: it holds no consumer.
-    Resting,
-    /// A feed that skims, opening its consumer again: in a task of its own, so that a
-    /// consumer created is never lost to a `next` dropped meanwhile (it would stay on
-    /// the stream, undeleted).
-    Waking(tokio::task::JoinHandle<Result<Consumer, FeedError>>),
 }
 
 /// A subscription to the hub, its first piece peeked while the replay goes on.
@@ -124,16 +107,13 @@ impl Joined {
 }
 
 impl StreamReader {
-    /// A feed of the stream; `max_rate` is the client's, when it samples.
     pub async fn open(
         bridge: &Bridge,
         hub: &Hub,
         filter: Filter,
         start: Start,
-        max_rate: Option<u32>,
     ) -> Result<(Self, Hello), FeedError> {
-        let open = Self::open_now(bridge, hub, filter, start, max_rate);
-        tokio::time::timeout(OPEN_TIMEOUT, open)
+        tokio::time::timeout(OPEN_TIMEOUT, Self::open_now(bridge, hub, filter, start))
             .await
             .map_err(|_| FeedError::Unavailable("NATS did not answer in time".into()))?
     }
@@ -143,24 +123,14 @@ impl StreamReader {
         hub: &Hub,
         filter: Filter,
         start: Start,
-        max_rate: Option<u32>,
     ) -> Result<(Self, Hello), FeedError> {
         if !bridge.is_connected() {
             return Err(unavailable(&"NATS is not connected"));
         }
         let state = stream_state(bridge).await?;
         let subject = filter.subject(bridge.subjects());
-        // A sampled feed of everything counts what it skips by sequence numbers alone.
-        let skim = max_rate
-            .filter(|&rate| rate <= SKIM_MAX_RATE && filter.passes_everything())
-            .map(|rate| Pull {
-                batch: i64::from(rate),
-            });
-        let broad = skim.is_none()
-            && (subject == bridge.subjects().events()
-                || subject == bridge.subjects().event("task.trace.>"));
-        let batch = skim.as_ref().map_or(0, |p| p.batch);
-        let pull = || Pull { batch };
+        let broad = subject == bridge.subjects().events()
+            || subject == bridge.subjects().event("task.trace.>");
         let deliver = match start {
             Start::Live => DeliverPolicy::New,
             Start::After(after) => DeliverPolicy::ByStartSequence {
@@ -173,11 +143,11 @@ impl StreamReader {
         let phase = match (broad, start) {
             (true, Start::Live) => Phase::Shared(Joined::new(hub.subscribe_stream(bridge).await?)),
             (true, _) => Phase::Replay {
-                messages: Consumer::open(bridge, subject, deliver, pull()).await?,
+                messages: consumer(bridge, subject, deliver).await?.0,
                 hub: None,
                 caught_up: false,
             },
-            (false, _) => Phase::Own(Consumer::open(bridge, subject, deliver, pull()).await?),
+            (false, _) => Phase::Own(consumer(bridge, subject, deliver).await?.0),
         };
         let range = (state.first_sequence, state.last_sequence);
         let hello = Hello::new("stream", bridge.node(), range, start);
@@ -193,7 +163,6 @@ impl StreamReader {
             head: state.last_sequence,
             live: start == Start::Live,
             errors: 0,
-            skim,
         };
         Ok((reader, hello))
     }
@@ -212,7 +181,6 @@ impl StreamReader {
                     let piece = joined.recv().await;
                     hub::take(piece, &mut self.last, &self.filter)
                 }
-                Phase::Resting | Phase::Waking(_) => self.wake().await,
             };
             if let Some(next) = next {
                 return next;
@@ -234,58 +202,11 @@ impl StreamReader {
                     let piece = joined.try_recv()?;
                     hub::take(piece, &mut self.last, &self.filter)
                 }
-                Phase::Resting | Phase::Waking(_) => return None,
             };
             if next.is_some() {
                 return next;
             }
         }
-    }
-
-    /// The client takes nothing more until its next second: a feed that skims lets go of
-    /// its consumer (`true`), so that NATS does not send it events only to be counted.
-    /// The next [`Self::next`] opens a consumer at the stream's end and counts what it
-    /// went past as one [`Next::Skipped`]. Other feeds read on (`false`).
-    pub fn rest(&mut self) -> bool {
-        if self.skim.is_none() {
-            return false;
-        }
-        self.phase = Phase::Resting;
-        true
-    }
-
-    /// A resting feed's consumer again, from the stream's end: what it skipped, if any.
-    /// Cancel-safe: the consumer is opened by a task the phase holds.
-    async fn wake(&mut self) -> Option<Next> {
-        if let Phase::Resting = self.phase {
-            let (bridge, pull) = (
-                self.bridge.clone(),
-                Pull {
-                    batch: self.skim_batch(),
-                },
-            );
-            let subject = self.filter.subject(bridge.subjects());
-            let open =
-                async move { Consumer::open(&bridge, subject, DeliverPolicy::New, pull).await };
-            self.phase = Phase::Waking(tokio::spawn(open));
-        }
-        let Phase::Waking(opening) = &mut self.phase else {
-            return None;
-        };
-        let consumer = match opening.await {
-            Ok(Ok(consumer)) => consumer,
-            Ok(Err(e)) => return Some(Next::Ended(e.to_string())),
-            Err(e) => return Some(Next::Ended(format!("the event stream's consumer: {e}"))),
-        };
-        let (count, last_seq) = (consumer.after.saturating_sub(self.last), consumer.after);
-        self.last = self.last.max(last_seq);
-        self.phase = Phase::Own(consumer);
-        self.live = true;
-        (count > 0).then_some(Next::Skipped { count, last_seq })
-    }
-
-    fn skim_batch(&self) -> i64 {
-        self.skim.as_ref().map_or(0, |p| p.batch)
     }
 
     /// Steps 2 and 3 of the hand-over, once the replay has caught up. Cancel-safe: the
@@ -312,12 +233,12 @@ impl StreamReader {
         let after = DeliverPolicy::ByStartSequence {
             start_sequence: self.last + 1,
         };
-        self.phase = match Consumer::open(&self.bridge, subject, after, Pull { batch: 0 }).await {
-            Ok(messages) if messages.pending == 0 => {
+        self.phase = match consumer(&self.bridge, subject, after).await {
+            Ok((_, 0)) => {
                 handed_over();
                 Phase::Shared(joined)
             }
-            Ok(messages) => Phase::Replay {
+            Ok((messages, _)) => Phase::Replay {
                 messages,
                 hub: Some(joined),
                 caught_up: false,
@@ -375,6 +296,10 @@ fn handed_over() {
     metrics::counter!("ms_events_feed_handovers_total").increment(1);
 }
 
+fn unavailable(e: &dyn std::fmt::Display) -> FeedError {
+    FeedError::Unavailable(e.to_string())
+}
+
 async fn stream_state(bridge: &Bridge) -> Result<jetstream::stream::State, FeedError> {
     let js = jetstream::new(bridge.client().clone());
     let mut stream = js
@@ -387,6 +312,32 @@ async fn stream_state(bridge: &Bridge) -> Result<jetstream::stream::State, FeedE
         .map_err(|e| unavailable(&e))?
         .state
         .clone())
+}
+
+/// An ordered consumer of the event stream on `subject`, and how many events it has to
+/// deliver (when it was created).
+pub(super) async fn consumer(
+    bridge: &Bridge,
+    subject: String,
+    deliver_policy: DeliverPolicy,
+) -> Result<(Ordered, u64), FeedError> {
+    let js = jetstream::new(bridge.client().clone());
+    let stream = js
+        .get_stream(bridge.subjects().events_stream())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let config = OrderedConfig {
+        filter_subject: subject,
+        deliver_policy,
+        ..OrderedConfig::default()
+    };
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+    Ok((messages, pending))
 }
 
 /// Event `seq` of the stream as an [`Item`], read only as far as filters need: its seal

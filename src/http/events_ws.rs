@@ -63,10 +63,9 @@ pub async fn serve(
     let hub = &node.feed_hub;
     let (reader, hello) = match node.bridge.get() {
         Some(bridge) => {
-            let (r, hello) =
-                feed::stream::StreamReader::open(bridge, hub, filter, start, query.max_rate)
-                    .await
-                    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let (r, hello) = feed::stream::StreamReader::open(bridge, hub, filter, start)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
             (Reader::Stream(Box::new(r)), hello)
         }
         None => {
@@ -93,9 +92,8 @@ async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello, mut sampler: 
     ping.tick().await;
     // A sampled feed reports what it skipped within a second, even when nothing follows.
     let mut report = tokio::time::interval(Duration::from_secs(1));
-    // A sampled feed that has sent its share of the second rests until the next second
-    // when its reader can count what it skips without reading it, and otherwise naps
-    // between batches (it only counts them): one wakeup per NAP rather than one per event.
+    // A sampled feed that has sent its share of the second takes a nap between batches
+    // (it only counts what it skips): one wakeup per NAP rather than one per event.
     let nap = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(nap);
     let mut napping = false;
@@ -112,12 +110,8 @@ async fn pump(socket: WebSocket, mut reader: Reader, hello: Hello, mut sampler: 
                         // live (what it was sent is queued before the close frame).
                         Err(()) => break Some(slow(last_seq)),
                     }
-                    if let Some(sampler) = sampler.as_ref().filter(|s| s.saturated()) {
-                        let until = match reader.rest() {
-                            true => sampler.next_window().into(),
-                            false => tokio::time::Instant::now() + NAP,
-                        };
-                        nap.as_mut().reset(until);
+                    if sampler.as_ref().is_some_and(Sampler::saturated) {
+                        nap.as_mut().reset(tokio::time::Instant::now() + NAP);
                         napping = true;
                     }
                 }
@@ -196,14 +190,6 @@ async fn write_batch(
                     *last_seq = frame.seq;
                     feed_frame(tx, Message::Text(text)).await?;
                     written += 1;
-                }
-            }
-            Next::Skipped { count, last_seq } => {
-                if let Some(sampler) = sampler.as_mut() {
-                    sampler.skip(count, last_seq);
-                    if let Some(text) = sampler.report() {
-                        feed_frame(tx, Message::Text(text.into())).await?;
-                    }
                 }
             }
             Next::Behind => {
