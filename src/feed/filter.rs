@@ -139,6 +139,18 @@ impl Filter {
         }
     }
 
+    /// Whether every event passes (no field asked for).
+    pub fn passes_everything(&self) -> bool {
+        let Filter {
+            kinds,
+            task,
+            session,
+            node,
+            actor,
+        } = self;
+        kinds.is_none() && task.is_none() && session.is_none() && node.is_none() && actor.is_none()
+    }
+
     pub fn accepts(&self, e: &View<'_>) -> bool {
         let kind_ok = self.kinds.as_ref().is_none_or(|k| k.contains(&e.kind));
         let task_ok = self.task.as_deref().is_none_or(|t| e.task == Some(t));
@@ -156,7 +168,8 @@ impl Filter {
 
     /// The subject of the cluster's event stream this filter passes within (NATS filters
     /// the rest out before they are sent): one task's entries, every task's, one kind's
-    /// subject, or all.
+    /// subject, the subjects of kinds of one family (`node.>` for the cluster's
+    /// membership), or all.
     pub fn subject(&self, subjects: &Subjects) -> String {
         if let Some(task) = &self.task {
             return subjects.event(&format!("task.trace.{task}"));
@@ -174,10 +187,15 @@ impl Filter {
             .collect();
         suffixes.sort_unstable();
         suffixes.dedup();
-        // NATS 2.9 filters a consumer by one subject: several kinds' subjects take them all.
+        // NATS 2.9 filters a consumer by one subject: several kinds' subjects take their
+        // family's (their first token), or all.
+        let family = |s: &str| s.split('.').next().unwrap_or_default().to_string();
         match suffixes.as_slice() {
             ["task.trace"] => subjects.event("task.trace.>"),
             [one] => subjects.event(one),
+            [first, rest @ ..] if rest.iter().all(|s| family(s) == family(first)) => {
+                subjects.event(&format!("{}.>", family(first)))
+            }
             _ => subjects.events(),
         }
     }
@@ -285,7 +303,17 @@ mod tests {
             subject(&[("kind", "restart_scheduled,child_restarted")]),
             "ms.c.events.supervision.recovery"
         );
+        assert_eq!(
+            subject(&[("kind", "node_joined,node_down,node_left,tasks_taken_over")]),
+            "ms.c.events.node.>",
+            "the cluster's membership: one family"
+        );
+        assert_eq!(
+            subject(&[("kind", "child_failed,health")]),
+            "ms.c.events.supervision.>"
+        );
         assert_eq!(subject(&[("kind", "task,audit")]), "ms.c.events.>");
+        assert_eq!(subject(&[("kind", "agent_state,health")]), "ms.c.events.>");
         assert_eq!(subject(&[]), "ms.c.events.>");
     }
 }
