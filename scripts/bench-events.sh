@@ -17,7 +17,9 @@
 #      /admin/actors every second, /admin/metrics/history and /admin/cluster every 2 s).
 #      The consoles are benches/consoles.rs: one process, kept-alive connections, as
 #      browser tabs. Each as a ratio to the load alone in the same round, and the median
-#      ratio over the rounds (the issue's bound for consoles: within 5 %).
+#      ratio over the rounds (the issue's bound for consoles: within 5 %); beside it, the
+#      CPU time each completed task took, of the node and nats-server and of the whole
+#      machine, as the same ratios: steadier than throughput on a shared 2-core machine.
 #   4. once, 10 clients taking every event at full rate (a firehose no page shows).
 #
 # Usage: scripts/bench-events.sh [SECS] [COUNT] [ROUNDS]   (defaults: 20 s, 300000, 6)
@@ -60,9 +62,40 @@ node() {
         --nats "$NATS_URL" --cluster bench --database "$PG/$DB"
 }
 
-load() { # load DIR: the echo load for SECS seconds, 64 connections; prints completed/s
-    "$MS" load --http "127.0.0.1:$PORT" --duration "$SECS" --concurrency 64 --json \
-        | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["completed_per_sec"]))'
+# cpu: CPU time so far, in clock ticks, as one line "node nats machine": the node's and
+# nats-server's (utime + stime of /proc/PID/stat) and the whole machine's busy time
+# (/proc/stat: all but idle, iowait and steal; the load generator, PostgreSQL, consoles).
+cpu() {
+    python3 - "$NODE" "$NATS_PID" <<'PY'
+import os, sys
+def ticks(pid):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    except (OSError, IndexError):
+        return 0
+cols = open("/proc/stat").readline().split()[1:]
+user, nice, system, idle, iowait, irq, softirq, steal = map(int, cols[:8])
+print(ticks(sys.argv[1]), ticks(sys.argv[2]), user + nice + system + irq + softirq)
+PY
+}
+
+# load: the echo load for SECS seconds, 64 connections; prints completed/s, and leaves in
+# WORK/cpu the CPU time it took per completed task, in ms ("node+nats machine").
+load() {
+    local before after out
+    before=$(cpu)
+    out=$("$MS" load --http "127.0.0.1:$PORT" --duration "$SECS" --concurrency 64 --json)
+    after=$(cpu)
+    python3 - "$before" "$after" "$out" "$WORK/cpu" <<'PY'
+import json, os, sys
+before, after = (list(map(int, a.split())) for a in sys.argv[1:3])
+done = json.loads(sys.argv[3])["completed"]
+ms = 1000 / os.sysconf("SC_CLK_TCK") / max(done, 1)
+d = [b - a for a, b in zip(before, after)]
+open(sys.argv[4], "w").write(f"{(d[0] + d[1]) * ms:.4f} {d[2] * ms:.4f}\n")
+print(round(json.loads(sys.argv[3])["completed_per_sec"]))
+PY
 }
 
 echo "== 1. replay"
@@ -114,23 +147,36 @@ ratios=()
 for round in $(seq 1 "$ROUNDS"); do
     order=(alone events tabs)
     ((round % 2 == 0)) && order=(tabs events alone)
-    declare -A got=()
+    declare -A got=() cost=()
     for what in "${order[@]}"; do
         if [[ $what == alone ]]; then got[alone]=$(load); else got[$what]=$(watched "$what"); fi
+        cost[$what]=$(cat "$WORK/cpu")
         [[ $what != alone ]] && echo "  round $round, 10 consoles, $what: ${got[$what]} tasks/s; $(summary)"
     done
-    e=$(python3 -c "print(f'{${got[events]} / ${got[alone]}:.3f}')")
-    t=$(python3 -c "print(f'{${got[tabs]} / ${got[alone]}:.3f}')")
-    echo "round $round: alone ${got[alone]} tasks/s; Events view $e; every tab $t"
-    ratios+=("$e,$t")
-    unset got
+    line=$(python3 - "${got[alone]}" "${got[events]}" "${got[tabs]}" \
+        "${cost[alone]}" "${cost[events]}" "${cost[tabs]}" <<'PY'
+import sys
+alone, events, tabs = map(float, sys.argv[1:4])
+(na, ma), (ne, me), (nt, mt) = (map(float, c.split()) for c in sys.argv[4:7])
+print(f"{events / alone:.3f},{tabs / alone:.3f},{ne / na:.3f},{nt / na:.3f},{me / ma:.3f},{mt / ma:.3f}"
+      f" alone {alone:.0f} tasks/s, node+nats {na:.3f} ms CPU/task, machine {ma:.3f} ms/task")
+PY
+)
+    IFS=, read -r e t ne nt me mt <<<"${line%% *}"
+    echo "round $round: ${line#* }; throughput ratio Events view $e, every tab $t;" \
+        "node+nats CPU per task $ne, $nt; machine CPU per task $me, $mt"
+    ratios+=("${line%% *}")
+    unset got cost
 done
 python3 - "${ratios[@]}" <<'PY'
 import statistics, sys
-pairs = [tuple(map(float, a.split(","))) for a in sys.argv[1:]]
-for i, name in enumerate(["Events view", "every tab"]):
-    r = sorted(p[i] for p in pairs)
-    print(f"10 consoles, {name}: median ratio {statistics.median(r):.3f} (rounds: {', '.join(f'{x:.3f}' for x in r)})")
+rows = [list(map(float, a.split(","))) for a in sys.argv[1:]]
+names = ["throughput", "node+nats CPU/task", "machine CPU/task"]
+for i, name in enumerate(names):
+    for j, view in enumerate(["Events view", "every tab"]):
+        r = sorted(row[2 * i + j] for row in rows)
+        print(f"10 consoles, {view}, {name}: median ratio {statistics.median(r):.3f}"
+              f" (rounds: {', '.join(f'{x:.3f}' for x in r)})")
 PY
 
 echo "== 4. 10 firehose clients (every event at full rate; no page asks for it), once"

@@ -31,6 +31,57 @@ fn load(node: &Arc<TestNode>, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHa
         .collect()
 }
 
+/// A node of a cluster of its own (its own NATS, a fresh PostgreSQL database) under
+/// [`load`], its event stream there.
+struct Busy {
+    nats: NatsServer,
+    cluster: String,
+    _db: common::PgDatabase,
+    node: Arc<TestNode>,
+    stop: Arc<AtomicBool>,
+    submitters: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Busy {
+    async fn start(name: &str) -> Busy {
+        let nats = NatsServer::spawn().await;
+        let db = postgres_database().await;
+        let cluster = cluster_name(name);
+        let node = Arc::new(Member::new(&cluster, &db, nats.url(), "n1").start().await);
+        let stop = Arc::new(AtomicBool::new(false));
+        let submitters = load(&node, &stop);
+        stream_ready(&node).await;
+        let _db = db;
+        Busy {
+            nats,
+            cluster,
+            _db,
+            node,
+            stop,
+            submitters,
+        }
+    }
+
+    /// The cluster's event stream.
+    async fn stream(&self) -> async_nats::jetstream::stream::Stream {
+        let nats = async_nats::connect(self.nats.url()).await.expect("NATS");
+        let name = format!(
+            "MS_{}_EVENTS",
+            self.cluster.replace('.', "_").to_uppercase()
+        );
+        let stream = async_nats::jetstream::new(nats).get_stream(name).await;
+        stream.expect("the event stream")
+    }
+
+    /// Stops the load once every submitter's task is in.
+    async fn quiet(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.submitters.drain(..) {
+            s.await.expect("a submitter");
+        }
+    }
+}
+
 /// Waits until the feed opens: the event stream is there once the node has forwarded an
 /// event to it.
 async fn stream_ready(node: &TestNode) {
@@ -63,14 +114,8 @@ async fn read_to(feed: &mut Client, until: u64) -> Vec<Value> {
 /// stops once they have gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_broad_feeds_hand_over_to_the_shared_reader_without_gap_or_duplicate() {
-    let nats = NatsServer::spawn().await;
-    let db = postgres_database().await;
-    let cluster = cluster_name("hub");
-    let node = Arc::new(Member::new(&cluster, &db, nats.url(), "n1").start().await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let submitters = load(&node, &stop);
-
-    stream_ready(&node).await;
+    let mut busy = Busy::start("hub").await;
+    let node = busy.node.clone();
     let mut live = open(node.http, "").await;
     assert_eq!(live.hello["source"], "stream", "{}", live.hello);
     let first = live.frame().await;
@@ -88,10 +133,7 @@ async fn resumed_broad_feeds_hand_over_to_the_shared_reader_without_gap_or_dupli
     let all_frames = read_to(&mut all, until).await;
     let task_frames = read_to(&mut tasks, until).await;
     live_frames.extend(read_to(&mut live, until).await);
-    stop.store(true, Ordering::Relaxed);
-    for s in submitters {
-        s.await.expect("a submitter");
-    }
+    busy.quiet().await;
 
     let live_seqs: Vec<u64> = live_frames.iter().map(seq).collect();
     assert_contiguous(&live_seqs, "the live client");
@@ -267,4 +309,124 @@ async fn events_no_node_sealed_reach_no_client() {
     }
     let refused = metric(&node, "ms_cluster_refused_total").await;
     assert!(refused >= 2.0, "refusals counted: {refused}");
+}
+
+/// What a sampled feed has told of: events sent and events counted as skipped, after the
+/// hello's `last_seq`.
+struct Tally {
+    from: u64,
+    sent: u64,
+    skipped: u64,
+    last_sent: u64,
+    reports: u32,
+}
+
+impl Tally {
+    fn new(from: u64) -> Self {
+        let (sent, skipped, last_sent, reports) = (0, 0, from, 0);
+        Tally {
+            from,
+            sent,
+            skipped,
+            last_sent,
+            reports,
+        }
+    }
+
+    /// Takes `frame`, none of whose seqs may be past `head`.
+    fn take(&mut self, frame: Value, head: u64) {
+        if frame["kind"] == "skipped" {
+            let count = frame["count"].as_u64().expect("a count");
+            let last = frame["last_seq"].as_u64().expect("a last_seq");
+            assert!(count > 0 && last > self.from && last <= head, "{frame}");
+            self.skipped += count;
+            self.reports += 1;
+        } else {
+            let seq = seq(&frame);
+            let after = self.last_sent;
+            assert!(seq > after && seq <= head, "after {after}: {frame}");
+            self.last_sent = seq;
+            self.sent += 1;
+        }
+    }
+
+    fn told(&self) -> u64 {
+        self.sent + self.skipped
+    }
+}
+
+/// The next frame of a sampled feed: an event, or a `skipped` count.
+async fn told(feed: &mut Client) -> Value {
+    match feed.next().await {
+        Got::Frame(frame) => frame,
+        other => panic!("the sampled feed ended: {other:?}"),
+    }
+}
+
+/// A sampled feed of everything (the console's Events view) under load reads only the
+/// events it sends (`src/feed/stride.rs`): it starts no shared reader and no consumer of
+/// the stream, whose sequence numbers tell it how many events it went past. Every seq
+/// after the hello's `last_seq` is accounted for once: sent (in order, none twice) or
+/// counted in a `skipped` frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_feed_of_everything_reads_only_what_it_sends() {
+    let mut busy = Busy::start("stride").await;
+    let node = busy.node.clone();
+    let mut stream = busy.stream().await;
+    let opened = time::OffsetDateTime::now_utc();
+
+    let mut sampled = open(node.http, "max_rate=20").await;
+    let from = sampled.hello["last_seq"]
+        .as_u64()
+        .expect("the hello's last_seq");
+    let mut tally = Tally::new(from);
+    while tally.reports < 3 {
+        tally.take(told(&mut sampled).await, u64::MAX);
+    }
+    let consumers: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumers())
+        .await
+        .into_iter()
+        .map(|c| c.expect("a consumer's info"))
+        .filter(|c| c.created >= opened)
+        .map(|c| format!("{} (created {})", c.name, c.created))
+        .collect();
+    assert_eq!(
+        consumers,
+        Vec::<String>::new(),
+        "consumers since the feed opened"
+    );
+    assert_eq!(
+        metric(&node, "ms_events_feed_shared_readers").await,
+        0.0,
+        "a sampled feed of everything starts no shared reader"
+    );
+
+    busy.quiet().await;
+    // Quiet now: the feed catches up with the stream's end and has told of every seq.
+    let mut head = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    while tally.told() < head - from {
+        let frame = told(&mut sampled).await;
+        head = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        tally.take(frame, head);
+    }
+    let (sent, skipped) = (tally.sent, tally.skipped);
+    assert_eq!(
+        sent + skipped,
+        head - from,
+        "sent {sent}, skipped {skipped}"
+    );
+    assert!(
+        skipped > sent,
+        "sent {sent}, skipped {skipped}: not a busy stream"
+    );
 }

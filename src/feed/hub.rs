@@ -73,7 +73,7 @@ impl Hub {
                         let seq = message.info().map(|i| i.stream_sequence);
                         match seq
                             .ok()
-                            .and_then(|seq| stream::stored(&bridge, seq, message))
+                            .and_then(|seq| stream::stored(&bridge, seq, message.message))
                         {
                             Some(item) => Piece::Event(item),
                             None => continue,

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod local;
 pub mod sample;
 pub mod stream;
+pub mod stride;
 
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -78,6 +79,13 @@ impl Item {
 /// What a reader has next.
 pub enum Next {
     Event(Arc<Item>),
+    /// An event its source already chose for `max_rate` ([`stride`]): sent as it is.
+    Sampled(Arc<Item>),
+    /// Events its source went past for `max_rate` without reading them ([`stride`]).
+    Skipped {
+        count: u64,
+        last_seq: u64,
+    },
     /// The client fell more than [`MAX_LAG`] events behind live.
     Behind,
     /// The source ended (the node's channel closed, the stream's consumer failed).

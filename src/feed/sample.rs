@@ -5,6 +5,9 @@
 //! each second up to the cap and then, once the second is over, a `skipped` frame:
 //! `{"kind": "skipped", "count", "last_seq"}` (how many passed the filter but were not
 //! sent, and the seq of the last of them, to replay from if they are wanted after all).
+//! A feed of everything from the cluster's stream samples itself instead
+//! ([`super::stride`]: its share spread over the second, the rest never read); the
+//! sampler only counts what it went past ([`Sampler::skip`]).
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,15 @@ impl Sampler {
         self.skipped += 1;
         self.last_skipped = seq;
         false
+    }
+
+    /// Counts `count` events the source went past, the last of them `last_seq`.
+    pub fn skip(&mut self, count: u64, last_seq: u64) {
+        self.roll();
+        // As a second with events sent: reported once it is over, not after every look.
+        self.sent = self.sent.max(1);
+        self.skipped += count;
+        self.last_skipped = self.last_skipped.max(last_seq);
     }
 
     /// Whether this second's share is sent: what follows in it is only counted.
@@ -91,5 +103,20 @@ mod tests {
         assert_eq!(s.report(), None, "reported once");
         assert!(!s.saturated(), "a new second");
         assert!(s.admit(6), "a new second sends again");
+    }
+
+    #[test]
+    fn what_a_source_went_past_is_reported_once_a_second() {
+        let mut s = Sampler::new(50);
+        s.skip(100, 120);
+        s.skip(30, 160);
+        assert_eq!(s.report(), None, "the second is not over");
+        s.window -= WINDOW;
+        let report: serde_json::Value = serde_json::from_str(&s.report().unwrap()).unwrap();
+        assert_eq!(
+            (report["count"].as_u64(), report["last_seq"].as_u64()),
+            (Some(130), Some(160))
+        );
+        assert_eq!(s.report(), None, "reported once");
     }
 }

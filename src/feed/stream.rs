@@ -12,6 +12,9 @@
 //!    this consumer has it;
 //! 3. when that consumer catches up, the hub's events follow, those already taken skipped.
 //!
+//! A sampled client of everything, live or resumed after a seq, has neither: it fetches
+//! only the events it sends ([`super::stride`]).
+//!
 //! Consumers are ephemeral, recreated by the client library after a NATS restart from the
 //! last sequence seen. Each event is read like any message from the cluster: sealed by a
 //! node of the cluster, or refused.
@@ -34,6 +37,7 @@ use serde::de::IgnoredAny;
 
 use super::filter::{View, offset_time};
 use super::hub::{self, Hub, Piece};
+use super::stride::Stride;
 use super::{FeedError, Filter, Hello, Item, MAX_LAG, Next, Source, Start, frame_text};
 use crate::bridge::{Bridge, envelope};
 
@@ -68,6 +72,8 @@ enum Phase {
     },
     /// The node's shared reader.
     Shared(Joined),
+    /// A sampled feed of everything, reading only what it sends.
+    Stride(Box<Stride>),
 }
 
 /// A subscription to the hub, its first piece peeked while the replay goes on.
@@ -112,8 +118,10 @@ impl StreamReader {
         hub: &Hub,
         filter: Filter,
         start: Start,
+        max_rate: Option<u32>,
     ) -> Result<(Self, Hello), FeedError> {
-        tokio::time::timeout(OPEN_TIMEOUT, Self::open_now(bridge, hub, filter, start))
+        let open = Self::open_now(bridge, hub, filter, start, max_rate);
+        tokio::time::timeout(OPEN_TIMEOUT, open)
             .await
             .map_err(|_| FeedError::Unavailable("NATS did not answer in time".into()))?
     }
@@ -123,6 +131,7 @@ impl StreamReader {
         hub: &Hub,
         filter: Filter,
         start: Start,
+        max_rate: Option<u32>,
     ) -> Result<(Self, Hello), FeedError> {
         if !bridge.is_connected() {
             return Err(unavailable(&"NATS is not connected"));
@@ -140,19 +149,30 @@ impl StreamReader {
                 start_time: offset_time(at),
             },
         };
-        let phase = match (broad, start) {
-            (true, Start::Live) => Phase::Shared(Joined::new(hub.subscribe_stream(bridge).await?)),
-            (true, _) => Phase::Replay {
+        let bridge_arc = Arc::new(bridge.clone());
+        let phase = match (broad, start, max_rate) {
+            (_, Start::Live | Start::After(_), Some(rate)) if filter.passes_everything() => {
+                let after = match start {
+                    // Seqs no longer held are not skipped: the hello counts them as missed.
+                    Start::After(after) => after.max(state.first_sequence.saturating_sub(1)),
+                    _ => state.last_sequence,
+                };
+                Phase::Stride(Box::new(Stride::open(&bridge_arc, rate, after).await?))
+            }
+            (true, Start::Live, _) => {
+                Phase::Shared(Joined::new(hub.subscribe_stream(bridge).await?))
+            }
+            (true, _, _) => Phase::Replay {
                 messages: consumer(bridge, subject, deliver).await?.0,
                 hub: None,
                 caught_up: false,
             },
-            (false, _) => Phase::Own(consumer(bridge, subject, deliver).await?.0),
+            (false, _, _) => Phase::Own(consumer(bridge, subject, deliver).await?.0),
         };
         let range = (state.first_sequence, state.last_sequence);
         let hello = Hello::new("stream", bridge.node(), range, start);
         let reader = StreamReader {
-            bridge: Arc::new(bridge.clone()),
+            bridge: bridge_arc,
             hub: hub.clone(),
             filter,
             phase,
@@ -181,6 +201,7 @@ impl StreamReader {
                     let piece = joined.recv().await;
                     hub::take(piece, &mut self.last, &self.filter)
                 }
+                Phase::Stride(stride) => return stride.next().await,
             };
             if let Some(next) = next {
                 return next;
@@ -202,6 +223,7 @@ impl StreamReader {
                     let piece = joined.try_recv()?;
                     hub::take(piece, &mut self.last, &self.filter)
                 }
+                Phase::Stride(stride) => return stride.ready(),
             };
             if next.is_some() {
                 return next;
@@ -287,7 +309,7 @@ impl StreamReader {
         if self.live && pending > MAX_LAG {
             return Some(Next::Behind);
         }
-        let item = stored(&self.bridge, seq, message)?;
+        let item = stored(&self.bridge, seq, message.message)?;
         self.filter.accepts(&item.view()).then(|| Next::Event(item))
     }
 }
@@ -346,10 +368,10 @@ pub(super) async fn consumer(
 pub(super) fn stored(
     bridge: &Arc<Bridge>,
     seq: u64,
-    message: jetstream::Message,
+    message: async_nats::Message,
 ) -> Option<Arc<Item>> {
-    let kind = envelope_kind(bridge, message.message.subject.as_str())?;
-    let envelope = bridge.peek::<Brief>(&message.message, &kind)?;
+    let kind = envelope_kind(bridge, message.subject.as_str())?;
+    let envelope = bridge.peek::<Brief>(&message, &kind)?;
     let brief = envelope.payload;
     let event_kind = brief.kind.into_string();
     let about_node = if event_kind.as_deref() == Some("tasks_taken_over") {
@@ -359,7 +381,7 @@ pub(super) fn stored(
     };
     let stored = Stored {
         bridge: bridge.clone(),
-        message: message.message,
+        message,
         envelope_kind: envelope.kind,
         kind: event_kind.unwrap_or_default(),
         node: envelope.from,

@@ -21,7 +21,7 @@ use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 
 use crate::feed::sample::Sampler;
-use crate::feed::{self, FeedQuery, Hello, Next, Reader};
+use crate::feed::{self, FeedQuery, Hello, Item, Next, Reader};
 use crate::http::error::ApiError;
 use crate::state::AppState;
 
@@ -63,7 +63,8 @@ pub async fn serve(
     let hub = &node.feed_hub;
     let (reader, hello) = match node.bridge.get() {
         Some(bridge) => {
-            let (r, hello) = feed::stream::StreamReader::open(bridge, hub, filter, start)
+            let rate = query.max_rate;
+            let (r, hello) = feed::stream::StreamReader::open(bridge, hub, filter, start, rate)
                 .await
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;
             (Reader::Stream(Box::new(r)), hello)
@@ -184,12 +185,17 @@ async fn write_batch(
         match n {
             Next::Event(frame) => {
                 // The sampler first: the frame's text is written only for an event sent.
-                if sampler.as_mut().is_none_or(|s| s.admit(frame.seq))
-                    && let Some(text) = frame.text()
-                {
-                    *last_seq = frame.seq;
-                    feed_frame(tx, Message::Text(text)).await?;
-                    written += 1;
+                if sampler.as_mut().is_none_or(|s| s.admit(frame.seq)) {
+                    written += write_event(tx, &frame, last_seq).await?;
+                }
+            }
+            Next::Sampled(frame) => written += write_event(tx, &frame, last_seq).await?,
+            Next::Skipped {
+                count,
+                last_seq: last,
+            } => {
+                if let Some(s) = sampler.as_mut() {
+                    s.skip(count, last);
                 }
             }
             Next::Behind => {
@@ -210,6 +216,16 @@ async fn write_batch(
         Ok(Ok(())) => Ok(close),
         _ => Err(()),
     }
+}
+
+/// Writes one event's frame (none when its seal fails); how many were written.
+async fn write_event(tx: &mut Tx, frame: &Item, last_seq: &mut u64) -> Result<usize, ()> {
+    let Some(text) = frame.text() else {
+        return Ok(0);
+    };
+    *last_seq = frame.seq;
+    feed_frame(tx, Message::Text(text)).await?;
+    Ok(1)
 }
 
 async fn feed_frame(tx: &mut Tx, message: Message) -> Result<(), ()> {
