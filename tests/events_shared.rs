@@ -363,11 +363,12 @@ async fn told(feed: &mut Client) -> Value {
     }
 }
 
-/// A sampled feed of everything (the console's Events view) under load reads only the
-/// events it sends (`src/feed/stride.rs`): it starts no shared reader and no consumer of
-/// the stream, whose sequence numbers tell it how many events it went past. Every seq
-/// after the hello's `last_seq` is accounted for once: sent (in order, none twice) or
-/// counted in a `skipped` frame.
+/// Sampled feeds of everything (two consoles' Events views) under load read only the
+/// events they send (`src/feed/stride.rs`): one stride serves both, with no shared reader
+/// and no consumer of the stream, whose sequence numbers tell how many events were gone
+/// past. For each feed, every seq after its hello's `last_seq` is accounted for once:
+/// sent (in order, none twice) or counted in a `skipped` frame. The stride stops with
+/// its last feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampled_feed_of_everything_reads_only_what_it_sends() {
     let mut busy = Busy::start("stride").await;
@@ -375,13 +376,19 @@ async fn a_sampled_feed_of_everything_reads_only_what_it_sends() {
     let mut stream = busy.stream().await;
     let opened = time::OffsetDateTime::now_utc();
 
-    let mut sampled = open(node.http, "max_rate=20").await;
-    let from = sampled.hello["last_seq"]
-        .as_u64()
-        .expect("the hello's last_seq");
-    let mut tally = Tally::new(from);
-    while tally.reports < 3 {
-        tally.take(told(&mut sampled).await, u64::MAX);
+    // Two consoles' Events views: one stride serves both.
+    let mut feeds = Vec::new();
+    for _ in 0..2 {
+        let feed = open(node.http, "max_rate=20").await;
+        let from = feed.hello["last_seq"]
+            .as_u64()
+            .expect("the hello's last_seq");
+        feeds.push((feed, Tally::new(from)));
+    }
+    for (feed, tally) in &mut feeds {
+        while tally.reports < 3 {
+            tally.take(told(feed).await, u64::MAX);
+        }
     }
     let consumers: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumers())
         .await
@@ -393,40 +400,48 @@ async fn a_sampled_feed_of_everything_reads_only_what_it_sends() {
     assert_eq!(
         consumers,
         Vec::<String>::new(),
-        "consumers since the feed opened"
+        "consumers since the feeds opened"
     );
     assert_eq!(
         metric(&node, "ms_events_feed_shared_readers").await,
         0.0,
         "a sampled feed of everything starts no shared reader"
     );
+    assert_eq!(
+        metric(&node, "ms_events_feed_strides").await,
+        1.0,
+        "one stride for both feeds"
+    );
 
     busy.quiet().await;
-    // Quiet now: the feed catches up with the stream's end and has told of every seq.
-    let mut head = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    while tally.told() < head - from {
-        let frame = told(&mut sampled).await;
-        head = stream
-            .info()
-            .await
-            .expect("stream info")
-            .state
-            .last_sequence;
-        tally.take(frame, head);
+    // Quiet now: each feed catches up with the stream's end and has told of every seq.
+    for (feed, tally) in &mut feeds {
+        let last_seq = |info: &async_nats::jetstream::stream::Info| info.state.last_sequence;
+        let mut head = last_seq(stream.info().await.expect("stream info"));
+        while tally.told() < head - tally.from {
+            let frame = told(feed).await;
+            head = last_seq(stream.info().await.expect("stream info"));
+            tally.take(frame, head);
+        }
+        let (sent, skipped) = (tally.sent, tally.skipped);
+        assert_eq!(
+            sent + skipped,
+            head - tally.from,
+            "sent {sent}, skipped {skipped}"
+        );
+        assert!(
+            skipped > sent,
+            "sent {sent}, skipped {skipped}: not a busy stream"
+        );
     }
-    let (sent, skipped) = (tally.sent, tally.skipped);
-    assert_eq!(
-        sent + skipped,
-        head - from,
-        "sent {sent}, skipped {skipped}"
-    );
-    assert!(
-        skipped > sent,
-        "sent {sent}, skipped {skipped}: not a busy stream"
-    );
+    for (feed, _) in feeds {
+        feed.close().await;
+    }
+    eventually("the stride stops with its last feed", || async {
+        match metric(&node, "ms_events_feed_strides").await {
+            0.0 => Ok(()),
+            n => Err(format!("{n} running")),
+        }
+    })
+    .await;
 }

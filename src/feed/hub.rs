@@ -41,6 +41,8 @@ pub struct Hub {
     /// The running hub's channel; `None` while no client follows. The hub's task clears
     /// it, under this lock, when it stops: a client never subscribes to a stopped hub.
     slot: Arc<Mutex<Option<Sender>>>,
+    /// The sampled feeds of everything, which need no reader of every event.
+    pub strides: super::stride::Strides,
 }
 
 impl Hub {

@@ -12,8 +12,9 @@
 //!    this consumer has it;
 //! 3. when that consumer catches up, the hub's events follow, those already taken skipped.
 //!
-//! A sampled client of everything, live or resumed after a seq, has neither: it fetches
-//! only the events it sends ([`super::stride`]).
+//! A sampled client of everything, live or resumed after a seq, has neither: it follows
+//! the node's stride at its rate, which fetches only the events it sends
+//! ([`super::stride`]).
 //!
 //! Consumers are ephemeral, recreated by the client library after a NATS restart from the
 //! last sequence seen. Each event is read like any message from the cluster: sealed by a
@@ -157,7 +158,9 @@ impl StreamReader {
                     Start::After(after) => after.max(state.first_sequence.saturating_sub(1)),
                     _ => state.last_sequence,
                 };
-                Phase::Stride(Box::new(Stride::open(&bridge_arc, rate, after).await?))
+                Phase::Stride(Box::new(
+                    hub.strides.follow(&bridge_arc, rate, after).await?,
+                ))
             }
             (true, Start::Live, _) => {
                 Phase::Shared(Joined::new(hub.subscribe_stream(bridge).await?))

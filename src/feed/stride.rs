@@ -1,16 +1,21 @@
-//! A sampled live feed of every event (`max_rate`, no filter) that reads only the events
-//! it sends.
+//! A sampled feed of every event (`max_rate`, no filter) that reads only the events it
+//! sends, shared by every such feed of the node at the same rate.
 //!
 //! A console's Events view asks for everything at 50 events a second; a busy cluster
 //! writes tens of thousands. Read through the shared reader ([`super::hub`]), NATS would
 //! send the node every one of them, and the node would decode each, to show 50: most of
-//! what ten open consoles cost the node. The stride instead looks at the stream's last
-//! sequence [`LOOKS`] times a second, takes what the rate allows since the last look,
-//! evenly spaced over the events since then, fetches just those by sequence, and counts
-//! the rest as skipped: the stream numbers every event, so what it went past is known
-//! without reading it.
+//! what ten open consoles cost the node. A stride instead looks at the stream's last
+//! sequence [`LOOKS`] times a second, takes what the rate allows of the events since the
+//! last look, evenly spaced, fetches just those by sequence, and hands the [`Look`] to
+//! its feeds, which count the rest as skipped: the stream numbers every event, so what
+//! was gone past is known without reading it. Ten consoles share one stride, so they
+//! cost the node what one does.
+//!
+//! Like the hub, a stride starts with its first feed and stops at the first look that
+//! finds none. A feed that falls behind its stride's looks loses only looks: what they
+//! held is counted as skipped with the rest.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,75 +24,190 @@ use async_nats::jetstream::{
     stream::{RawMessageErrorKind, Stream},
 };
 use futures::StreamExt;
+use tokio::sync::Mutex;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::stream::{MAX_ERRORS, stored};
-use super::{FeedError, Next};
+use super::{FeedError, Item, Next};
 use crate::bridge::Bridge;
 
 /// Looks at the stream a second.
 const LOOKS: u32 = 4;
 /// Fetches of one look in flight at once.
 const IN_FLIGHT: usize = 16;
+/// Looks a feed may fall behind before it loses some (counted as skipped then).
+const LOOKS_KEPT: usize = 16;
 
-pub struct Stride {
-    bridge: Arc<Bridge>,
-    stream: Stream,
-    allowance: Allowance,
-    look: tokio::time::Interval,
-    /// The last sequence accounted for: sent, or counted as skipped.
-    last: u64,
-    ready: VecDeque<Next>,
-    errors: u32,
+/// Every seq after the stride's previous look up to `to` was looked at; `items` are those
+/// fetched, in seq order.
+pub struct Look {
+    to: u64,
+    items: Vec<Arc<Item>>,
 }
 
-impl Stride {
-    /// A stride of at most `rate` events a second, from after sequence `last`.
-    pub async fn open(bridge: &Arc<Bridge>, rate: u32, last: u64) -> Result<Self, FeedError> {
-        let js = jetstream::new(bridge.client().clone());
-        let stream = js
-            .get_stream(bridge.subjects().events_stream())
-            .await
-            .map_err(|e| FeedError::Unavailable(e.to_string()))?;
-        let mut look = tokio::time::interval(Duration::from_secs(1) / LOOKS);
-        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// The node's strides, one per rate.
+#[derive(Clone, Default)]
+pub struct Strides {
+    slots: Arc<Mutex<HashMap<u32, broadcast::Sender<Arc<Look>>>>>,
+}
+
+impl Strides {
+    /// The feed of everything at `rate` a second, every seq after `last` accounted for.
+    pub async fn follow(
+        &self,
+        bridge: &Arc<Bridge>,
+        rate: u32,
+        last: u64,
+    ) -> Result<Stride, FeedError> {
+        let mut slots = self.slots.lock().await;
+        let looks = match slots.get(&rate) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let looker = Looker::open(bridge, rate, last).await?;
+                let (tx, rx) = broadcast::channel(LOOKS_KEPT);
+                slots.insert(rate, tx.clone());
+                metrics::gauge!("ms_events_feed_strides").increment(1.0);
+                tokio::spawn(looker.run(tx, self.clone(), rate));
+                rx
+            }
+        };
         Ok(Stride {
-            bridge: bridge.clone(),
-            stream,
-            allowance: Allowance::new(rate, Instant::now()),
-            look,
+            looks,
             last,
             ready: VecDeque::new(),
-            errors: 0,
         })
     }
 
-    /// Cancel-safe: a look changes nothing until all it fetched is back.
+    /// Stops the stride of `rate` unless a feed followed it meanwhile; whether it stopped.
+    async fn stop(&self, rate: u32, tx: &broadcast::Sender<Arc<Look>>) -> bool {
+        let mut slots = self.slots.lock().await;
+        if tx.receiver_count() > 0 {
+            return false;
+        }
+        if slots.remove(&rate).is_some() {
+            metrics::gauge!("ms_events_feed_strides").decrement(1.0);
+        }
+        true
+    }
+}
+
+/// One feed of a stride.
+pub struct Stride {
+    looks: broadcast::Receiver<Arc<Look>>,
+    /// The last sequence accounted for: sent, or counted as skipped.
+    last: u64,
+    ready: VecDeque<Next>,
+}
+
+impl Stride {
+    /// Cancel-safe: a look is taken whole once received.
     pub async fn next(&mut self) -> Next {
         loop {
             if let Some(next) = self.ready.pop_front() {
                 return next;
             }
-            self.look.tick().await;
-            match self.take_look().await {
-                Ok(()) => self.errors = 0,
-                Err(e) => {
-                    self.errors += 1;
-                    tracing::debug!(error = %e, errors = self.errors, "event feed: stride");
-                    if self.errors >= MAX_ERRORS {
-                        return Next::Ended(format!("the event stream failed: {e}"));
-                    }
+            match self.looks.recv().await {
+                Ok(look) => self.take(&look),
+                // The looks lost are counted with the next one (it starts past `last`).
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => {
+                    return Next::Ended("the event stream failed".into());
                 }
             }
         }
     }
 
     pub fn ready(&mut self) -> Option<Next> {
+        if self.ready.is_empty()
+            && let Ok(look) = self.looks.try_recv()
+        {
+            self.take(&look);
+        }
         self.ready.pop_front()
     }
 
-    /// One look: of the events since the last, as many as the allowance lets through
-    /// fetched and queued as sampled, the rest as one `Skipped`.
-    async fn take_look(&mut self) -> Result<(), String> {
+    /// The events of `look` after `last`, and one `Skipped` for the rest up to its end.
+    fn take(&mut self, look: &Look) {
+        if look.to <= self.last {
+            return;
+        }
+        let mut sent = Vec::new();
+        for item in look.items.iter().filter(|i| i.seq > self.last) {
+            sent.push(item.seq);
+            self.ready.push_back(Next::Sampled(item.clone()));
+        }
+        let gone_past = look.to - self.last - sent.len() as u64;
+        if gone_past > 0 {
+            self.ready.push_back(Next::Skipped {
+                count: gone_past,
+                last_seq: last_unsent(self.last, look.to, &sent),
+            });
+        }
+        self.last = look.to;
+    }
+}
+
+/// What looks at the stream for a stride.
+struct Looker {
+    bridge: Arc<Bridge>,
+    stream: Stream,
+    allowance: Allowance,
+    /// The last sequence looked at.
+    last: u64,
+}
+
+impl Looker {
+    async fn open(bridge: &Arc<Bridge>, rate: u32, last: u64) -> Result<Self, FeedError> {
+        let js = jetstream::new(bridge.client().clone());
+        let stream = js
+            .get_stream(bridge.subjects().events_stream())
+            .await
+            .map_err(|e| FeedError::Unavailable(e.to_string()))?;
+        Ok(Looker {
+            bridge: bridge.clone(),
+            stream,
+            allowance: Allowance::new(rate, Instant::now()),
+            last,
+        })
+    }
+
+    /// Looks until no feed follows, or the stream has failed [`MAX_ERRORS`] times in a
+    /// row (its feeds then end).
+    async fn run(mut self, tx: broadcast::Sender<Arc<Look>>, strides: Strides, rate: u32) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / LOOKS);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut errors = 0;
+        loop {
+            tick.tick().await;
+            if tx.receiver_count() == 0 && strides.stop(rate, &tx).await {
+                return;
+            }
+            match self.look().await {
+                Ok(None) => errors = 0,
+                Ok(Some(look)) => {
+                    errors = 0;
+                    let _ = tx.send(Arc::new(look));
+                }
+                Err(e) => {
+                    errors += 1;
+                    tracing::debug!(error = %e, errors, "event feed: a stride's look failed");
+                    if errors >= MAX_ERRORS {
+                        tracing::warn!(error = %e, "event feed: a stride stopped");
+                        // Its feeds end (the channel closes once no sender is left).
+                        let mut slots = strides.slots.lock().await;
+                        if slots.remove(&rate).is_some() {
+                            metrics::gauge!("ms_events_feed_strides").decrement(1.0);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One look: the events since the last, as many as the allowance lets through
+    /// fetched; `None` when there are none. A look that fails changes nothing.
+    async fn look(&mut self) -> Result<Option<Look>, String> {
         let head = self
             .stream
             .info()
@@ -95,6 +215,9 @@ impl Stride {
             .map_err(|e| e.to_string())?
             .state
             .last_sequence;
+        if head <= self.last {
+            return Ok(None);
+        }
         let picks = picks(self.last, head, self.allowance.accrue(Instant::now()));
         let stream = &self.stream;
         let fetched: Vec<_> = futures::stream::iter(picks.iter().copied())
@@ -102,7 +225,7 @@ impl Stride {
             .buffered(IN_FLIGHT)
             .collect()
             .await;
-        let mut sent = Vec::with_capacity(picks.len());
+        let mut items = Vec::with_capacity(picks.len());
         for (seq, got) in fetched {
             let message = match got {
                 Ok(m) => async_nats::Message {
@@ -118,21 +241,11 @@ impl Stride {
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => continue,
                 Err(e) => return Err(e.to_string()),
             };
-            if let Some(item) = stored(&self.bridge, seq, message) {
-                sent.push(seq);
-                self.ready.push_back(Next::Sampled(item));
-            }
+            items.extend(stored(&self.bridge, seq, message));
         }
-        let gone_past = head.saturating_sub(self.last) - sent.len() as u64;
-        if gone_past > 0 {
-            self.ready.push_back(Next::Skipped {
-                count: gone_past,
-                last_seq: last_unsent(self.last, head, &sent),
-            });
-        }
-        self.last = self.last.max(head);
         self.allowance.spend(picks.len() as u64);
-        Ok(())
+        self.last = head;
+        Ok(Some(Look { to: head, items }))
     }
 }
 
