@@ -48,7 +48,7 @@ pub struct Look {
 /// The node's strides, one per rate.
 #[derive(Clone, Default)]
 pub struct Strides {
-    slots: Arc<Mutex<HashMap<u32, broadcast::Sender<Arc<Look>>>>>,
+    slots: Arc<Mutex<Slots>>,
 }
 
 impl Strides {
@@ -84,10 +84,17 @@ impl Strides {
         if tx.receiver_count() > 0 {
             return false;
         }
-        if slots.remove(&rate).is_some() {
-            metrics::gauge!("ms_events_feed_strides").decrement(1.0);
-        }
+        removed(&mut slots, rate);
         true
+    }
+}
+
+type Slots = HashMap<u32, broadcast::Sender<Arc<Look>>>;
+
+/// Takes the stride of `rate` out of `slots`: no feed follows it from now on.
+fn removed(slots: &mut Slots, rate: u32) {
+    if slots.remove(&rate).is_some() {
+        metrics::gauge!("ms_events_feed_strides").decrement(1.0);
     }
 }
 
@@ -194,10 +201,7 @@ impl Looker {
                     if errors >= MAX_ERRORS {
                         tracing::warn!(error = %e, "event feed: a stride stopped");
                         // Its feeds end (the channel closes once no sender is left).
-                        let mut slots = strides.slots.lock().await;
-                        if slots.remove(&rate).is_some() {
-                            metrics::gauge!("ms_events_feed_strides").decrement(1.0);
-                        }
+                        removed(&mut *strides.slots.lock().await, rate);
                         return;
                     }
                 }
